@@ -1,0 +1,78 @@
+"""llama_isolate: a llama.cpp model in a worker process, behind a small asyncio API.
+
+The model, its context and all decoding live in a separate worker process;
+the caller's event loop only sends commands and receives tokens and events.
+A crash inside llama.cpp ends the worker, never the caller.
+
+Example::
+
+    import asyncio
+    from llama_isolate import LlamaLoad, LlamaParent, default_model_path
+
+    async def main() -> None:
+        async with LlamaParent(LlamaLoad(path=default_model_path())) as parent:
+            pid = await parent.send_prompt("Why is the sky blue?")
+            sub = parent.stream.listen(lambda t: print(t, end="", flush=True))
+            await parent.wait_for_completion(pid)
+            sub.cancel()
+
+    asyncio.run(main())
+"""
+
+from __future__ import annotations
+
+from ._errors import (
+    LlamaError,
+    LlamaFeatureNotEnabled,
+    LlamaInvalidModel,
+    LlamaLoadError,
+    LlamaLoadTimeout,
+    LlamaModelNotFound,
+    LlamaOutOfMemory,
+    LlamaQueueFull,
+    LlamaRequestError,
+    LlamaStatusError,
+    LlamaWorkerDied,
+    LlamaWorkerDiedOnLoad,
+)
+from ._events import CompletionEvent, CompletionTimings, LlamaStatus
+from ._images import LlamaImage
+from ._model_path import default_model_path
+from ._params import ContextParams, LlamaLoad, ModelParams, SamplerParams
+from ._parent import LlamaParent, LlamaScope, default_init_timeout
+from ._protocol import ModelInfo
+from ._streams import EventStream, Subscription, TokenStream
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompletionEvent",
+    "CompletionTimings",
+    "ContextParams",
+    "EventStream",
+    "LlamaError",
+    "LlamaFeatureNotEnabled",
+    "LlamaImage",
+    "LlamaInvalidModel",
+    "LlamaLoad",
+    "LlamaLoadError",
+    "LlamaLoadTimeout",
+    "LlamaModelNotFound",
+    "LlamaOutOfMemory",
+    "LlamaParent",
+    "LlamaQueueFull",
+    "LlamaRequestError",
+    "LlamaScope",
+    "LlamaStatus",
+    "LlamaStatusError",
+    "LlamaWorkerDied",
+    "LlamaWorkerDiedOnLoad",
+    "ModelInfo",
+    "ModelParams",
+    "SamplerParams",
+    "Subscription",
+    "TokenStream",
+    "__version__",
+    "default_init_timeout",
+    "default_model_path",
+]

@@ -1,0 +1,167 @@
+"""The exceptions raised by llama_isolate.
+
+Every exception the library raises on purpose derives from `LlamaError`,
+except `ValueError` for parameter values refused at construction time::
+
+    LlamaError
+     ├── LlamaLoadError              init() failed; the worker is gone
+     │    ├── LlamaModelNotFound     the model (or mmproj) path does not exist
+     │    ├── LlamaInvalidModel      not a GGUF file, a directory, or llama.cpp refused it
+     │    ├── LlamaOutOfMemory       the model or its context did not fit in memory
+     │    ├── LlamaLoadTimeout       loading took longer than init(timeout=...)
+     │    └── LlamaWorkerDiedOnLoad  the worker process died while loading (also a LlamaWorkerDied)
+     ├── LlamaStatusError            a call not allowed in the current status (before init, after dispose)
+     ├── LlamaFeatureNotEnabled      embeddings without embeddings=True, images without mmproj_path
+     ├── LlamaQueueFull              max_queue prompts are already waiting
+     ├── LlamaRequestError           one request (e.g. an embedding) failed; the worker carries on
+     └── LlamaWorkerDied             the worker process ended unexpectedly
+
+Failures of a single prompt do not raise: they end that prompt with a
+`CompletionEvent` whose `success` is False and whose `error` says why.
+
+Example::
+
+    try:
+        await parent.init()
+    except LlamaModelNotFound as exc:
+        print("no such model:", exc)
+"""
+
+from __future__ import annotations
+
+
+class LlamaError(Exception):
+    """Base class of every error raised by llama_isolate.
+
+    Example::
+
+        try:
+            await parent.send_prompt("hi")
+        except LlamaError as exc:
+            log.warning("model unavailable: %s", exc)
+    """
+
+
+class LlamaLoadError(LlamaError):
+    """`init()` could not bring up a ready worker; no worker process is left behind.
+
+    Example::
+
+        try:
+            await parent.init()
+        except LlamaLoadError as exc:
+            print("could not load the model:", exc)
+    """
+
+
+class LlamaModelNotFound(LlamaLoadError):
+    """The model path (or `mmproj_path`) does not exist.
+
+    Example::
+
+        LlamaParent(LlamaLoad(path="missing.gguf"))  # init() raises LlamaModelNotFound
+    """
+
+
+class LlamaInvalidModel(LlamaLoadError):
+    """The file is not a GGUF model llama.cpp can load (wrong magic, truncated, a directory).
+
+    Example::
+
+        # a text file renamed to .gguf:
+        await LlamaParent(LlamaLoad(path="notes.gguf")).init()  # raises LlamaInvalidModel
+    """
+
+
+class LlamaOutOfMemory(LlamaLoadError):
+    """The model weights or the context (KV cache) did not fit in memory.
+
+    Example::
+
+        try:
+            await parent.init()
+        except LlamaOutOfMemory:
+            ...  # retry with a smaller ContextParams(n_ctx=...)
+    """
+
+
+class LlamaLoadTimeout(LlamaLoadError):
+    """Loading took longer than the `timeout` given to `init()`; the worker was killed.
+
+    Example::
+
+        await parent.init(timeout=5.0)  # raises LlamaLoadTimeout if the load takes longer
+    """
+
+
+class LlamaWorkerDied(LlamaError):
+    """The worker process ended unexpectedly (killed, crashed inside llama.cpp).
+
+    Pending prompts are failed with an event; awaiting callers get this error.
+
+    Example::
+
+        try:
+            vector = await parent.get_embeddings("text")
+        except LlamaWorkerDied:
+            await parent.restart()
+    """
+
+
+class LlamaWorkerDiedOnLoad(LlamaLoadError, LlamaWorkerDied):
+    """The worker process died while loading the model (for example killed for lack of memory).
+
+    Example::
+
+        try:
+            await parent.init()
+        except LlamaWorkerDiedOnLoad as exc:
+            print(exc)  # names the exit code or signal
+    """
+
+
+class LlamaStatusError(LlamaError):
+    """The call is not allowed in the parent's current `status`.
+
+    Example::
+
+        parent = LlamaParent(load)
+        await parent.send_prompt("hi")  # raises LlamaStatusError: call init() first
+    """
+
+
+class LlamaFeatureNotEnabled(LlamaError):
+    """The call needs a feature the `LlamaLoad` did not enable.
+
+    Example::
+
+        # without ContextParams(embeddings=True):
+        await parent.get_embeddings("text")  # raises LlamaFeatureNotEnabled
+    """
+
+
+class LlamaQueueFull(LlamaError):
+    """`max_queue` prompts are already waiting to start; nothing was queued.
+
+    Example::
+
+        parent = LlamaParent(load, max_queue=8)
+        try:
+            await parent.send_prompt("one more")
+        except LlamaQueueFull:
+            ...  # try again after a completion event
+    """
+
+
+class LlamaRequestError(LlamaError):
+    """One request to the worker failed (for example a text too long to embed).
+
+    The worker and the other prompts carry on.
+
+    Example::
+
+        try:
+            await parent.get_embeddings(very_long_text)
+        except LlamaRequestError as exc:
+            print(exc)  # says how many tokens were needed and how many fit
+    """

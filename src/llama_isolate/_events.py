@@ -1,0 +1,91 @@
+"""Plain data the parent hands to callers: the status enum and completion events."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "stopped", "cancelled", "error"]
+
+
+class LlamaStatus(enum.Enum):
+    """The life of a `LlamaParent`.
+
+    ``UNINITIALIZED -> LOADING -> READY <-> GENERATING``; ``ERROR`` when the
+    worker failed or died; ``DISPOSED`` after `dispose()` (final).
+
+    Example::
+
+        if parent.status is LlamaStatus.READY:
+            ...
+    """
+
+    UNINITIALIZED = "uninitialized"
+    LOADING = "loading"
+    READY = "ready"
+    GENERATING = "generating"
+    ERROR = "error"
+    DISPOSED = "disposed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompletionTimings:
+    """Where the time of one prompt went, in seconds.
+
+    Example::
+
+        event = await parent.wait_for_completion(pid)
+        print(f"first token after {event.timings.first_token_s:.3f} s")
+
+    Attributes:
+        queued_s: from `send_prompt` until the worker started the prompt.
+        first_token_s: from `send_prompt` until the first token (None if there was none).
+        total_s: from `send_prompt` until the completion event.
+        prompt_eval_s: time the worker spent processing the prompt tokens.
+        tokens_per_second: generated tokens per second of generation (0.0 if none).
+    """
+
+    queued_s: float
+    first_token_s: float | None
+    total_s: float
+    prompt_eval_s: float = 0.0
+    tokens_per_second: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompletionEvent:
+    """What happened to one prompt; emitted once per prompt id.
+
+    Example::
+
+        pid = await parent.send_prompt("Hello")
+        event = await parent.wait_for_completion(pid)
+        if event.success:
+            print(event.text, event.finish_reason)
+        else:
+            print("failed:", event.error)
+
+    Attributes:
+        prompt_id: the id `send_prompt` returned.
+        success: False when the prompt failed (`error` says why).
+        error: a sentence for a person, or None.
+        text: the whole generated text (also when stopped part-way).
+        finish_reason: "stop" (end of generation or a stop string), "length"
+            (max tokens or context full), "stopped" (`stop()`), "cancelled"
+            (`scope.stop()`/`dispose()`), "error".
+        scope_id: the scope the prompt was sent through, or None for the parent's own.
+        prompt_tokens: prompt tokens the worker processed for this prompt.
+        completion_tokens: tokens generated.
+        timings: see `CompletionTimings`.
+    """
+
+    prompt_id: str
+    success: bool
+    error: str | None
+    text: str
+    finish_reason: FinishReason
+    scope_id: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    timings: CompletionTimings

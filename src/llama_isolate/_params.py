@@ -1,0 +1,336 @@
+"""The load description and the parameter classes.
+
+All are frozen, keyword-only dataclasses checked at construction: a bad value
+raises `ValueError` naming the field and what is allowed, in the caller, never
+later inside the worker.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+SplitMode = Literal["none", "layer", "row"]
+PoolingType = Literal["unspecified", "none", "mean", "cls", "last", "rank"]
+FlashAttention = Literal["auto", "on", "off"]
+RopeScaling = Literal["unspecified", "none", "linear", "yarn", "longrope"]
+CacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]
+
+SPLIT_MODES: tuple[str, ...] = ("none", "layer", "row")
+POOLING_TYPES: tuple[str, ...] = ("unspecified", "none", "mean", "cls", "last", "rank")
+FLASH_ATTENTION: tuple[str, ...] = ("auto", "on", "off")
+ROPE_SCALING: tuple[str, ...] = ("unspecified", "none", "linear", "yarn", "longrope")
+CACHE_TYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
+_UNQUANTIZED_CACHE = ("f32", "f16", "bf16")
+_MAX_SEED = 2**32 - 2  # 0xFFFFFFFF is llama.cpp's "random seed" marker
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _fail(cls: str, name: str, allowed: str, value: object) -> None:
+    raise ValueError(f"{cls}.{name} must be {allowed}, got {value!r}")
+
+
+def _check_int(cls: str, name: str, value: object, lo: int, hi: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        _fail(cls, name, "an int", value)
+    assert isinstance(value, int)
+    if value < lo or (hi is not None and value > hi):
+        allowed = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+        _fail(cls, name, allowed, value)
+
+
+def _check_float(
+    cls: str, name: str, value: object, lo: float, hi: float | None = None, *, lo_open: bool = False
+) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        _fail(cls, name, "a number", value)
+    number = float(value)  # type: ignore[arg-type]
+    too_low = number <= lo if lo_open else number < lo
+    if math.isnan(number) or too_low or (hi is not None and number > hi):
+        low = f"> {lo}" if lo_open else f">= {lo}"
+        _fail(cls, name, low if hi is None else f"{low} and <= {hi}", value)
+
+
+def _check_choice(cls: str, name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        _fail(cls, name, "one of " + ", ".join(repr(c) for c in choices), value)
+
+
+def _check_bool(cls: str, name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        _fail(cls, name, "a bool", value)
+
+
+def _as_tuple(obj: object, name: str, value: object) -> tuple[object, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        _fail(type(obj).__name__, name, "a sequence", value)
+    assert isinstance(value, Sequence)
+    items = tuple(value)
+    object.__setattr__(obj, name, items)
+    return items
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelParams:
+    """How llama.cpp loads the model weights.
+
+    Example::
+
+        ModelParams(use_mmap=True, check_tensors=True)
+
+    Attributes:
+        n_gpu_layers: layers to offload to a GPU (0 = none, -1 = all); ignored without a GPU build.
+        split_mode: how to spread the model over several GPUs: "none", "layer" or "row".
+        main_gpu: the GPU used when `split_mode` is "none".
+        tensor_split: fraction of the model per GPU (empty = llama.cpp decides).
+        vocab_only: load only the vocabulary; such a worker cannot generate or embed.
+        use_mmap: map the file instead of reading it into memory.
+        use_mlock: lock the weights in RAM so they are never swapped out.
+        check_tensors: validate the tensor data while loading (slower, catches corrupt files).
+    """
+
+    n_gpu_layers: int = 0
+    split_mode: SplitMode = "layer"
+    main_gpu: int = 0
+    tensor_split: tuple[float, ...] = ()
+    vocab_only: bool = False
+    use_mmap: bool = True
+    use_mlock: bool = False
+    check_tensors: bool = False
+
+    def __post_init__(self) -> None:
+        c = "ModelParams"
+        _check_int(c, "n_gpu_layers", self.n_gpu_layers, -1)
+        _check_choice(c, "split_mode", self.split_mode, SPLIT_MODES)
+        _check_int(c, "main_gpu", self.main_gpu, 0)
+        for share in _as_tuple(self, "tensor_split", self.tensor_split):
+            _check_float(c, "tensor_split[...]", share, 0.0)
+        for name in ("vocab_only", "use_mmap", "use_mlock", "check_tensors"):
+            _check_bool(c, name, getattr(self, name))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContextParams:
+    """The llama.cpp context: window, batching, threads, embeddings, cache and rope settings.
+
+    Example::
+
+        ContextParams(n_ctx=8192, n_parallel=4, embeddings=True)
+
+    Attributes:
+        n_ctx: context window, in tokens, of one conversation.
+        n_batch: most tokens handed to one `llama_decode` call.
+        n_ubatch: most tokens computed at once inside a decode (<= n_batch).
+        n_parallel: sequences decoded together; 1 = strict FIFO, one prompt at a time.
+        n_threads: threads for generation (default: the CPUs this process may use).
+        n_threads_batch: threads for prompt processing (default: the same).
+        n_predict: default most new tokens per prompt; -1 = until end of generation or context full.
+        embeddings: allow `get_embeddings()`.
+        pooling_type: how token embeddings become one vector; "unspecified" = the model's own,
+            or "mean" for a model that names none.
+        flash_attention: "auto", "on" or "off".
+        type_k, type_v: KV cache data types; a quantized `type_v` needs flash attention.
+        rope_scaling_type, rope_freq_base, rope_freq_scale, yarn_*: rope/YaRN overrides;
+            None keeps the model's value.
+    """
+
+    n_ctx: int = 4096
+    n_batch: int = 512
+    n_ubatch: int = 512
+    n_parallel: int = 1
+    n_threads: int = field(default_factory=_cpu_count)
+    n_threads_batch: int = field(default_factory=_cpu_count)
+    n_predict: int = -1
+    embeddings: bool = False
+    pooling_type: PoolingType = "unspecified"
+    flash_attention: FlashAttention = "auto"
+    type_k: CacheType = "f16"
+    type_v: CacheType = "f16"
+    rope_scaling_type: RopeScaling = "unspecified"
+    rope_freq_base: float | None = None
+    rope_freq_scale: float | None = None
+    yarn_ext_factor: float | None = None
+    yarn_attn_factor: float | None = None
+    yarn_beta_fast: float | None = None
+    yarn_beta_slow: float | None = None
+    yarn_orig_ctx: int | None = None
+
+    def __post_init__(self) -> None:
+        c = "ContextParams"
+        _check_int(c, "n_ctx", self.n_ctx, 64, 1 << 24)
+        _check_int(c, "n_batch", self.n_batch, 1, 1 << 20)
+        _check_int(c, "n_ubatch", self.n_ubatch, 1, self.n_batch)
+        _check_int(c, "n_parallel", self.n_parallel, 1, 64)
+        _check_int(c, "n_threads", self.n_threads, 1, 1024)
+        _check_int(c, "n_threads_batch", self.n_threads_batch, 1, 1024)
+        if self.n_predict != -1:
+            _check_int(c, "n_predict", self.n_predict, 1)
+        _check_bool(c, "embeddings", self.embeddings)
+        _check_choice(c, "pooling_type", self.pooling_type, POOLING_TYPES)
+        _check_choice(c, "flash_attention", self.flash_attention, FLASH_ATTENTION)
+        _check_choice(c, "type_k", self.type_k, CACHE_TYPES)
+        _check_choice(c, "type_v", self.type_v, CACHE_TYPES)
+        if self.type_v not in _UNQUANTIZED_CACHE and self.flash_attention == "off":
+            _fail(c, "type_v", "f32, f16 or bf16 when flash_attention='off'", self.type_v)
+        _check_choice(c, "rope_scaling_type", self.rope_scaling_type, ROPE_SCALING)
+        for name in ("rope_freq_base", "rope_freq_scale"):
+            if getattr(self, name) is not None:
+                _check_float(c, name, getattr(self, name), 0.0, lo_open=True)
+        for name in ("yarn_ext_factor", "yarn_attn_factor", "yarn_beta_fast", "yarn_beta_slow"):
+            if getattr(self, name) is not None:
+                _check_float(c, name, getattr(self, name), 0.0)
+        if self.yarn_orig_ctx is not None:
+            _check_int(c, "yarn_orig_ctx", self.yarn_orig_ctx, 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplerParams:
+    """How the next token is chosen; every field is a stage of llama.cpp's sampler chain.
+
+    The chain runs: grammar, penalties, DRY, top-k, typical, top-p, min-p, XTC,
+    temperature, then a random draw (or mirostat, or greedy).
+
+    Example::
+
+        SamplerParams(temperature=0.2, top_k=20, stop=("\\n\\n",), seed=42)
+        SamplerParams(greedy=True)  # always the most likely token
+
+    Attributes:
+        temperature: randomness; 0 means greedy.
+        top_k: keep the k most likely tokens (0 = off).
+        top_p: keep the smallest set whose probability reaches p (1.0 = off).
+        min_p: drop tokens below p times the top token's probability (0.0 = off).
+        typical_p: locally typical sampling (1.0 = off).
+        repeat_penalty: divide the logits of recent tokens (1.0 = off).
+        repeat_last_n: how many recent tokens the penalties look at (-1 = the whole context).
+        frequency_penalty, presence_penalty: OpenAI-style penalties (0.0 = off).
+        mirostat: 0 = off, 1 = Mirostat, 2 = Mirostat 2.0 (replaces top-k/p/min-p/typical/XTC).
+        mirostat_tau, mirostat_eta: Mirostat's target surprise and learning rate.
+        dry_multiplier: DRY repetition penalty strength (0.0 = off).
+        dry_base, dry_allowed_length, dry_penalty_last_n, dry_sequence_breakers: DRY's settings.
+        xtc_probability, xtc_threshold: "exclude top choices" sampling (probability 0.0 = off).
+        grammar: GBNF grammar text the output must follow (root rule "root").
+        seed: random seed; None = a new one every prompt.
+        greedy: always take the most likely token.
+        stop: strings that end generation; they are not part of the returned text.
+    """
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    mirostat: Literal[0, 1, 2] = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = -1
+    dry_sequence_breakers: tuple[str, ...] = ("\n", ":", '"', "*")
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    grammar: str | None = None
+    seed: int | None = None
+    greedy: bool = False
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        c = "SamplerParams"
+        _check_float(c, "temperature", self.temperature, 0.0, 100.0)
+        _check_int(c, "top_k", self.top_k, 0)
+        _check_float(c, "top_p", self.top_p, 0.0, 1.0, lo_open=True)
+        _check_float(c, "min_p", self.min_p, 0.0, 1.0)
+        _check_float(c, "typical_p", self.typical_p, 0.0, 1.0, lo_open=True)
+        _check_float(c, "repeat_penalty", self.repeat_penalty, 0.0, 100.0, lo_open=True)
+        _check_int(c, "repeat_last_n", self.repeat_last_n, -1)
+        _check_float(c, "frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        _check_float(c, "presence_penalty", self.presence_penalty, -2.0, 2.0)
+        _check_choice(c, "mirostat", self.mirostat, (0, 1, 2))  # type: ignore[arg-type]
+        _check_float(c, "mirostat_tau", self.mirostat_tau, 0.0, lo_open=True)
+        _check_float(c, "mirostat_eta", self.mirostat_eta, 0.0, 1.0, lo_open=True)
+        _check_float(c, "dry_multiplier", self.dry_multiplier, 0.0)
+        _check_float(c, "dry_base", self.dry_base, 1.0)
+        _check_int(c, "dry_allowed_length", self.dry_allowed_length, 0)
+        _check_int(c, "dry_penalty_last_n", self.dry_penalty_last_n, -1)
+        for breaker in _as_tuple(self, "dry_sequence_breakers", self.dry_sequence_breakers):
+            if not isinstance(breaker, str) or not breaker:
+                _fail(c, "dry_sequence_breakers", "non-empty strings", breaker)
+        _check_float(c, "xtc_probability", self.xtc_probability, 0.0, 1.0)
+        _check_float(c, "xtc_threshold", self.xtc_threshold, 0.0, 1.0)
+        if self.grammar is not None and (not isinstance(self.grammar, str) or not self.grammar.strip()):
+            _fail(c, "grammar", "None or non-empty GBNF text", self.grammar)
+        if self.seed is not None:
+            _check_int(c, "seed", self.seed, 0, _MAX_SEED)
+        _check_bool(c, "greedy", self.greedy)
+        for stop in _as_tuple(self, "stop", self.stop):
+            if not isinstance(stop, str) or not stop:
+                _fail(c, "stop", "a sequence of non-empty strings", stop)
+
+
+def _check_path(name: str, value: object) -> None:
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        _fail("LlamaLoad", name, "a non-empty str or os.PathLike", value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LlamaLoad:
+    """Everything the worker needs to load a model.
+
+    Example::
+
+        LlamaLoad(
+            path=default_model_path(),
+            context_params=ContextParams(n_ctx=8192),
+            sampler_params=SamplerParams(temperature=0.2),
+        )
+
+    Attributes:
+        path: the GGUF model file (a str or `os.PathLike`; kept as a str).
+        model_params, context_params, sampler_params: see their classes;
+            `sampler_params` is the default of every prompt.
+        mmproj_path: a multimodal projector GGUF; enables image prompts.
+        chat_template: a Jinja chat template that replaces the model's own.
+        verbose: let llama.cpp's own log through to stderr (silent by default).
+    """
+
+    path: str
+    model_params: ModelParams = field(default_factory=ModelParams)
+    context_params: ContextParams = field(default_factory=ContextParams)
+    sampler_params: SamplerParams = field(default_factory=SamplerParams)
+    mmproj_path: str | None = None
+    chat_template: str | None = None
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        c = "LlamaLoad"
+        _check_path("path", self.path)
+        object.__setattr__(self, "path", os.fspath(self.path))
+        if self.mmproj_path is not None:
+            _check_path("mmproj_path", self.mmproj_path)
+            object.__setattr__(self, "mmproj_path", os.fspath(self.mmproj_path))
+        for name, kind in (
+            ("model_params", ModelParams),
+            ("context_params", ContextParams),
+            ("sampler_params", SamplerParams),
+        ):
+            if not isinstance(getattr(self, name), kind):
+                _fail(c, name, f"a {kind.__name__}", getattr(self, name))
+        if self.chat_template is not None and (
+            not isinstance(self.chat_template, str) or not self.chat_template.strip()
+        ):
+            _fail(c, "chat_template", "None or non-empty Jinja text", self.chat_template)
+        _check_bool(c, "verbose", self.verbose)

@@ -1,0 +1,180 @@
+"""Broadcast streams: every subscriber sees every item emitted after it subscribed.
+
+Emitting never blocks: callbacks run at once on the event loop's thread, and
+each async iterator has its own unbounded buffer, so a slow reader delays
+nobody but itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+logger = logging.getLogger("llama_isolate")
+
+
+class Subscription:
+    """A `listen()` registration; `cancel()` ends it (idempotent).
+
+    Example::
+
+        sub = parent.stream.listen(lambda token: print(token, end=""))
+        ...
+        sub.cancel()
+    """
+
+    def __init__(self, on_cancel: Callable[[Subscription], None]) -> None:
+        self._on_cancel: Callable[[Subscription], None] | None = on_cancel
+
+    @property
+    def active(self) -> bool:
+        """True until `cancel()` is called or the stream closes."""
+        return self._on_cancel is not None
+
+    def cancel(self) -> None:
+        """Stop receiving items. Safe to call more than once."""
+        on_cancel, self._on_cancel = self._on_cancel, None
+        if on_cancel is not None:
+            on_cancel(self)
+
+
+class _StreamIterator(Generic[T]):
+    """One `async for` over a stream: a private buffer fed by the stream."""
+
+    def __init__(self, stream: EventStream[T]) -> None:
+        self._stream: EventStream[T] | None = stream
+        self._items: collections.deque[T] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+
+    def _push(self, item: T) -> None:
+        self._items.append(item)
+        self._wake()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _unsubscribe(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream._iterators.discard(self)
+
+    def __aiter__(self) -> _StreamIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        while not self._items:
+            if self._closed or self._stream is None:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            except asyncio.CancelledError:
+                # A cancelled reader is gone for good: stop buffering for it.
+                self._unsubscribe()
+                raise
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    def __del__(self) -> None:
+        # `break` out of `async for` drops the iterator; that ends the subscription.
+        self._unsubscribe()
+
+
+class EventStream(Generic[T]):
+    """A broadcast stream of items of type T.
+
+    ``async for item in stream`` subscribes for as long as the loop runs (a
+    `break` or a cancelled task unsubscribes); ``stream.listen(callback)``
+    calls ``callback(item)`` on the event loop's thread until the returned
+    `Subscription` is cancelled. A subscriber sees the items emitted after it
+    subscribed. Iteration ends when the stream closes (its owner was disposed).
+
+    Example::
+
+        async for event in parent.completions:
+            print(event.prompt_id, event.success)
+    """
+
+    def __init__(self) -> None:
+        self._callbacks: dict[Subscription, Callable[[T], object]] = {}
+        self._iterators: set[_StreamIterator[T]] = set()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once the stream's owner was disposed; nothing more will be emitted."""
+        return self._closed
+
+    def listen(self, callback: Callable[[T], object]) -> Subscription:
+        """Call `callback(item)` for every item from now on; returns the `Subscription`.
+
+        An exception raised by the callback is logged and does not reach
+        other subscribers. Listening to a closed stream returns an inactive
+        subscription.
+
+        Example::
+
+            sub = scope.stream.listen(chunks.append)
+        """
+        subscription = Subscription(self._drop_callback)
+        if self._closed:
+            subscription.cancel()
+        else:
+            self._callbacks[subscription] = callback
+        return subscription
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        iterator: _StreamIterator[T] = _StreamIterator(self)
+        if self._closed:
+            iterator._close()
+        else:
+            self._iterators.add(iterator)
+        return iterator
+
+    def _drop_callback(self, subscription: Subscription) -> None:
+        self._callbacks.pop(subscription, None)
+
+    def _emit(self, item: T) -> None:
+        if self._closed:
+            return
+        for iterator in list(self._iterators):
+            iterator._push(item)
+        for callback in list(self._callbacks.values()):
+            try:
+                callback(item)
+            except Exception:
+                logger.exception("a stream listener raised; the stream goes on")
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for iterator in list(self._iterators):
+            iterator._close()
+        self._iterators.clear()
+        for subscription in list(self._callbacks):
+            subscription.cancel()
+
+
+class TokenStream(EventStream[str]):
+    """A broadcast stream of generated text pieces, in the order they were generated.
+
+    Pieces are whole UTF-8 characters: a character split across tokens arrives
+    in one piece. Joining every piece of one prompt gives its event's `text`.
+
+    Example::
+
+        sub = parent.stream.listen(lambda piece: print(piece, end="", flush=True))
+    """

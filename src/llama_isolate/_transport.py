@@ -1,0 +1,205 @@
+"""The parent's side of the process boundary: spawn, framed channel, liveness.
+
+The worker is started as a fresh interpreter running `llama_isolate._worker`,
+never through multiprocessing's spawn, so the caller's `__main__` is not
+imported again in the child (a script without a main guard, `python -` and a
+notebook all work). The channel is one end of a Unix socket pair passed to the
+child as a file descriptor: llama.cpp's C stdio never touches it. The child's
+stdout goes to our stderr, and its stderr is drained by a thread that keeps
+the last lines for error messages (and forwards them when verbose).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from . import _protocol as protocol
+
+logger = logging.getLogger("llama_isolate")
+
+# The child's first lines: import our package from where the parent found it,
+# and not from the current directory (which `-c` would put first on sys.path).
+_BOOTSTRAP = (
+    "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+    "sys.path.insert(0, {root!r}); "
+    "from llama_isolate._worker.main import main; main({fd})"
+)
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+_STDERR_LINES_KEPT = 40
+
+
+class WorkerProcess:
+    """One worker process and the framed channel to it.
+
+    `on_reply` receives every decoded reply on the event loop; `on_exit`
+    is called once, on the event loop, when the channel closes or the process
+    ends, whichever is noticed first.
+    """
+
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        on_reply: Callable[[protocol.Reply], None],
+        on_exit: Callable[[str], None],
+        stderr_tail: collections.deque[str],
+    ) -> None:
+        self._process = process
+        self._reader = reader
+        self._writer = writer
+        self._on_reply = on_reply
+        self._on_exit: Callable[[str], None] | None = on_exit
+        self._stderr_tail = stderr_tail
+        self._loop = asyncio.get_running_loop()
+        self._read_task = self._loop.create_task(self._read_loop())
+        threading.Thread(target=self._watch_exit, name="llama-isolate-watch", daemon=True).start()
+
+    @classmethod
+    async def spawn(
+        cls,
+        *,
+        verbose: bool,
+        on_reply: Callable[[protocol.Reply], None],
+        on_exit: Callable[[str], None],
+    ) -> WorkerProcess:
+        """Start a worker process; it answers `Hello` once it runs."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-c", _BOOTSTRAP.format(root=_PACKAGE_ROOT, fd=theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                close_fds=True,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        tail: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES_KEPT)
+        assert process.stderr is not None
+        threading.Thread(
+            target=_drain_stderr,
+            args=(process.stderr, tail, verbose),
+            name="llama-isolate-stderr",
+            daemon=True,
+        ).start()
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        return cls(process, reader, writer, on_reply, on_exit, tail)
+
+    @property
+    def pid(self) -> int:
+        """The worker's process id."""
+        return self._process.pid
+
+    @property
+    def alive(self) -> bool:
+        """True while the process has not exited."""
+        return self._process.poll() is None
+
+    def send(self, message: protocol.Command) -> None:
+        """Queue one command for the worker; never blocks (the transport buffers)."""
+        if self._writer.is_closing():
+            return
+        self._writer.write(protocol.encode(message))
+
+    def describe_exit(self) -> str:
+        """How the process ended, with its last stderr lines, for error messages."""
+        code = self._process.poll()
+        if code is None:
+            what = "the worker closed its channel"
+        elif code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+            what = f"the worker process was killed by {name}{hint}"
+        else:
+            what = f"the worker process exited with code {code}"
+        last = [line for line in self._stderr_tail if line.strip()][-3:]
+        return what + ("; its last output: " + " | ".join(last) if last else "")
+
+    async def close(self, *, grace: float = 2.0) -> None:
+        """Ask the worker to exit, then kill it if it has not exited within `grace` seconds."""
+        self._on_exit = None
+        with contextlib.suppress(Exception):
+            self.send(protocol.Shutdown())
+            await asyncio.wait_for(self._writer.drain(), timeout=grace)
+        await self._reap(grace)
+        self._writer.close()
+        self._read_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._read_task
+
+    def kill(self) -> None:
+        """Kill the process at once (it is reaped by the watcher thread)."""
+        with contextlib.suppress(ProcessLookupError):
+            self._process.kill()
+
+    async def _reap(self, grace: float) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(loop.run_in_executor(None, self._process.wait), timeout=grace)
+        except (asyncio.TimeoutError, TimeoutError):
+            logger.warning("worker %d did not exit within %.1f s; killing it", self.pid, grace)
+            self.kill()
+            await loop.run_in_executor(None, self._process.wait)
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                header = await self._reader.readexactly(protocol.HEADER.size)
+                payload = await self._reader.readexactly(protocol.frame_length(header))
+                self._on_reply(protocol.decode(payload))  # type: ignore[arg-type]
+        except asyncio.IncompleteReadError:
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("the channel from the worker broke")
+            self.kill()
+        self._notify_exit()
+
+    def _watch_exit(self) -> None:
+        self._process.wait()
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            self._loop.call_soon_threadsafe(self._notify_exit)
+
+    def _notify_exit(self) -> None:
+        on_exit, self._on_exit = self._on_exit, None
+        if on_exit is not None:
+            on_exit(self.describe_exit())
+
+
+def _has_fileno(stream: object) -> bool:
+    try:
+        stream.fileno()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+def _drain_stderr(pipe: object, tail: collections.deque[str], verbose: bool) -> None:
+    for raw in iter(pipe.readline, b""):  # type: ignore[attr-defined]
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        tail.append(line)
+        if verbose:
+            sys.stderr.write(line + "\n")
+        else:
+            logger.debug("worker: %s", line)
+    pipe.close()  # type: ignore[attr-defined]

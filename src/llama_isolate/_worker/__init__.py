@@ -1,0 +1,1 @@
+"""The worker process side: everything that touches llama.cpp lives here."""

@@ -1,0 +1,63 @@
+"""Chat templates: a conversation becomes the prompt text the model was trained on.
+
+The template is the model's own (GGUF key ``tokenizer.chat_template``) or the
+`LlamaLoad.chat_template` override, rendered with Jinja in a sandbox, as
+Hugging Face's tokenizers do. A model without any template (a base model such
+as Gemma 3 270M) gets plain text completion: the turns' contents are joined
+as they are, so the model simply continues the text of the conversation.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+
+import jinja2
+import jinja2.sandbox
+
+
+class ChatTemplateError(Exception):
+    """The template could not be compiled or rendered."""
+
+
+def _raise_exception(message: str) -> None:
+    raise ChatTemplateError(f"the chat template refused the conversation: {message}")
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.datetime.now().strftime(fmt)
+
+
+class ChatFormatter:
+    """Renders conversations with one template, or as plain text when there is none."""
+
+    def __init__(self, template: str | None, *, bos_token: str, eos_token: str) -> None:
+        self.has_template = template is not None
+        self._bos = bos_token
+        self._eos = eos_token
+        self._template: jinja2.Template | None = None
+        if template is not None:
+            env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.globals["raise_exception"] = _raise_exception
+            env.globals["strftime_now"] = _strftime_now
+            try:
+                self._template = env.from_string(template)
+            except jinja2.TemplateError as exc:
+                raise ChatTemplateError(f"the chat template does not compile: {exc}") from exc
+
+    def render(self, messages: Sequence[tuple[str, str]]) -> str:
+        """The prompt text for `messages`, ending where the assistant's reply begins."""
+        if self._template is None:
+            return "".join(content for _, content in messages)
+        turns = [{"role": role, "content": content} for role, content in messages]
+        try:
+            return self._template.render(
+                messages=turns,
+                add_generation_prompt=True,
+                bos_token=self._bos,
+                eos_token=self._eos,
+            )
+        except ChatTemplateError:
+            raise
+        except jinja2.TemplateError as exc:
+            raise ChatTemplateError(f"the chat template failed: {exc}") from exc

@@ -1,0 +1,217 @@
+"""Loading a model and context through llama-cpp-python's low-level API.
+
+Everything here runs in the worker process. Failures are raised as
+`LoadFailure(kind, message)`, which the worker sends up as data.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import llama_cpp as C
+
+from .._params import ContextParams, LlamaLoad, ModelParams
+from .._protocol import ErrorKind
+
+GGUF_MAGIC = b"GGUF"
+
+_SPLIT_MODE = {"none": 0, "layer": 1, "row": 2}
+_LOAD_MODE = {(False, False): 0, (True, False): 1, (False, True): 2, (True, True): 3}
+_POOLING = {"unspecified": -1, "none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
+_FLASH = {"auto": -1, "off": 0, "on": 1}
+_ROPE = {"unspecified": -1, "none": 0, "linear": 1, "yarn": 2, "longrope": 3}
+_GGML_TYPE = {
+    "f32": 0,
+    "f16": 1,
+    "q4_0": 2,
+    "q4_1": 3,
+    "q5_0": 6,
+    "q5_1": 7,
+    "q8_0": 8,
+    "iq4_nl": 20,
+    "bf16": 30,
+}
+
+
+class LoadFailure(Exception):
+    """Loading failed for a reason the parent maps to a public exception."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class LlamaLog:
+    """Receives llama.cpp's (and ggml's) log; keeps the last lines for error messages.
+
+    Silent unless `verbose`, in which case lines go to stderr as llama.cpp
+    would write them.
+    """
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+        self.recent: collections.deque[str] = collections.deque(maxlen=30)
+        self._partial = ""
+        self._callback = C.llama_log_callback(self._on_log)
+        C.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+    def _on_log(self, level: int, text: bytes | None, _user: object) -> None:
+        chunk = (text or b"").decode("utf-8", "replace")
+        if self.verbose:
+            sys.stderr.write(chunk)
+        self._partial += chunk
+        *lines, self._partial = self._partial.split("\n")
+        self.recent.extend(line for line in lines if line.strip())
+
+    def mentions(self, *words: str) -> bool:
+        return any(word in line.lower() for line in self.recent for word in words)
+
+    def last(self, n: int = 2) -> str:
+        return " | ".join(line.strip() for line in list(self.recent)[-n:])
+
+
+def check_model_file(path: str, what: str) -> None:
+    """Raise `LoadFailure` unless `path` is a readable GGUF file."""
+    if not os.path.exists(path):
+        raise LoadFailure("not_found", f"{what} not found: {path}")
+    if os.path.isdir(path):
+        raise LoadFailure("invalid_model", f"{what} is a directory, not a GGUF file: {path}")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise LoadFailure("not_found", f"{what} cannot be read: {path} ({exc.strerror})") from exc
+    if magic != GGUF_MAGIC:
+        raise LoadFailure(
+            "invalid_model",
+            f"{what} is not a GGUF file (it starts with {magic!r}, not b'GGUF'): {path}",
+        )
+
+
+@dataclass
+class LoadedModel:
+    """The llama.cpp handles the engine works with; `close()` frees them."""
+
+    model: int
+    vocab: int
+    ctx: int
+    n_ctx_seq: int
+    n_seq_max: int
+    pooling: bool
+
+    def close(self) -> None:
+        if self.ctx:
+            C.llama_free(self.ctx)
+            self.ctx = 0
+        if self.model:
+            C.llama_model_free(self.model)
+            self.model = 0
+
+
+def load_model(load: LlamaLoad, log: LlamaLog) -> LoadedModel:
+    """Load the weights and create the context; raises `LoadFailure`."""
+    path = os.fspath(load.path)
+    check_model_file(path, "model file")
+    C.llama_backend_init()
+    with _model_params(load.model_params) as params:
+        model = C.llama_model_load_from_file(path.encode(), params)
+    if not model:
+        raise _classify(log, f"llama.cpp could not load the model {path}")
+    try:
+        if load.model_params.vocab_only:
+            return LoadedModel(model, C.llama_model_get_vocab(model), 0, 0, 0, False)
+        return _new_context(model, load.context_params, log)
+    except BaseException:
+        C.llama_model_free(model)
+        raise
+
+
+@contextlib.contextmanager
+def _model_params(p: ModelParams) -> Iterator[C.llama_model_params]:
+    params = C.llama_model_default_params()
+    params.n_gpu_layers = p.n_gpu_layers
+    params.split_mode = _SPLIT_MODE[p.split_mode]
+    params.main_gpu = p.main_gpu
+    params.vocab_only = p.vocab_only
+    params.check_tensors = p.check_tensors
+    params.load_mode = _LOAD_MODE[(p.use_mmap, p.use_mlock)]
+    split = None
+    if p.tensor_split:
+        split = (ctypes.c_float * max(C.llama_max_devices(), len(p.tensor_split)))(*p.tensor_split)
+        params.tensor_split = split
+    yield params  # `split` must outlive the load call
+
+
+def _new_context(model: int, p: ContextParams, log: LlamaLog) -> LoadedModel:
+    vocab = C.llama_model_get_vocab(model)
+    # One sequence per parallel slot, plus one for embeddings, all in one
+    # unified KV buffer so an idle slot's cells can serve a busy one.
+    n_seq_max = p.n_parallel + (1 if p.embeddings else 0)
+    params = C.llama_context_default_params()
+    params.n_ctx = p.n_ctx * p.n_parallel + (min(p.n_ctx, p.n_batch) if p.embeddings else 0)
+    params.n_batch = p.n_batch
+    params.n_ubatch = p.n_ubatch
+    params.n_seq_max = n_seq_max
+    params.n_threads = p.n_threads
+    params.n_threads_batch = p.n_threads_batch
+    params.kv_unified = True
+    params.embeddings = False  # switched on only while an embedding is computed
+    params.pooling_type = _pooling(model, p)
+    params.flash_attn_type = _FLASH[p.flash_attention]
+    params.type_k = _GGML_TYPE[p.type_k]
+    params.type_v = _GGML_TYPE[p.type_v]
+    params.rope_scaling_type = _ROPE[p.rope_scaling_type]
+    for name in ("rope_freq_base", "rope_freq_scale", "yarn_ext_factor", "yarn_attn_factor"):
+        if getattr(p, name) is not None:
+            setattr(params, name, getattr(p, name))
+    for name in ("yarn_beta_fast", "yarn_beta_slow", "yarn_orig_ctx"):
+        if getattr(p, name) is not None:
+            setattr(params, name, getattr(p, name))
+    params.no_perf = True
+    ctx = C.llama_init_from_model(model, params)
+    if not ctx:
+        raise _classify(log, f"llama.cpp could not create a context of {params.n_ctx} tokens")
+    pooling = p.embeddings and C.llama_pooling_type(ctx) != 0
+    return LoadedModel(model, vocab, ctx, p.n_ctx, n_seq_max, pooling)
+
+
+def _pooling(model: int, p: ContextParams) -> int:
+    """The pooling type: as asked, else the model's, else mean for a model naming none."""
+    if p.pooling_type != "unspecified" or not p.embeddings:
+        return _POOLING[p.pooling_type]
+    arch = meta_value(model, "general.architecture") or ""
+    own = meta_value(model, f"{arch}.pooling_type")
+    return int(own) if own not in (None, "", "0") else _POOLING["mean"]
+
+
+def meta_value(model: int, key: str) -> str | None:
+    """A GGUF metadata value of the model as text, or None."""
+    buf = ctypes.create_string_buffer(512)
+    n = C.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
+    if n < 0:
+        return None
+    if n >= len(buf):
+        buf = ctypes.create_string_buffer(n + 1)
+        C.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
+    return buf.value.decode("utf-8", "replace")
+
+
+def model_description(model: int) -> str:
+    buf = ctypes.create_string_buffer(256)
+    C.llama_model_desc(model, buf, len(buf))
+    return buf.value.decode("utf-8", "replace")
+
+
+def _classify(log: LlamaLog, message: str) -> LoadFailure:
+    detail = log.last()
+    text = message + (f" (llama.cpp said: {detail})" if detail else "")
+    if log.mentions("alloc", "out of memory", "cannot allocate"):
+        return LoadFailure("out_of_memory", text + "; not enough memory")
+    return LoadFailure("invalid_model", text)

@@ -1,0 +1,173 @@
+"""The worker process: a command loop around the engine.
+
+Three threads, so that the engine never waits on the pipe:
+
+- the main thread runs the loop below and every llama.cpp call;
+- a reader thread receives commands; a `Cancel` for a running prompt also
+  raises the abort flag at once, so `llama_decode` returns mid-batch;
+- a writer thread sends replies, so a parent that reads slowly never stalls
+  decoding.
+
+The loop, one turn at a time:
+
+1. clear the abort flag (it is raised again by any stop that arrives later);
+2. take every command that arrived (wait for one when there is no work);
+3. apply them in arrival order: submit, cancel, embed, drop a scope, shut down;
+4. run one engine step: admit prompts into free slots, decode one batch,
+   sample, and emit tokens and completions.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+
+from .. import _protocol as protocol
+from .engine import Engine, RequestFailure
+from .llama import LoadFailure
+
+
+class Channel:
+    """Framed messages over the socket the parent passed down."""
+
+    def __init__(self, fd: int) -> None:
+        self._sock = socket.socket(fileno=fd)
+        self._outbox: queue.SimpleQueue[protocol.Reply | None] = queue.SimpleQueue()
+
+    def receive(self) -> protocol.Command | None:
+        """The next command, or None when the parent closed the channel."""
+        header = self._read_exactly(protocol.HEADER.size)
+        if header is None:
+            return None
+        payload = self._read_exactly(protocol.frame_length(header))
+        return None if payload is None else protocol.decode(payload)  # type: ignore[return-value]
+
+    def _read_exactly(self, size: int) -> bytes | None:
+        chunks, remaining = [], size
+        while remaining:
+            chunk = self._sock.recv(min(remaining, 1 << 20))
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+
+    def send(self, message: protocol.Reply) -> None:
+        """Queue a reply for the writer thread; never blocks."""
+        self._outbox.put(message)
+
+    def send_now(self, message: protocol.Reply) -> None:
+        """Send from the calling thread (before the writer thread runs)."""
+        self._sock.sendall(protocol.encode(message))
+
+    def start_writer(self) -> threading.Thread:
+        thread = threading.Thread(target=self._write_loop, name="writer", daemon=True)
+        thread.start()
+        return thread
+
+    def finish(self, writer: threading.Thread) -> None:
+        """Flush every queued reply, then close."""
+        self._outbox.put(None)
+        writer.join(timeout=5)
+        self._sock.close()
+
+    def _write_loop(self) -> None:
+        try:
+            while True:
+                message = self._outbox.get()
+                if message is None:
+                    return
+                frames = [protocol.encode(message)]
+                while True:  # coalesce what is already waiting into one write
+                    try:
+                        more = self._outbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        self._sock.sendall(b"".join(frames))
+                        return
+                    frames.append(protocol.encode(more))
+                self._sock.sendall(b"".join(frames))
+        except OSError:
+            return  # the parent is gone; the reader sees it too and shuts down
+
+
+def _read_loop(channel: Channel, inbox: queue.SimpleQueue[protocol.Command], engine: Engine) -> None:
+    try:
+        while True:
+            command = channel.receive()
+            if command is None:
+                break
+            inbox.put(command)
+            # Put first, flag second: whoever sees the flag finds the Cancel queued.
+            if isinstance(command, protocol.Cancel) and engine.is_running(command.prompt_ids):
+                engine.abort_flag.set()
+            elif isinstance(command, protocol.Shutdown):
+                engine.abort_flag.set()
+                return
+    except OSError:
+        pass
+    inbox.put(protocol.Shutdown())
+    engine.abort_flag.set()
+
+
+def _serve(channel: Channel, engine: Engine) -> None:
+    inbox: queue.SimpleQueue[protocol.Command] = queue.SimpleQueue()
+    threading.Thread(target=_read_loop, args=(channel, inbox, engine), name="reader", daemon=True).start()
+    while True:
+        engine.abort_flag.clear()  # 1
+        commands = [inbox.get()] if not engine.busy else []  # 2
+        while True:
+            try:
+                commands.append(inbox.get_nowait())
+            except queue.Empty:
+                break
+        for command in commands:  # 3
+            if isinstance(command, protocol.Submit):
+                engine.submit(command)
+            elif isinstance(command, protocol.Cancel):
+                engine.cancel(command.prompt_ids, command.reason)
+            elif isinstance(command, protocol.Embed):
+                try:
+                    vector = engine.embed(command.text, command.normalize)
+                    channel.send(protocol.Embedding(command.request_id, vector))
+                except RequestFailure as exc:
+                    channel.send(protocol.RequestFailed(command.request_id, exc.kind, exc.message))
+            elif isinstance(command, protocol.DropScope):
+                engine.drop_scope(command.scope_key)
+            elif isinstance(command, protocol.Shutdown):
+                return
+        engine.step()  # 4
+
+
+def main(fd: int) -> None:
+    """Entry point of the worker process; `fd` is its end of the channel."""
+    # Ctrl-C in a terminal reaches the whole process group; the parent
+    # decides what it means (stop an answer), not the worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.dup2(2, 1)  # C code that prints to stdout must never reach the caller's stdout
+    channel = Channel(fd)
+    channel.send_now(protocol.Hello(os.getpid()))
+    command = channel.receive()
+    if not isinstance(command, protocol.Load):
+        return
+    try:
+        engine = Engine(command.load, channel.send)
+    except LoadFailure as exc:
+        channel.send_now(protocol.LoadFailed(exc.kind, exc.message))
+        return
+    except Exception as exc:  # an unexpected bug: report it rather than die silently
+        channel.send_now(protocol.LoadFailed("internal", f"{type(exc).__name__}: {exc}"))
+        raise
+    channel.send_now(protocol.Loaded(engine.info()))
+    writer = channel.start_writer()
+    try:
+        _serve(channel, engine)
+    finally:
+        engine.close()
+        channel.finish(writer)
+    sys.exit(0)
