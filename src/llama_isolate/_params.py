@@ -176,6 +176,8 @@ class ContextParams:
             _check_int(c, "n_predict", self.n_predict, 1)
         _check_bool(c, "embeddings", self.embeddings)
         _check_choice(c, "pooling_type", self.pooling_type, POOLING_TYPES)
+        if self.embeddings and self.pooling_type == "none":
+            _fail(c, "pooling_type", "a pooling (not 'none') when embeddings=True: one vector per text", "none")
         _check_choice(c, "flash_attention", self.flash_attention, FLASH_ATTENTION)
         _check_choice(c, "type_k", self.type_k, CACHE_TYPES)
         _check_choice(c, "type_v", self.type_v, CACHE_TYPES)

@@ -117,9 +117,7 @@ class LlamaParent:
     def __init__(self, load: LlamaLoad, *, max_queue: int | None = None, restart_on_crash: bool = False) -> None:
         if not isinstance(load, LlamaLoad):
             raise TypeError(f"LlamaParent needs a LlamaLoad, got {type(load).__name__}")
-        if max_queue is not None and (
-            not isinstance(max_queue, int) or isinstance(max_queue, bool) or max_queue < 1
-        ):
+        if max_queue is not None and (not isinstance(max_queue, int) or isinstance(max_queue, bool) or max_queue < 1):
             raise ValueError(f"max_queue must be None or an int >= 1, got {max_queue!r}")
         self._load = load
         self._max_queue = max_queue

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Generic, TypeVar
 
@@ -87,10 +88,6 @@ class _StreamIterator(Generic[T]):
                 self._waiter = None
         return self._items.popleft()
 
-    def __del__(self) -> None:
-        # `break` out of `async for` drops the iterator; that ends the subscription.
-        self._unsubscribe()
-
 
 class EventStream(Generic[T]):
     """A broadcast stream of items of type T.
@@ -109,7 +106,8 @@ class EventStream(Generic[T]):
 
     def __init__(self) -> None:
         self._callbacks: dict[Subscription, Callable[[T], object]] = {}
-        self._iterators: set[_StreamIterator[T]] = set()
+        # Weak: an iterator dropped by `break` leaves the stream by itself.
+        self._iterators: weakref.WeakSet[_StreamIterator[T]] = weakref.WeakSet()
         self._closed = False
 
     @property

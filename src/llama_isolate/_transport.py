@@ -15,7 +15,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -50,6 +49,7 @@ class WorkerProcess:
     def __init__(
         self,
         process: subprocess.Popen[bytes],
+        *,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         on_reply: Callable[[protocol.Reply], None],
@@ -77,14 +77,7 @@ class WorkerProcess:
         """Start a worker process; it answers `Hello` once it runs."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-c", _BOOTSTRAP.format(root=_PACKAGE_ROOT, fd=theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                close_fds=True,
-            )
+            process = _start_process(theirs.fileno())
         except BaseException:
             ours.close()
             raise
@@ -99,7 +92,7 @@ class WorkerProcess:
             daemon=True,
         ).start()
         reader, writer = await asyncio.open_unix_connection(sock=ours)
-        return cls(process, reader, writer, on_reply, on_exit, tail)
+        return cls(process, reader=reader, writer=writer, on_reply=on_reply, on_exit=on_exit, stderr_tail=tail)
 
     @property
     def pid(self) -> int:
@@ -184,6 +177,18 @@ class WorkerProcess:
         on_exit, self._on_exit = self._on_exit, None
         if on_exit is not None:
             on_exit(self.describe_exit())
+
+
+def _start_process(fd: int) -> subprocess.Popen[bytes]:
+    """Fork and exec the worker; returns at once, without waiting for it to start."""
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-c", _BOOTSTRAP.format(root=_PACKAGE_ROOT, fd=fd)],
+        pass_fds=(fd,),
+        stdin=subprocess.DEVNULL,
+        stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        close_fds=True,
+    )
 
 
 def _has_fileno(stream: object) -> bool:

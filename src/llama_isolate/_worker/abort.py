@@ -27,8 +27,7 @@ class AbortFlag:
         self._py_callback = None
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-            strlen = ctypes.cast(libc.strlen, ctypes.c_void_p).value
-            self._callback = ctypes.cast(strlen, C.ggml_abort_callback)
+            self._callback = ctypes.cast(libc.strlen, C.ggml_abort_callback)
         except (OSError, AttributeError):  # pragma: no cover - no libc to borrow
             self._py_callback = C.ggml_abort_callback(lambda _data: self.is_set())
             self._callback = self._py_callback

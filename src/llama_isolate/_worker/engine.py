@@ -406,4 +406,3 @@ class Engine:
 def _normalized(values: tuple[float, ...]) -> tuple[float, ...]:
     norm = math.sqrt(sum(v * v for v in values))
     return values if norm == 0 else tuple(v / norm for v in values)
-

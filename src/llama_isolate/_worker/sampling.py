@@ -55,9 +55,7 @@ def _stages(params: SamplerParams, *, vocab: int, n_vocab: int, n_ctx: int) -> l
     elif params.mirostat == 1:
         stages.append(C.llama_sampler_init_temp(params.temperature))
         stages.append(
-            C.llama_sampler_init_mirostat(
-                n_vocab, seed, params.mirostat_tau, params.mirostat_eta, _MIROSTAT_M
-            )
+            C.llama_sampler_init_mirostat(n_vocab, seed, params.mirostat_tau, params.mirostat_eta, _MIROSTAT_M)
         )
     elif params.mirostat == 2:
         stages.append(C.llama_sampler_init_temp(params.temperature))
