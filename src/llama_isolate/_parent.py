@@ -666,8 +666,8 @@ class LlamaParent:
         if handshake is not None and not handshake.done():
             handshake.set_exception(LlamaWorkerDiedOnLoad(f"the worker died while loading: {description}"))
             return
-        if self._status in (LlamaStatus.DISPOSED, LlamaStatus.ERROR):
-            return
+        if self._status in (LlamaStatus.DISPOSED, LlamaStatus.ERROR, LlamaStatus.LOADING):
+            return  # dispose(), or init() which reaps the worker itself
         logger.error("llama_isolate worker died: %s", description)
         message = f"the worker process died: {description}"
         self._status = LlamaStatus.ERROR

@@ -24,6 +24,7 @@ ErrorKind = Literal[
     "not_found",  # a path does not exist
     "invalid_model",  # not a GGUF / llama.cpp refused the file
     "out_of_memory",  # weights or context did not fit
+    "invalid_template",  # the chat template does not compile
     "feature",  # the load did not enable what the request needs
     "request",  # the request itself is bad (too long, empty, ...)
     "internal",  # an unexpected exception in the worker

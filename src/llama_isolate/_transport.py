@@ -36,6 +36,7 @@ _BOOTSTRAP = (
 )
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 _STDERR_LINES_KEPT = 40
+_EXIT_AFTER_EOF_S = 1.0
 
 
 class WorkerProcess:
@@ -63,6 +64,7 @@ class WorkerProcess:
         self._on_exit: Callable[[str], None] | None = on_exit
         self._stderr_tail = stderr_tail
         self._loop = asyncio.get_running_loop()
+        self._exited = asyncio.Event()
         self._read_task = self._loop.create_task(self._read_loop())
         threading.Thread(target=self._watch_exit, name="llama-isolate-watch", daemon=True).start()
 
@@ -159,19 +161,31 @@ class WorkerProcess:
                 header = await self._reader.readexactly(protocol.HEADER.size)
                 payload = await self._reader.readexactly(protocol.frame_length(header))
                 self._on_reply(protocol.decode(payload))  # type: ignore[arg-type]
-        except asyncio.IncompleteReadError:
+        except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        except asyncio.CancelledError:
-            raise
         except Exception:
             logger.exception("the channel from the worker broke")
+            self.kill()
+        # The channel closes a moment before the process is reaped; wait for
+        # the exit so the error can say how the worker ended. A worker that
+        # closed its channel but lives on is useless: kill it.
+        try:
+            await asyncio.wait_for(self._exited.wait(), _EXIT_AFTER_EOF_S)
+        except (asyncio.TimeoutError, TimeoutError):
             self.kill()
         self._notify_exit()
 
     def _watch_exit(self) -> None:
         self._process.wait()
         with contextlib.suppress(RuntimeError):  # the loop is already closed
-            self._loop.call_soon_threadsafe(self._notify_exit)
+            self._loop.call_soon_threadsafe(self._on_process_exit)
+
+    def _on_process_exit(self) -> None:
+        # Normally the reader reaches the end of the channel at the same
+        # moment and reports the exit after the last replies; this is the
+        # fallback for a channel that stays open (an fd leaked to a grandchild).
+        self._exited.set()
+        self._loop.call_later(_EXIT_AFTER_EOF_S, self._notify_exit)
 
     def _notify_exit(self) -> None:
         on_exit, self._on_exit = self._on_exit, None

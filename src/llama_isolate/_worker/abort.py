@@ -27,7 +27,10 @@ class AbortFlag:
         self._py_callback = None
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-            self._callback = ctypes.cast(libc.strlen, C.ggml_abort_callback)
+            address = ctypes.cast(libc.strlen, ctypes.c_void_p).value
+            if not address:
+                raise OSError("libc has no strlen")
+            self._callback = C.ggml_abort_callback(address)
         except (OSError, AttributeError):  # pragma: no cover - no libc to borrow
             self._py_callback = C.ggml_abort_callback(lambda _data: self.is_set())
             self._callback = self._py_callback

@@ -28,7 +28,7 @@ from .. import _protocol as protocol
 from .._params import LlamaLoad
 from .abort import AbortFlag
 from .chat import ChatFormatter, ChatTemplateError
-from .llama import LlamaLog, LoadedModel, load_model, model_description
+from .llama import LlamaLog, LoadedModel, LoadFailure, load_model, model_description
 from .sampling import GrammarError, build_sampler
 from .text import Detokenizer
 
@@ -87,8 +87,11 @@ class Engine:
         self._waiting: collections.deque[protocol.Submit] = collections.deque()
         self._pieces: dict[int, bytes] = {}
         self._abort = AbortFlag()
-        self._active_ids: frozenset[str] = frozenset()
-        self._chat = self._formatter(load)
+        try:
+            self._chat = self._formatter(load)
+        except ChatTemplateError as exc:
+            self._handles.close()
+            raise LoadFailure("invalid_template", str(exc)) from exc
         self._batch: C.llama_batch | None = None
         if self._handles.ctx:
             self._batch = C.llama_batch_init(self._n_batch, 0, 1)
@@ -114,11 +117,6 @@ class Engine:
     def busy(self) -> bool:
         """True while a prompt is waiting or running."""
         return bool(self._waiting) or any(self._slots)
-
-    def is_running(self, prompt_ids: tuple[str, ...]) -> bool:
-        """Whether any of these prompts is in a slot (safe from any thread)."""
-        active = self._active_ids
-        return any(pid in active for pid in prompt_ids)
 
     @property
     def abort_flag(self) -> AbortFlag:
@@ -216,7 +214,6 @@ class Engine:
         for seq_id in range(self._n_parallel):
             while self._slots[seq_id] is None and self._waiting:
                 self._slots[seq_id] = self._start(self._waiting.popleft(), seq_id)
-        self._active_ids = frozenset(s.request.prompt_id for s in self._slots if s is not None)
 
     def _start(self, request: protocol.Submit, seq_id: int) -> _Sequence | None:
         self._emit(protocol.Started(request.prompt_id))
@@ -335,7 +332,6 @@ class Engine:
                 self._emit(protocol.Tokens(seq.request.prompt_id, rest))
         C.llama_sampler_free(seq.sampler)
         self._slots[seq.seq_id] = None
-        self._active_ids = self._active_ids - {seq.request.prompt_id}
         end = time.perf_counter()
         first = seq.first_token or end
         self._emit(

@@ -103,8 +103,11 @@ def _read_loop(channel: Channel, inbox: queue.SimpleQueue[protocol.Command], eng
             if command is None:
                 break
             inbox.put(command)
-            # Put first, flag second: whoever sees the flag finds the Cancel queued.
-            if isinstance(command, protocol.Cancel) and engine.is_running(command.prompt_ids):
+            # Put first, flag second: whoever sees the flag finds the Cancel
+            # queued. Every Cancel raises the flag, even for a prompt not yet
+            # admitted (it may be admitted before the Cancel is read): a
+            # needless abort only costs redoing part of one batch.
+            if isinstance(command, protocol.Cancel):
                 engine.abort_flag.set()
             elif isinstance(command, protocol.Shutdown):
                 engine.abort_flag.set()

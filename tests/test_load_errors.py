@@ -1,0 +1,111 @@
+"""init() failures: a clear typed error, nothing left running, nothing hanging."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+
+from llama_isolate import (
+    LlamaInvalidModel,
+    LlamaLoad,
+    LlamaLoadError,
+    LlamaLoadTimeout,
+    LlamaModelNotFound,
+    LlamaParent,
+    LlamaStatus,
+    LlamaStatusError,
+    LlamaWorkerDied,
+    LlamaWorkerDiedOnLoad,
+)
+
+from .conftest import greedy_load
+
+
+async def failed_init(load: LlamaLoad, **kwargs: float) -> tuple[LlamaParent, LlamaLoadError]:
+    parent = LlamaParent(load)
+    with pytest.raises(LlamaLoadError) as info:
+        await parent.init(**kwargs)
+    assert parent.status is LlamaStatus.ERROR
+    assert parent.worker_pid is None
+    assert not psutil.Process().children(recursive=True), "a worker process was left behind"
+    with pytest.raises(LlamaStatusError, match="ERROR"):
+        await parent.send_prompt("hi")
+    await parent.dispose()
+    return parent, info.value
+
+
+async def test_missing_model_file(tmp_path: Path) -> None:
+    _, error = await failed_init(LlamaLoad(path=tmp_path / "absent.gguf"))
+    assert isinstance(error, LlamaModelNotFound)
+    assert "absent.gguf" in str(error)
+
+
+async def test_a_file_that_is_not_gguf(tmp_path: Path) -> None:
+    fake = tmp_path / "notes.gguf"
+    fake.write_text("just some notes, not a model\n")
+    _, error = await failed_init(LlamaLoad(path=fake))
+    assert isinstance(error, LlamaInvalidModel)
+    assert "not a GGUF file" in str(error)
+
+
+async def test_a_model_path_that_is_a_directory(tmp_path: Path) -> None:
+    _, error = await failed_init(LlamaLoad(path=tmp_path))
+    assert isinstance(error, LlamaInvalidModel)
+    assert "directory" in str(error)
+
+
+async def test_a_truncated_gguf(tmp_path: Path, model_path: Path) -> None:
+    truncated = tmp_path / "truncated.gguf"
+    with open(model_path, "rb") as src:
+        truncated.write_bytes(src.read(3_000_000))
+    _, error = await failed_init(LlamaLoad(path=truncated))
+    assert isinstance(error, LlamaInvalidModel)
+    assert "could not load" in str(error)
+
+
+async def test_a_chat_template_override_that_does_not_compile(model_path: Path) -> None:
+    _, error = await failed_init(LlamaLoad(path=model_path, chat_template="{% for m in %}"))
+    assert "chat template" in str(error)
+
+
+async def test_a_load_past_its_timeout_is_killed(model_path: Path) -> None:
+    _, error = await failed_init(greedy_load(model_path), timeout=0.001)
+    assert isinstance(error, LlamaLoadTimeout)
+    assert "timeout" in str(error)
+
+
+async def test_a_worker_killed_while_loading(model_path: Path) -> None:
+    parent = LlamaParent(greedy_load(model_path))
+    init = asyncio.create_task(parent.init())
+    while parent._worker is None:  # spawned, still importing llama.cpp
+        await asyncio.sleep(0.001)
+    os.kill(parent._worker.pid, signal.SIGKILL)
+    with pytest.raises(LlamaWorkerDiedOnLoad, match="SIGKILL") as info:
+        await init
+    assert isinstance(info.value, LlamaWorkerDied)
+    assert parent.status is LlamaStatus.ERROR
+    assert not psutil.Process().children(recursive=True)
+
+
+async def test_a_failed_init_can_be_retried_with_restart(model_path: Path) -> None:
+    parent = LlamaParent(greedy_load(model_path, n_ctx=1024))
+    with pytest.raises(LlamaLoadTimeout):
+        await parent.init(timeout=0.001)
+    await parent.restart()
+    try:
+        pid = await parent.send_prompt("Hello", max_tokens=3)
+        assert (await parent.wait_for_completion(pid)).success
+    finally:
+        await parent.dispose()
+
+
+def test_bad_parent_options_are_refused_at_construction(model_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_queue"):
+        LlamaParent(LlamaLoad(path=model_path), max_queue=0)
+    with pytest.raises(TypeError, match="LlamaLoad"):
+        LlamaParent(str(model_path))  # type: ignore[arg-type]
