@@ -27,7 +27,7 @@ async def test_normalized_embedding_has_unit_length(embedding_parent: LlamaParen
     unit = await embedding_parent.get_embeddings("hello", normalize=True)
     assert math.isclose(math.sqrt(sum(v * v for v in unit)), 1.0, rel_tol=1e-5)
     scale = math.sqrt(sum(v * v for v in raw))
-    assert all(math.isclose(u * scale, r, rel_tol=1e-4, abs_tol=1e-6) for u, r in zip(unit, raw))
+    assert all(math.isclose(u * scale, r, rel_tol=1e-4, abs_tol=1e-6) for u, r in zip(unit, raw, strict=True))
 
 
 async def test_embeddings_while_a_prompt_generates_do_not_disturb_it(embedding_parent: LlamaParent) -> None:
