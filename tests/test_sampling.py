@@ -1,0 +1,88 @@
+"""SamplerParams reach llama.cpp's sampler chain: each knob changes what it should."""
+
+from __future__ import annotations
+
+from llama_isolate import LlamaParent, SamplerParams
+
+PROMPT = "Write one sentence about the sea."
+
+
+async def reply(parent: LlamaParent, sampler: SamplerParams | None = None, max_tokens: int = 24) -> tuple[str, str]:
+    scope = parent.get_scope()  # a fresh conversation each time
+    event = await parent.wait_for_completion(
+        await scope.send_prompt(PROMPT, sampler_params=sampler, max_tokens=max_tokens)
+    )
+    assert event.success, event.error
+    return event.text, event.finish_reason
+
+
+async def test_greedy_temperature_zero_and_top_k_one_agree(parent: LlamaParent) -> None:
+    greedy, _ = await reply(parent, SamplerParams(greedy=True))
+    cold, _ = await reply(parent, SamplerParams(temperature=0.0))
+    top1, _ = await reply(parent, SamplerParams(top_k=1, temperature=1.5, seed=7))
+    assert greedy == cold == top1
+
+
+async def test_a_seed_makes_random_sampling_reproducible(parent: LlamaParent) -> None:
+    hot = SamplerParams(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, seed=1234)
+    first, _ = await reply(parent, hot)
+    second, _ = await reply(parent, hot)
+    others = {
+        (await reply(parent, SamplerParams(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, seed=s)))[0]
+        for s in (1, 2, 3)
+    }
+    assert first == second
+    assert len(others | {first}) > 1
+
+
+async def test_max_tokens_ends_with_length(parent: LlamaParent) -> None:
+    event = await parent.wait_for_completion(await parent.send_prompt(PROMPT, max_tokens=5))
+    assert event.finish_reason == "length"
+    assert event.completion_tokens == 5
+
+
+async def test_a_stop_string_ends_the_reply_before_it(parent: LlamaParent) -> None:
+    full, _ = await reply(parent, SamplerParams(greedy=True), max_tokens=24)
+    words = full.split()
+    assert len(words) >= 4
+    stop = words[3]
+    cut, reason = await reply(parent, SamplerParams(greedy=True, stop=(stop,)), max_tokens=24)
+    assert reason == "stop"
+    assert cut == full[: full.index(stop)]
+    assert stop not in cut
+
+
+async def test_a_grammar_constrains_the_output(parent: LlamaParent) -> None:
+    grammar = 'root ::= ("yes" | "no") "."'
+    text, reason = await reply(parent, SamplerParams(grammar=grammar, temperature=1.0, seed=3), max_tokens=8)
+    assert text in ("yes.", "no.")
+    assert reason == "stop"
+
+
+async def test_an_invalid_grammar_fails_only_that_prompt(parent: LlamaParent) -> None:
+    bad = await parent.wait_for_completion(
+        await parent.send_prompt(PROMPT, sampler_params=SamplerParams(grammar="root ::= (unclosed"))
+    )
+    assert not bad.success
+    assert bad.finish_reason == "error"
+    assert bad.error is not None and "grammar" in bad.error
+    assert parent.messages == []  # the failed turn left the history as it was
+    good = await parent.wait_for_completion(await parent.send_prompt("Hi", max_tokens=3))
+    assert good.success
+
+
+async def test_penalties_dry_xtc_typical_and_mirostat_run_and_change_output(parent: LlamaParent) -> None:
+    base, _ = await reply(parent, SamplerParams(greedy=True), max_tokens=40)
+    penalized, _ = await reply(
+        parent, SamplerParams(greedy=True, repeat_penalty=1.8, frequency_penalty=1.0, presence_penalty=1.0), 40
+    )
+    assert penalized != base
+    for params in (
+        SamplerParams(dry_multiplier=0.8, seed=1),
+        SamplerParams(xtc_probability=0.5, xtc_threshold=0.1, seed=1),
+        SamplerParams(typical_p=0.5, seed=1),
+        SamplerParams(mirostat=1, seed=1),
+        SamplerParams(mirostat=2, seed=1),
+    ):
+        text, _ = await reply(parent, params, max_tokens=8)
+        assert text, params
