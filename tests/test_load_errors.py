@@ -11,11 +11,13 @@ import psutil
 import pytest
 
 from llama_isolate import (
+    ContextParams,
     LlamaInvalidModel,
     LlamaLoad,
     LlamaLoadError,
     LlamaLoadTimeout,
     LlamaModelNotFound,
+    LlamaOutOfMemory,
     LlamaParent,
     LlamaStatus,
     LlamaStatusError,
@@ -109,3 +111,10 @@ def test_bad_parent_options_are_refused_at_construction(model_path: Path) -> Non
         LlamaParent(LlamaLoad(path=model_path), max_queue=0)
     with pytest.raises(TypeError, match="LlamaLoad"):
         LlamaParent(str(model_path))  # type: ignore[arg-type]
+
+
+async def test_a_context_too_large_for_memory(model_path: Path) -> None:
+    # 4M tokens of KV cache for this model is about 90 GiB: more than the machine has.
+    _, error = await failed_init(LlamaLoad(path=model_path, context_params=ContextParams(n_ctx=1 << 22)))
+    assert isinstance(error, LlamaOutOfMemory)
+    assert "memory" in str(error)
