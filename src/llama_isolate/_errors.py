@@ -14,6 +14,7 @@ except `ValueError` for parameter values refused at construction time::
      ├── LlamaFeatureNotEnabled      embeddings without embeddings=True, images without mmproj_path
      ├── LlamaQueueFull              max_queue prompts are already waiting
      ├── LlamaRequestError           one request (e.g. an embedding) failed; the worker carries on
+     │    └── LlamaStateError        a saved scope state is damaged or from another model
      └── LlamaWorkerDied             the worker process ended unexpectedly
 
 Failures of a single prompt do not raise: they end that prompt with a
@@ -164,4 +165,16 @@ class LlamaRequestError(LlamaError):
             await parent.get_embeddings(very_long_text)
         except LlamaRequestError as exc:
             print(exc)  # says how many tokens were needed and how many fit
+    """
+
+
+class LlamaStateError(LlamaRequestError):
+    """A scope state given to `load_state()` is damaged, or was saved with another model or cache type.
+
+    Example::
+
+        try:
+            await scope.load_state(data)
+        except LlamaStateError as exc:
+            print("cannot restore:", exc)
     """

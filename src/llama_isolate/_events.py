@@ -75,7 +75,10 @@ class CompletionEvent:
             (max tokens or context full), "stopped" (`stop()`), "cancelled"
             (`scope.stop()`/`dispose()`), "error".
         scope_id: the scope the prompt was sent through, or None for the parent's own.
-        prompt_tokens: prompt tokens the worker processed for this prompt.
+        prompt_tokens: prompt tokens the worker processed for this prompt (the
+            conversation formatted by the chat template, minus `cached_tokens`).
+        cached_tokens: prompt tokens reused from the conversation's KV cache
+            (its earlier turns), not processed again.
         completion_tokens: tokens generated.
         timings: see `CompletionTimings`.
     """
@@ -87,5 +90,6 @@ class CompletionEvent:
     finish_reason: FinishReason
     scope_id: str | None
     prompt_tokens: int
+    cached_tokens: int
     completion_tokens: int
     timings: CompletionTimings

@@ -141,6 +141,10 @@ class ContextParams:
         type_k, type_v: KV cache data types; a quantized `type_v` needs flash attention.
         rope_scaling_type, rope_freq_base, rope_freq_scale, yarn_*: rope/YaRN overrides;
             None keeps the model's value.
+        cache_ram_mib: RAM for the KV caches of conversations waiting for a slot. A
+            conversation keeps its KV cache between turns; when its slot is needed by
+            another, its cache is parked here and restored when it returns, instead of
+            processing its history again. 0 = never park (history is re-processed).
     """
 
     n_ctx: int = 4096
@@ -163,6 +167,7 @@ class ContextParams:
     yarn_beta_fast: float | None = None
     yarn_beta_slow: float | None = None
     yarn_orig_ctx: int | None = None
+    cache_ram_mib: int = 1024
 
     def __post_init__(self) -> None:
         c = "ContextParams"
@@ -192,6 +197,7 @@ class ContextParams:
                 _check_float(c, name, getattr(self, name), 0.0)
         if self.yarn_orig_ctx is not None:
             _check_int(c, "yarn_orig_ctx", self.yarn_orig_ctx, 1)
+        _check_int(c, "cache_ram_mib", self.cache_ram_mib, 0)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,7 +21,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -37,6 +37,7 @@ from ._errors import (
     LlamaOutOfMemory,
     LlamaQueueFull,
     LlamaRequestError,
+    LlamaStateError,
     LlamaStatusError,
     LlamaWorkerDied,
     LlamaWorkerDiedOnLoad,
@@ -44,6 +45,7 @@ from ._errors import (
 from ._events import CompletionEvent, CompletionTimings, FinishReason, LlamaStatus
 from ._images import LlamaImage
 from ._params import LlamaLoad, SamplerParams
+from ._state import ScopeSnapshot, cache_kind, model_fingerprint, pack, unpack
 from ._streams import EventStream, TokenStream
 from ._transport import WorkerProcess
 
@@ -131,7 +133,7 @@ class LlamaParent:
         self._running: dict[str, _Prompt] = {}
         self._futures: dict[str, asyncio.Future[CompletionEvent]] = {}
         self._events: dict[str, CompletionEvent] = {}
-        self._requests: dict[int, asyncio.Future[tuple[float, ...]]] = {}
+        self._requests: dict[int, asyncio.Future[object]] = {}
         self._request_ids = itertools.count(1)
         self._scopes: dict[str, LlamaScope] = {}
         self._messages: list[dict[str, Any]] = []
@@ -516,13 +518,19 @@ class LlamaParent:
             raise LlamaFeatureNotEnabled(
                 "get_embeddings() needs LlamaLoad(context_params=ContextParams(embeddings=True))"
             )
+        vector = await self._request(lambda rid: protocol.Embed(rid, text, normalize))
+        assert isinstance(vector, tuple)
+        return list(vector)
+
+    async def _request(self, make: Callable[[int], protocol.Command]) -> object:
+        """Send one request to the worker and wait for its answer (shielded from cancellation)."""
         request_id = next(self._request_ids)
-        future: asyncio.Future[tuple[float, ...]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._requests[request_id] = future
         assert self._worker is not None
-        self._worker.send(protocol.Embed(request_id, text, normalize))
+        self._worker.send(make(request_id))
         try:
-            return list(await asyncio.shield(future))
+            return await asyncio.shield(future)
         finally:
             self._requests.pop(request_id, None)
 
@@ -553,6 +561,10 @@ class LlamaParent:
             self._on_finished(reply)
         elif isinstance(reply, protocol.Embedding):
             self._resolve(reply.request_id, reply.vector)
+        elif isinstance(reply, protocol.ScopeState):
+            self._resolve(reply.request_id, reply)
+        elif isinstance(reply, protocol.RequestDone):
+            self._resolve(reply.request_id, None)
         elif isinstance(reply, protocol.RequestFailed):
             error = LlamaFeatureNotEnabled if reply.kind == "feature" else LlamaRequestError
             self._resolve(reply.request_id, error(reply.message))
@@ -589,6 +601,7 @@ class LlamaParent:
             reply.finish_reason,
             reply.error,
             prompt_tokens=reply.prompt_tokens,
+            cached_tokens=reply.cached_tokens,
             completion_tokens=reply.completion_tokens,
             prompt_eval_s=reply.prompt_eval_s,
             tokens_per_second=tps,
@@ -597,7 +610,7 @@ class LlamaParent:
             self._status = LlamaStatus.READY
         self._dispatch()
 
-    def _resolve(self, request_id: int, outcome: tuple[float, ...] | BaseException) -> None:
+    def _resolve(self, request_id: int, outcome: object) -> None:
         future = self._requests.get(request_id)
         if future is None or future.done():
             return
@@ -613,6 +626,7 @@ class LlamaParent:
         error: str | None = None,
         *,
         prompt_tokens: int = 0,
+        cached_tokens: int = 0,
         completion_tokens: int = 0,
         prompt_eval_s: float = 0.0,
         tokens_per_second: float = 0.0,
@@ -631,6 +645,7 @@ class LlamaParent:
             finish_reason=reason,
             scope_id=None if record.scope is None else record.scope.id,
             prompt_tokens=prompt_tokens,
+            cached_tokens=cached_tokens,
             completion_tokens=completion_tokens,
             timings=CompletionTimings(
                 queued_s=(record.started or now) - record.submitted,
@@ -781,6 +796,82 @@ class LlamaScope:
             parent._queue.remove(record)
             parent._complete(record, "cancelled")
         await parent._cancel_running([r for r in parent._running.values() if r.scope is self], "cancelled")
+
+    async def clear(self) -> None:
+        """`stop()`, then forget the conversation: empty `messages` and free its KV cache.
+
+        The scope stays usable; its next prompt starts a new conversation.
+
+        Example::
+
+            await scope.clear()
+            assert scope.messages == []
+        """
+        await self.stop()
+        self.messages.clear()
+        if self.parent._worker is not None:
+            self.parent._worker.send(protocol.DropScope(self.id))
+
+    async def save_state(self) -> bytes:
+        """The conversation and its KV cache as bytes, to `load_state()` later (also in another process).
+
+        The bytes hold `messages` and llama.cpp's sequence state, and name the
+        model and KV cache type they belong to.
+
+        Raises:
+            LlamaStatusError: the scope has prompts running or queued, or the parent is not ready.
+
+        Cancellation: cancelling the await abandons the result.
+
+        Example::
+
+            data = await scope.save_state()
+            Path("chat.state").write_bytes(data)
+        """
+        parent = self._idle_parent("save_state")
+        reply = await parent._request(lambda rid: protocol.SaveScope(rid, self.id))
+        assert isinstance(reply, protocol.ScopeState) and parent._info is not None
+        snapshot = ScopeSnapshot(
+            model_fingerprint(parent._info), cache_kind(parent.load), list(self.messages), reply.tokens, reply.data
+        )
+        return pack(snapshot)
+
+    async def load_state(self, data: bytes) -> None:
+        """Replace this conversation with one saved by `save_state()`; its next turn reuses the KV cache.
+
+        Raises:
+            LlamaStateError: the bytes are damaged, or were saved with another model or KV cache type.
+            LlamaStatusError: the scope has prompts running or queued, or the parent is not ready.
+
+        Cancellation: if the awaiting task is cancelled, the state may or may not be loaded;
+        `messages` is only replaced when the load succeeded.
+
+        Example::
+
+            await scope.load_state(Path("chat.state").read_bytes())
+        """
+        parent = self._idle_parent("load_state")
+        snapshot = unpack(data)
+        assert parent._info is not None
+        expected = model_fingerprint(parent._info)
+        if snapshot.model != expected:
+            raise LlamaStateError(f"the state was saved with model [{snapshot.model}], not this one [{expected}]")
+        if snapshot.cache != cache_kind(parent.load):
+            raise LlamaStateError(f"the state was saved with KV cache {snapshot.cache}, not {cache_kind(parent.load)}")
+        try:
+            await parent._request(lambda rid: protocol.LoadScope(rid, self.id, snapshot.tokens, snapshot.data))
+        except LlamaRequestError as exc:
+            raise LlamaStateError(str(exc)) from exc
+        self.messages[:] = snapshot.messages
+
+    def _idle_parent(self, what: str) -> LlamaParent:
+        parent = self.parent
+        parent._require_ready(what)
+        if self.disposed:
+            raise LlamaStatusError(f"{what}() is not allowed: scope {self.id} is disposed")
+        if any(r.scope is self for r in (*parent._queue, *parent._running.values())):
+            raise LlamaStatusError(f"{what}() needs the scope idle: wait for its prompts or stop() it first")
+        return parent
 
     async def dispose(self) -> None:
         """`stop()`, then close this scope's streams and free its state in the worker.

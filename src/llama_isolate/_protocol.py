@@ -80,11 +80,29 @@ class DropScope:
 
 
 @dataclass(frozen=True)
+class SaveScope:
+    """Reply `ScopeState` with the conversation's KV state."""
+
+    request_id: int
+    scope_key: str
+
+
+@dataclass(frozen=True)
+class LoadScope:
+    """Make this state the conversation's KV cache; reply `RequestDone` or `RequestFailed`."""
+
+    request_id: int
+    scope_key: str
+    tokens: tuple[int, ...]
+    data: bytes
+
+
+@dataclass(frozen=True)
 class Shutdown:
     """Abort everything and exit."""
 
 
-Command = Load | Submit | Cancel | Embed | DropScope | Shutdown
+Command = Load | Submit | Cancel | Embed | DropScope | SaveScope | LoadScope | Shutdown
 
 
 # ---------------------------------------------------------------- replies (up)
@@ -148,7 +166,8 @@ class Finished:
     prompt_id: str
     finish_reason: Literal["stop", "length", "stopped", "cancelled", "error"]
     error: str | None
-    prompt_tokens: int
+    prompt_tokens: int  # processed for this prompt
+    cached_tokens: int  # reused from the conversation's KV cache
     completion_tokens: int
     prompt_eval_s: float
     generation_s: float
@@ -163,6 +182,22 @@ class Embedding:
 
 
 @dataclass(frozen=True)
+class ScopeState:
+    """The answer to `SaveScope`: the tokens in the KV and llama.cpp's sequence state."""
+
+    request_id: int
+    tokens: tuple[int, ...]
+    data: bytes
+
+
+@dataclass(frozen=True)
+class RequestDone:
+    """A request that returns nothing (e.g. `LoadScope`) succeeded."""
+
+    request_id: int
+
+
+@dataclass(frozen=True)
 class RequestFailed:
     """A non-prompt request (e.g. `Embed`) failed; the worker carries on."""
 
@@ -171,7 +206,7 @@ class RequestFailed:
     message: str
 
 
-Reply = Hello | Loaded | LoadFailed | Started | Tokens | Finished | Embedding | RequestFailed
+Reply = Hello | Loaded | LoadFailed | Started | Tokens | Finished | Embedding | ScopeState | RequestDone | RequestFailed
 Message = Command | Reply
 
 _ALLOWED = {
@@ -182,6 +217,8 @@ _ALLOWED = {
         Cancel,
         Embed,
         DropScope,
+        SaveScope,
+        LoadScope,
         Shutdown,
         Hello,
         ModelInfo,
@@ -191,6 +228,8 @@ _ALLOWED = {
         Tokens,
         Finished,
         Embedding,
+        ScopeState,
+        RequestDone,
         RequestFailed,
         LlamaLoad,
         ModelParams,

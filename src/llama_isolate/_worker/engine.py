@@ -1,11 +1,14 @@
-"""The engine: a scheduler over llama.cpp sequence slots.
+"""The engine: continuous batching over llama.cpp sequence slots.
 
-Each running prompt owns one sequence id (a slot). One `step()` builds one
-`llama_batch` with the next token of every generating sequence and a chunk of
-prompt tokens of sequences still reading their prompt, runs one
-`llama_decode`, and samples a token for every sequence that asked for logits.
-With `n_parallel=1` there is one slot, so prompts run strictly one at a time in
-the order they arrive (the seed's FIFO).
+There are `n_parallel` slots, each one llama.cpp sequence id. A prompt is
+admitted into a free slot, preferably the one that already holds its
+conversation's KV cache; only the tokens past the shared prefix are decoded.
+
+One `step()` builds one `llama_batch` with the next token of every generating
+sequence plus a chunk of prompt tokens of sequences still reading their prompt,
+runs one `llama_decode`, and samples a token for every sequence that asked for
+logits. With `n_parallel=1` there is one slot, so prompts run strictly one at a
+time in the order they arrive (the seed's FIFO).
 
 A step is a transaction: a sequence advances only when its decode succeeded.
 When the decode was aborted (a stop), every sequence in the batch is rolled
@@ -15,7 +18,7 @@ back to where it was, the stop is applied, and the others carry on next step.
 from __future__ import annotations
 
 import collections
-import ctypes
+import itertools
 import logging
 import math
 import time
@@ -27,15 +30,20 @@ import llama_cpp as C
 from .. import _protocol as protocol
 from .._params import LlamaLoad
 from .abort import AbortFlag
-from .chat import ChatFormatter, ChatTemplateError
+from .cache import HostCache, ParkedState, Slot, common_prefix, copy_in, copy_out
+from .chat import ChatTemplateError
 from .llama import LlamaLog, LoadedModel, LoadFailure, load_model, model_description
 from .sampling import GrammarError, build_sampler
 from .text import Detokenizer
+from .vocab import Vocab
 
 logger = logging.getLogger("llama_isolate.worker")
 
 _DECODE_ABORTED = 2
 _DECODE_NO_KV_SLOT = 1
+# While other sequences generate, a new prompt is read in chunks this small, so
+# their next tokens are never more than one short chunk away.
+_PROMPT_CHUNK_WHILE_GENERATING = 64
 
 
 class RequestFailure(Exception):
@@ -48,53 +56,55 @@ class RequestFailure(Exception):
 
 
 @dataclass(eq=False)
-class _Sequence:
-    """One running prompt in one slot."""
+class _Running:
+    """One prompt being processed in one slot."""
 
     request: protocol.Submit
-    seq_id: int
+    slot: Slot
     pending: collections.deque[int]  # prompt tokens not decoded yet
-    n_prompt: int
+    n_prompt: int  # prompt tokens to process (after the cached prefix)
+    n_cached: int  # prompt tokens reused from the slot's cache
     sampler: int
     detok: Detokenizer
-    n_past: int = 0
     generated: int = 0
     next_token: int | None = None  # sampled, to be decoded next step
     started: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
     # this step's share of the batch:
-    batch_pos: int = 0
-    batch_count: int = 0
+    batch_tokens: list[int] = field(default_factory=list)
     logits_index: int = -1
+
+    @property
+    def n_past(self) -> int:
+        return len(self.slot.tokens)
 
 
 class Engine:
-    """Owns the model, the context, the slots and the queue of admitted prompts."""
+    """Owns the model, the context, the slots and the prompts waiting for one."""
 
     def __init__(self, load: LlamaLoad, emit: Callable[[protocol.Reply], None]) -> None:
-        self._load = load
         self._emit = emit
         self._log = LlamaLog(load.verbose)
         self._handles: LoadedModel = load_model(load, self._log)
         cp = load.context_params
-        self._n_parallel = cp.n_parallel
         self._n_batch = cp.n_batch
         self._n_ubatch = cp.n_ubatch
         self._n_ctx = cp.n_ctx
-        self._vocab = self._handles.vocab
-        self._n_vocab = C.llama_vocab_n_tokens(self._vocab)
-        self._slots: list[_Sequence | None] = [None] * self._n_parallel
-        self._waiting: collections.deque[protocol.Submit] = collections.deque()
-        self._pieces: dict[int, bytes] = {}
-        self._abort = AbortFlag()
         try:
-            self._chat = self._formatter(load)
+            self._vocab = Vocab(self._handles.model, load.chat_template)
         except ChatTemplateError as exc:
             self._handles.close()
             raise LoadFailure("invalid_template", str(exc)) from exc
+        self._slots = [Slot(seq_id) for seq_id in range(cp.n_parallel)]
+        self._embed_seq = cp.n_parallel  # the sequence kept free for embeddings
+        self._running: dict[int, _Running] = {}  # by seq_id
+        self._waiting: collections.deque[protocol.Submit] = collections.deque()
+        self._parked = HostCache(cp.cache_ram_mib * 2**20)
+        self._clock = itertools.count(1)
+        self._abort = AbortFlag()
         self._batch: C.llama_batch | None = None
         if self._handles.ctx:
-            self._batch = C.llama_batch_init(self._n_batch, 0, 1)
+            self._batch = C.llama_batch_init(max(self._n_batch, cp.n_parallel), 0, 1)
             self._memory = C.llama_get_memory(self._handles.ctx)
             self._abort.install(self._handles.ctx)
 
@@ -109,14 +119,14 @@ class Engine:
             n_ctx=self._n_ctx,
             n_ctx_train=int(C.llama_model_n_ctx_train(model)),
             n_embd=int(C.llama_model_n_embd(model)),
-            n_vocab=self._n_vocab,
-            has_chat_template=self._chat.has_template,
+            n_vocab=self._vocab.n_tokens,
+            has_chat_template=self._vocab.chat.has_template,
         )
 
     @property
     def busy(self) -> bool:
         """True while a prompt is waiting or running."""
-        return bool(self._waiting) or any(self._slots)
+        return bool(self._waiting or self._running)
 
     @property
     def abort_flag(self) -> AbortFlag:
@@ -130,20 +140,49 @@ class Engine:
     def cancel(self, prompt_ids: tuple[str, ...], reason: str) -> None:
         """End these prompts with `reason`, running or still waiting; unknown ids are ignored."""
         wanted = set(prompt_ids)
-        for seq in self._slots:
-            if seq is not None and seq.request.prompt_id in wanted:
-                self._finish(seq, reason)
+        for run in [r for r in self._running.values() if r.request.prompt_id in wanted]:
+            self._finish(run, reason)
         for request in [r for r in self._waiting if r.prompt_id in wanted]:
             self._waiting.remove(request)
-            self._emit(protocol.Finished(request.prompt_id, reason, None, 0, 0, 0.0, 0.0))  # type: ignore[arg-type]
+            self._emit(protocol.Finished(request.prompt_id, reason, None, 0, 0, 0, 0.0, 0.0))  # type: ignore[arg-type]
 
     def drop_scope(self, scope_key: str) -> None:
-        """Nothing is kept per scope between prompts yet; each prompt starts its slot afresh."""
+        """Forget the conversation's KV cache, in a slot or parked."""
+        self._parked.pop(scope_key)
+        for slot in self._slots:
+            if slot.owner == scope_key and slot.seq_id not in self._running:
+                self._clear(slot)
+
+    def save_scope(self, scope_key: str) -> ParkedState:
+        """The conversation's KV state (empty if it has none)."""
+        for slot in self._slots:
+            if slot.owner == scope_key and self._handles.ctx:
+                return copy_out(self._handles.ctx, slot)
+        parked = self._parked.pop(scope_key)
+        if parked is None:
+            return ParkedState((), b"")
+        self._parked.put(scope_key, parked)
+        return parked
+
+    def load_scope(self, scope_key: str, state: ParkedState) -> None:
+        """Make `state` the conversation's KV cache; raises `RequestFailure` if llama.cpp refuses it."""
+        self.drop_scope(scope_key)
+        if not state.tokens:
+            return
+        slot = self._free_slot(scope_key)
+        if slot is None:  # every slot is busy: park it, it is checked when used
+            self._parked.put(scope_key, state)
+            return
+        self._take(slot, scope_key)
+        if not copy_in(self._handles.ctx, slot, state):
+            self._clear(slot)
+            raise RequestFailure(
+                "request", "llama.cpp refused the saved state: it was made by another model or cache type"
+            )
 
     def close(self) -> None:
-        for seq in self._slots:
-            if seq is not None:
-                self._finish(seq, "cancelled")
+        for run in list(self._running.values()):
+            self._finish(run, "cancelled")
         if self._batch is not None:
             C.llama_batch_free(self._batch)
             self._batch = None
@@ -155,7 +194,7 @@ class Engine:
         """The pooled embedding of `text`; raises `RequestFailure`."""
         if not self._handles.pooling or self._batch is None:
             raise RequestFailure("feature", "embeddings need LlamaLoad(context_params=ContextParams(embeddings=True))")
-        tokens = self._tokenize(text, add_special=True, parse_special=False)
+        tokens = self._vocab.tokenize(text, add_special=True, parse_special=False)
         if not tokens:
             raise RequestFailure("request", "cannot embed an empty text")
         limit = min(self._n_ubatch, self._n_ctx)
@@ -165,25 +204,24 @@ class Engine:
                 f"the text is {len(tokens)} tokens; at most {limit} can be embedded at once "
                 "(raise ContextParams.n_batch and n_ubatch)",
             )
-        seq_id = self._n_parallel  # the sequence kept free for embeddings
-        ctx = self._handles.ctx
-        self._fill(self._batch, [(tok, i, seq_id, True) for i, tok in enumerate(tokens)])
+        ctx, seq = self._handles.ctx, self._embed_seq
+        self._fill([(tok, i, seq, True) for i, tok in enumerate(tokens)])
         C.llama_set_embeddings(ctx, True)
         try:
             rc = self._decode_unaborted()
-            vector = C.llama_get_embeddings_seq(ctx, seq_id) if rc == 0 else None
+            vector = C.llama_get_embeddings_seq(ctx, seq) if rc == 0 else None
             n_out = C.llama_model_n_embd_out(self._handles.model) or C.llama_model_n_embd(self._handles.model)
             values = tuple(float(v) for v in vector[:n_out]) if vector else ()
         finally:
             C.llama_set_embeddings(ctx, False)
-            C.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
+            C.llama_memory_seq_rm(self._memory, seq, -1, -1)
         if not values:
             raise RequestFailure("request", f"llama.cpp returned no embedding (decode returned {rc})")
         return _normalized(values) if normalize else values
 
     def _decode_unaborted(self) -> int:
         # A stop meant for a prompt must not abort an embedding; the flag is
-        # still seen by the next step, because it is only cleared by the loop.
+        # restored so the next step still sees it.
         was_set = self._abort.is_set()
         self._abort.clear()
         try:
@@ -197,10 +235,9 @@ class Engine:
     def step(self) -> None:
         """Admit waiting prompts into free slots, then decode one batch and sample."""
         self._admit()
-        active = [seq for seq in self._slots if seq is not None]
-        if not active or self._batch is None:
+        if not self._running or self._batch is None:
             return
-        scheduled = self._schedule(active)
+        scheduled = self._schedule()
         rc = int(C.llama_decode(self._handles.ctx, self._batch))
         if rc == _DECODE_ABORTED:
             self._roll_back(scheduled)
@@ -211,69 +248,125 @@ class Engine:
             self._advance(scheduled)
 
     def _admit(self) -> None:
-        for seq_id in range(self._n_parallel):
-            while self._slots[seq_id] is None and self._waiting:
-                self._slots[seq_id] = self._start(self._waiting.popleft(), seq_id)
+        while self._waiting:
+            request = self._waiting[0]
+            slot = self._free_slot(request.scope_key)
+            if slot is None:
+                return
+            self._waiting.popleft()
+            self._start(request, slot)
 
-    def _start(self, request: protocol.Submit, seq_id: int) -> _Sequence | None:
+    def _free_slot(self, owner: str) -> Slot | None:
+        """The free slot to use for `owner`: its own, else an empty one, else the least recently used."""
+        free = [s for s in self._slots if s.seq_id not in self._running]
+        if not free:
+            return None
+        own = [s for s in free if s.owner == owner]
+        return own[0] if own else min(free, key=lambda s: (s.owner is not None, s.last_used))
+
+    def _take(self, slot: Slot, owner: str) -> None:
+        """Give the slot to `owner`, parking the previous owner's state in RAM."""
+        slot.last_used = next(self._clock)
+        if slot.owner == owner:
+            return
+        if slot.owner is not None and slot.tokens:
+            self._parked.put(slot.owner, copy_out(self._handles.ctx, slot))
+        self._clear(slot)
+        slot.owner = owner
+        parked = self._parked.pop(owner)
+        if parked is not None and not copy_in(self._handles.ctx, slot, parked):
+            logger.warning("a parked conversation state did not load; its history is processed again")
+            self._clear(slot)
+            slot.owner = owner
+
+    def _clear(self, slot: Slot) -> None:
+        if self._handles.ctx:
+            C.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+        slot.tokens.clear()
+        slot.owner = None
+
+    def _start(self, request: protocol.Submit, slot: Slot) -> None:
         self._emit(protocol.Started(request.prompt_id))
         if self._batch is None:
             self._refuse(request, "the model was loaded with vocab_only=True; it cannot generate")
-            return None
+            return
         try:
-            tokens = self._prompt_tokens(request.messages)
-            sampler = build_sampler(request.sampler, vocab=self._vocab, n_vocab=self._n_vocab, n_ctx=self._n_ctx)
+            tokens = self._vocab.prompt_tokens(request.messages)
+            sampler = build_sampler(
+                request.sampler, vocab=self._vocab.handle, n_vocab=self._vocab.n_tokens, n_ctx=self._n_ctx
+            )
         except (ChatTemplateError, GrammarError) as exc:
             self._refuse(request, str(exc))
-            return None
+            return
         if len(tokens) >= self._n_ctx:
             C.llama_sampler_free(sampler)
             self._refuse(
                 request,
                 f"the prompt is {len(tokens)} tokens with its conversation, but the context holds "
                 f"{self._n_ctx} (ContextParams.n_ctx); at least {len(tokens) + 1} are needed",
-                n_prompt=len(tokens),
             )
-            return None
-        C.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
-        return _Sequence(
+            return
+        self._take(slot, request.scope_key)
+        n_cached = self._reuse_prefix(slot, tokens)
+        self._running[slot.seq_id] = _Running(
             request=request,
-            seq_id=seq_id,
-            pending=collections.deque(tokens),
-            n_prompt=len(tokens),
+            slot=slot,
+            pending=collections.deque(tokens[n_cached:]),
+            n_prompt=len(tokens) - n_cached,
+            n_cached=n_cached,
             sampler=sampler,
             detok=Detokenizer(request.sampler.stop),
         )
 
-    def _schedule(self, active: list[_Sequence]) -> list[_Sequence]:
-        """Fill the batch: generating sequences first (one token each), then prompt chunks."""
+    def _reuse_prefix(self, slot: Slot, tokens: list[int]) -> int:
+        """Keep the cached tokens the prompt starts with; returns how many."""
+        # At least one token must be decoded to get logits for the reply.
+        keep = min(common_prefix(slot.tokens, tokens), len(tokens) - 1)
+        if keep < len(slot.tokens):
+            # A sliding-window or recurrent cache may not be cut part-way.
+            if not C.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1) or not self._window_intact(slot, keep):
+                C.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+                keep = 0
+            del slot.tokens[keep:]
+        return keep
+
+    def _window_intact(self, slot: Slot, keep: int) -> bool:
+        n_swa = C.llama_model_n_swa(self._handles.model)
+        if n_swa <= 0 or keep == 0:
+            return True
+        return bool(int(C.llama_memory_seq_pos_min(self._memory, slot.seq_id)) <= max(0, keep - n_swa))
+
+    def _schedule(self) -> list[_Running]:
+        """Fill the batch: generating sequences first (one token each), then prompt chunks in FIFO order."""
         entries: list[tuple[int, int, int, bool]] = []
-        scheduled: list[_Sequence] = []
-        for seq in active:
-            seq.batch_pos, seq.batch_count, seq.logits_index = seq.n_past, 0, -1
-            if seq.next_token is not None:
-                seq.logits_index = len(entries)
-                entries.append((seq.next_token, seq.n_past, seq.seq_id, True))
-                seq.batch_count = 1
-                scheduled.append(seq)
-        for seq in active:
-            room = self._n_batch - len(entries)
-            if seq.next_token is not None or not seq.pending or room <= 0:
+        scheduled: list[_Running] = []
+        generating = [r for r in self._running.values() if r.next_token is not None]
+        for run in generating:
+            assert run.next_token is not None
+            run.batch_tokens, run.logits_index = [run.next_token], len(entries)
+            entries.append((run.next_token, run.n_past, run.slot.seq_id, True))
+            scheduled.append(run)
+        budget = self._n_batch - len(entries)
+        if generating:
+            budget = min(budget, _PROMPT_CHUNK_WHILE_GENERATING)
+        for run in self._running.values():
+            if run.next_token is not None or not run.pending or budget <= 0:
                 continue
-            count = min(room, len(seq.pending))
-            last = count == len(seq.pending)
-            for i in range(count):
-                is_last = last and i == count - 1
-                entries.append((seq.pending[i], seq.n_past + i, seq.seq_id, is_last))
-            seq.batch_count = count
-            seq.logits_index = len(entries) - 1 if last else -1
-            scheduled.append(seq)
-        assert self._batch is not None
-        self._fill(self._batch, entries)
+            chunk = list(itertools.islice(run.pending, budget))
+            done = len(chunk) == len(run.pending)
+            start = run.n_past
+            entries.extend((tok, start + i, run.slot.seq_id, False) for i, tok in enumerate(chunk))
+            if done:
+                entries[-1] = (*entries[-1][:3], True)
+            run.batch_tokens, run.logits_index = chunk, len(entries) - 1 if done else -1
+            budget -= len(chunk)
+            scheduled.append(run)
+        self._fill(entries)
         return scheduled
 
-    @staticmethod
-    def _fill(batch: C.llama_batch, entries: list[tuple[int, int, int, bool]]) -> None:
+    def _fill(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        batch = self._batch
+        assert batch is not None
         for i, (token, pos, seq_id, logits) in enumerate(entries):
             batch.token[i] = token
             batch.pos[i] = pos
@@ -282,121 +375,74 @@ class Engine:
             batch.logits[i] = logits
         batch.n_tokens = len(entries)
 
-    def _roll_back(self, scheduled: list[_Sequence]) -> None:
+    def _roll_back(self, scheduled: list[_Running]) -> None:
         # An aborted or failed decode may leave some ubatches in the KV cache.
-        for seq in scheduled:
-            C.llama_memory_seq_rm(self._memory, seq.seq_id, seq.batch_pos, -1)
+        for run in scheduled:
+            C.llama_memory_seq_rm(self._memory, run.slot.seq_id, run.n_past, -1)
 
-    def _fail_batch(self, scheduled: list[_Sequence], rc: int) -> None:
+    def _fail_batch(self, scheduled: list[_Running], rc: int) -> None:
         if rc == _DECODE_NO_KV_SLOT:
             reason = "the KV cache is full (no free slot for the batch); try a larger ContextParams.n_ctx"
         else:
             reason = f"llama_decode failed with code {rc} ({self._log.last(1) or 'no detail'})"
-        for seq in scheduled:
-            self._finish(seq, "error", error=reason)
+        for run in scheduled:
+            self._finish(run, "error", error=reason)
 
-    def _advance(self, scheduled: list[_Sequence]) -> None:
-        for seq in scheduled:
-            seq.n_past += seq.batch_count
-            if seq.next_token is not None:
-                seq.next_token = None
+    def _advance(self, scheduled: list[_Running]) -> None:
+        for run in scheduled:
+            run.slot.tokens.extend(run.batch_tokens)
+            if run.next_token is not None:
+                run.next_token = None
             else:
-                for _ in range(seq.batch_count):
-                    seq.pending.popleft()
-            if seq.logits_index >= 0:
-                self._sample(seq)
+                for _ in run.batch_tokens:
+                    run.pending.popleft()
+            if run.logits_index >= 0:
+                self._sample(run)
 
-    def _sample(self, seq: _Sequence) -> None:
-        token = int(C.llama_sampler_sample(seq.sampler, self._handles.ctx, seq.logits_index))
-        now = time.perf_counter()
-        if seq.first_token is None:
-            seq.first_token = now
-        if C.llama_vocab_is_eog(self._vocab, token):
-            self._finish(seq, "stop")
+    def _sample(self, run: _Running) -> None:
+        token = int(C.llama_sampler_sample(run.sampler, self._handles.ctx, run.logits_index))
+        if run.first_token is None:
+            run.first_token = time.perf_counter()
+        if self._vocab.is_end_of_generation(token):
+            self._finish(run, "stop")
             return
-        seq.generated += 1
-        text, stopped = seq.detok.feed(self._piece(token))
+        run.generated += 1
+        text, stopped = run.detok.feed(self._vocab.piece(token))
         if text:
-            self._emit(protocol.Tokens(seq.request.prompt_id, text))
+            self._emit(protocol.Tokens(run.request.prompt_id, text))
         if stopped:
-            self._finish(seq, "stop", flush=False)
-        elif seq.generated == seq.request.max_tokens or seq.n_past + 1 >= self._n_ctx:
-            self._finish(seq, "length")
+            self._finish(run, "stop", flush=False)
+        elif run.generated == run.request.max_tokens or run.n_past + 1 >= self._n_ctx:
+            self._finish(run, "length")
         else:
-            seq.next_token = token
+            run.next_token = token
 
-    def _finish(self, seq: _Sequence, reason: str, *, error: str | None = None, flush: bool = True) -> None:
+    def _finish(self, run: _Running, reason: str, *, error: str | None = None, flush: bool = True) -> None:
         if flush and error is None:
-            rest = seq.detok.flush()
+            rest = run.detok.flush()
             if rest:
-                self._emit(protocol.Tokens(seq.request.prompt_id, rest))
-        C.llama_sampler_free(seq.sampler)
-        self._slots[seq.seq_id] = None
+                self._emit(protocol.Tokens(run.request.prompt_id, rest))
+        C.llama_sampler_free(run.sampler)
+        del self._running[run.slot.seq_id]
+        if error is not None:
+            self._clear(run.slot)  # its cache may be inconsistent
         end = time.perf_counter()
-        first = seq.first_token or end
+        first = run.first_token or end
         self._emit(
             protocol.Finished(
-                prompt_id=seq.request.prompt_id,
+                prompt_id=run.request.prompt_id,
                 finish_reason=reason,  # type: ignore[arg-type]
                 error=error,
-                prompt_tokens=seq.n_prompt - len(seq.pending),
-                completion_tokens=seq.generated,
-                prompt_eval_s=first - seq.started,
+                prompt_tokens=run.n_prompt - len(run.pending),
+                cached_tokens=run.n_cached,
+                completion_tokens=run.generated,
+                prompt_eval_s=first - run.started,
                 generation_s=end - first,
             )
         )
 
-    def _refuse(self, request: protocol.Submit, error: str, *, n_prompt: int = 0) -> None:
-        self._emit(protocol.Finished(request.prompt_id, "error", error, n_prompt, 0, 0.0, 0.0))
-
-    # ------------------------------------------------------------ text
-
-    def _formatter(self, load: LlamaLoad) -> ChatFormatter:
-        model = self._handles.model
-        template = load.chat_template
-        if template is None:
-            own = C.llama_model_chat_template(model, None)
-            template = own.decode("utf-8", "replace") if own else None
-        return ChatFormatter(
-            template,
-            bos_token=self._token_text(C.llama_vocab_bos(self._vocab)),
-            eos_token=self._token_text(C.llama_vocab_eos(self._vocab)),
-        )
-
-    def _prompt_tokens(self, messages: tuple[tuple[str, str], ...]) -> list[int]:
-        text = self._chat.render(messages)
-        if not self._chat.has_template:
-            return self._tokenize(text, add_special=True, parse_special=False)
-        bos = self._token_text(C.llama_vocab_bos(self._vocab))
-        if bos and C.llama_vocab_get_add_bos(self._vocab) and text.startswith(bos):
-            text = text[len(bos) :]  # the tokenizer adds it; do not have it twice
-        return self._tokenize(text, add_special=True, parse_special=True)
-
-    def _tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        data = text.encode("utf-8")
-        capacity = len(data) + 8
-        while True:
-            buf = (C.llama_token * capacity)()
-            n = C.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special, parse_special)
-            if n >= 0:
-                return list(buf[:n])
-            capacity = -n
-
-    def _piece(self, token: int) -> bytes:
-        piece = self._pieces.get(token)
-        if piece is None:
-            buf = ctypes.create_string_buffer(64)
-            n = C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = C.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            piece = self._pieces[token] = buf.raw[:n]
-        return piece
-
-    def _token_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        return (C.llama_vocab_get_text(self._vocab, token) or b"").decode("utf-8", "replace")
+    def _refuse(self, request: protocol.Submit, error: str) -> None:
+        self._emit(protocol.Finished(request.prompt_id, "error", error, 0, 0, 0, 0.0, 0.0))
 
 
 def _normalized(values: tuple[float, ...]) -> tuple[float, ...]:

@@ -12,7 +12,8 @@ The loop, one turn at a time:
 
 1. clear the abort flag (it is raised again by any stop that arrives later);
 2. take every command that arrived (wait for one when there is no work);
-3. apply them in arrival order: submit, cancel, embed, drop a scope, shut down;
+3. apply them in arrival order: submit, cancel, embed, save/load/drop a
+   conversation's cache, shut down;
 4. run one engine step: admit prompts into free slots, decode one batch,
    sample, and emit tokens and completions.
 """
@@ -25,8 +26,10 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 
 from .. import _protocol as protocol
+from .cache import ParkedState
 from .engine import Engine, RequestFailure
 from .llama import LoadFailure
 
@@ -130,21 +133,45 @@ def _serve(channel: Channel, engine: Engine) -> None:
             except queue.Empty:
                 break
         for command in commands:  # 3
-            if isinstance(command, protocol.Submit):
-                engine.submit(command)
-            elif isinstance(command, protocol.Cancel):
-                engine.cancel(command.prompt_ids, command.reason)
-            elif isinstance(command, protocol.Embed):
-                try:
-                    vector = engine.embed(command.text, command.normalize)
-                    channel.send(protocol.Embedding(command.request_id, vector))
-                except RequestFailure as exc:
-                    channel.send(protocol.RequestFailed(command.request_id, exc.kind, exc.message))
-            elif isinstance(command, protocol.DropScope):
-                engine.drop_scope(command.scope_key)
-            elif isinstance(command, protocol.Shutdown):
+            if not _apply(command, engine, channel):
                 return
         engine.step()  # 4
+
+
+def _apply(command: protocol.Command, engine: Engine, channel: Channel) -> bool:
+    """Carry out one command; False means shut down."""
+    match command:
+        case protocol.Submit():
+            engine.submit(command)
+        case protocol.Cancel(prompt_ids=ids, reason=reason):
+            engine.cancel(ids, reason)
+        case protocol.DropScope(scope_key=key):
+            engine.drop_scope(key)
+        case protocol.Embed(request_id=rid, text=text, normalize=normalize):
+            _answer(channel, rid, lambda: protocol.Embedding(rid, engine.embed(text, normalize)))
+        case protocol.SaveScope(request_id=rid, scope_key=key):
+            _answer(channel, rid, lambda: _scope_state(rid, engine.save_scope(key)))
+        case protocol.LoadScope(request_id=rid, scope_key=key, tokens=tokens, data=data):
+            _answer(channel, rid, lambda: _loaded(rid, engine, key, ParkedState(tokens, data)))
+        case protocol.Shutdown():
+            return False
+    return True
+
+
+def _answer(channel: Channel, request_id: int, work: Callable[[], protocol.Reply]) -> None:
+    try:
+        channel.send(work())
+    except RequestFailure as exc:
+        channel.send(protocol.RequestFailed(request_id, exc.kind, exc.message))
+
+
+def _scope_state(request_id: int, state: ParkedState) -> protocol.Reply:
+    return protocol.ScopeState(request_id, state.tokens, state.data)
+
+
+def _loaded(request_id: int, engine: Engine, key: str, state: ParkedState) -> protocol.Reply:
+    engine.load_scope(key, state)
+    return protocol.RequestDone(request_id)
 
 
 def main(fd: int) -> None:

@@ -1,0 +1,94 @@
+"""Helpers shared by the benchmarks: the model, timers, and the report table."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from llama_isolate import ContextParams, LlamaLoad, SamplerParams, default_model_path
+
+N_THREADS = 2
+# A template that passes the last user message through untouched, so that our
+# prompts and raw llama-cpp-python's are the same tokens.
+PLAIN_TEMPLATE = "{{ messages[-1]['content'] }}"
+STORY = "Once upon a time, in a small village by the sea, there lived"
+
+
+def model_path() -> str:
+    return str(default_model_path())
+
+
+def load(*, n_parallel: int = 1, n_ctx: int = 2048, plain: bool = False) -> LlamaLoad:
+    return LlamaLoad(
+        path=model_path(),
+        context_params=ContextParams(
+            n_ctx=n_ctx, n_parallel=n_parallel, n_threads=N_THREADS, n_threads_batch=N_THREADS
+        ),
+        sampler_params=SamplerParams(greedy=True),
+        chat_template=PLAIN_TEMPLATE if plain else None,
+    )
+
+
+@dataclass
+class Stalls:
+    """Lateness of a 1 ms asyncio timer, in seconds, one value per tick."""
+
+    late: list[float] = field(default_factory=list)
+
+    @property
+    def worst(self) -> float:
+        return max(self.late, default=0.0)
+
+    @property
+    def p99(self) -> float:
+        if len(self.late) < 2:
+            return self.worst
+        return statistics.quantiles(self.late, n=100)[98]
+
+
+@contextmanager
+def ticking() -> Iterator[Stalls]:
+    """Run a 1 ms timer on the current loop while the block runs."""
+    stalls = Stalls()
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            stalls.late.append(max(0.0, now - last - 0.001))
+            last = now
+
+    task = asyncio.get_running_loop().create_task(tick())
+    try:
+        yield stalls
+    finally:
+        task.cancel()
+
+
+class Report:
+    """Collects rows and prints them as a table."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, str]] = []
+
+    def add(self, figure: str, ours: str, reference: str, verdict: str) -> None:
+        self.rows.append((figure, ours, reference, verdict))
+        print(f"  {figure}: {ours}  |  {reference}  |  {verdict}", flush=True)
+
+    def markdown(self) -> str:
+        lines = ["| figure | llama_isolate | reference | ratio / target |", "|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in self.rows]
+        return "\n".join(lines)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def verdict(ok: bool, text: str) -> str:
+    return f"{text} {'ok' if ok else 'MISSED'}"

@@ -1,0 +1,49 @@
+"""Aggregate throughput of N concurrent scopes vs the same prompts one by one."""
+
+from __future__ import annotations
+
+import time
+
+from llama_isolate import LlamaParent
+
+from .common import Report, load, verdict
+
+PROMPTS = [
+    "Write a short story about a fox.",
+    "Explain how rain forms.",
+    "Describe a busy market.",
+    "Tell me about the history of bread.",
+    "Write a poem about the mountains.",
+    "Explain why the sea is salty.",
+    "Describe your ideal garden.",
+    "Tell me a story about a lighthouse keeper.",
+]
+MAX_TOKENS = 128
+
+
+async def aggregate(n_parallel: int, prompts: list[str]) -> float:
+    """Generated tokens per second of wall time, from the first send to the last event."""
+    async with LlamaParent(load(n_parallel=n_parallel, n_ctx=1024)) as parent:
+        warm = await parent.send_prompt("Hi", max_tokens=4)
+        await parent.wait_for_completion(warm)
+        scopes = [parent.get_scope() for _ in prompts]
+        started = time.perf_counter()
+        ids = [await s.send_prompt(p, max_tokens=MAX_TOKENS) for s, p in zip(scopes, prompts, strict=True)]
+        events = [await parent.wait_for_completion(i) for i in ids]
+        elapsed = time.perf_counter() - started
+    return sum(e.completion_tokens for e in events) / elapsed
+
+
+async def run(report: Report) -> None:
+    for n in (1, 2, 4, 8):
+        prompts = PROMPTS[:n]
+        together = await aggregate(n, prompts)
+        one_by_one = await aggregate(1, prompts)
+        ratio = together / one_by_one
+        target = " (target >= 1.5x)" if n == 8 else ""
+        report.add(
+            f"{n} scopes at once (n_parallel={n})",
+            f"{together:.1f} tok/s",
+            f"one by one {one_by_one:.1f} tok/s",
+            verdict(ratio >= 1.5 or n < 8, f"{ratio:.2f}x{target}"),
+        )

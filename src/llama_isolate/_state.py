@@ -1,0 +1,92 @@
+"""The bytes of `LlamaScope.save_state()`: a conversation and its KV cache.
+
+Layout: the magic line, a 4-byte big-endian header length, a JSON header
+(format version, the model and cache it belongs to, the chat history, the
+token count), the tokens as little-endian int32, then llama.cpp's own
+sequence state.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from array import array
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import LlamaStateError
+from ._params import LlamaLoad
+from ._protocol import ModelInfo
+
+MAGIC = b"llama-isolate scope state\n"
+VERSION = 1
+_LENGTH = struct.Struct(">I")
+
+
+@dataclass(frozen=True)
+class ScopeSnapshot:
+    """A decoded state: whose it is, the history, and the KV cache."""
+
+    model: str
+    cache: str
+    messages: list[dict[str, Any]]
+    tokens: tuple[int, ...]
+    data: bytes
+
+
+def model_fingerprint(info: ModelInfo) -> str:
+    """Identifies a model well enough to refuse another's state."""
+    return f"{info.description}|{info.n_params} params|{info.size_bytes} bytes|{info.n_vocab} vocab|{info.n_embd} embd"
+
+
+def cache_kind(load: LlamaLoad) -> str:
+    """The KV cache's data types, which the state's bytes depend on."""
+    return f"k={load.context_params.type_k},v={load.context_params.type_v}"
+
+
+def pack(snapshot: ScopeSnapshot) -> bytes:
+    header = json.dumps(
+        {
+            "version": VERSION,
+            "model": snapshot.model,
+            "cache": snapshot.cache,
+            "messages": snapshot.messages,
+            "n_tokens": len(snapshot.tokens),
+        }
+    ).encode("utf-8")
+    tokens = array("i", snapshot.tokens)
+    if tokens.itemsize != 4:  # pragma: no cover - every platform we run on
+        raise RuntimeError("int is not 32 bits here")
+    if struct.pack("=i", 1) != struct.pack("<i", 1):  # pragma: no cover - big-endian host
+        tokens.byteswap()
+    return MAGIC + _LENGTH.pack(len(header)) + header + tokens.tobytes() + snapshot.data
+
+
+def unpack(blob: bytes) -> ScopeSnapshot:
+    """Decode `pack`'s bytes; raises `LlamaStateError` for anything else."""
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a scope state is bytes, got {type(blob).__name__}")
+    blob = bytes(blob)
+    if not blob.startswith(MAGIC):
+        raise LlamaStateError("these bytes are not a llama_isolate scope state (save_state() makes them)")
+    try:
+        offset = len(MAGIC)
+        (size,) = _LENGTH.unpack_from(blob, offset)
+        offset += _LENGTH.size
+        header = json.loads(blob[offset : offset + size].decode("utf-8"))
+        offset += size
+        n_tokens = int(header["n_tokens"])
+        tokens = array("i")
+        tokens.frombytes(blob[offset : offset + 4 * n_tokens])
+        if struct.pack("=i", 1) != struct.pack("<i", 1):  # pragma: no cover - big-endian host
+            tokens.byteswap()
+        if len(tokens) != n_tokens or header["version"] != VERSION:
+            raise ValueError("unexpected token count or version")
+        messages = header["messages"]
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise ValueError("messages are not a list of dicts")
+        return ScopeSnapshot(
+            str(header["model"]), str(header["cache"]), messages, tuple(tokens), blob[offset + 4 * n_tokens :]
+        )
+    except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as exc:
+        raise LlamaStateError(f"the scope state is damaged or truncated ({exc})") from exc

@@ -1,0 +1,64 @@
+"""Text <-> tokens for one model: tokenizing, pieces, and chat prompts."""
+
+from __future__ import annotations
+
+import ctypes
+
+import llama_cpp as C
+
+from .chat import ChatFormatter
+
+
+class Vocab:
+    """The model's vocabulary and chat formatting."""
+
+    def __init__(self, model: int, chat_template: str | None) -> None:
+        self.handle = C.llama_model_get_vocab(model)
+        self.n_tokens = int(C.llama_vocab_n_tokens(self.handle))
+        self._pieces: dict[int, bytes] = {}
+        if chat_template is None:
+            own = C.llama_model_chat_template(model, None)
+            chat_template = own.decode("utf-8", "replace") if own else None
+        self._bos = self.token_text(C.llama_vocab_bos(self.handle))
+        self.chat = ChatFormatter(
+            chat_template, bos_token=self._bos, eos_token=self.token_text(C.llama_vocab_eos(self.handle))
+        )
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(C.llama_vocab_is_eog(self.handle, token))
+
+    def prompt_tokens(self, messages: tuple[tuple[str, str], ...]) -> list[int]:
+        """The tokens of a conversation, formatted for the model, ready for its reply."""
+        text = self.chat.render(messages)
+        if not self.chat.has_template:
+            return self.tokenize(text, add_special=True, parse_special=False)
+        if self._bos and C.llama_vocab_get_add_bos(self.handle) and text.startswith(self._bos):
+            text = text[len(self._bos) :]  # the tokenizer adds it; do not have it twice
+        return self.tokenize(text, add_special=True, parse_special=True)
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        while True:
+            buf = (C.llama_token * capacity)()
+            n = C.llama_tokenize(self.handle, data, len(data), buf, capacity, add_special, parse_special)
+            if n >= 0:
+                return list(buf[:n])
+            capacity = -n
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for (cached: the hot path calls this per token)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = C.llama_token_to_piece(self.handle, token, buf, len(buf), 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = C.llama_token_to_piece(self.handle, token, buf, len(buf), 0, False)
+            piece = self._pieces[token] = buf.raw[:n]
+        return piece
+
+    def token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return (C.llama_vocab_get_text(self.handle, token) or b"").decode("utf-8", "replace")
