@@ -12,12 +12,15 @@ import os
 import platform
 import sys
 
-from . import decode, throughput
+from . import decode, stall, stop, throughput, ttft
 from .common import Report
 
 SECTIONS = {
     "decode": decode.run,
     "throughput": throughput.run,
+    "stall": stall.run,
+    "stop": stop.run,
+    "ttft": ttft.run,
 }
 
 

@@ -100,11 +100,8 @@ class LoadedModel:
     """The llama.cpp handles the engine works with; `close()` frees them."""
 
     model: int
-    vocab: int
-    ctx: int
-    n_ctx_seq: int
-    n_seq_max: int
-    pooling: bool
+    ctx: int  # 0 for a vocab_only load
+    pooling: bool  # embeddings enabled with a pooling llama.cpp can do
 
     def close(self) -> None:
         if self.ctx:
@@ -126,7 +123,7 @@ def load_model(load: LlamaLoad, log: LlamaLog) -> LoadedModel:
         raise _classify(log, f"llama.cpp could not load the model {path}")
     try:
         if load.model_params.vocab_only:
-            return LoadedModel(model, C.llama_model_get_vocab(model), 0, 0, 0, False)
+            return LoadedModel(model, 0, False)
         return _new_context(model, load.context_params, log)
     except BaseException:
         C.llama_model_free(model)
@@ -150,18 +147,19 @@ def _model_params(p: ModelParams) -> Iterator[C.llama_model_params]:
 
 
 def _new_context(model: int, p: ContextParams, log: LlamaLog) -> LoadedModel:
-    vocab = C.llama_model_get_vocab(model)
-    # One sequence per parallel slot, plus one for embeddings, all in one
-    # unified KV buffer so an idle slot's cells can serve a busy one.
+    # One sequence per parallel slot, plus one for embeddings, each with its
+    # own KV stream of n_ctx cells. Separate streams (not llama.cpp's unified
+    # buffer) keep every sequence's attention independent of the others, so a
+    # prompt's greedy output is the same alone and batched.
     n_seq_max = p.n_parallel + (1 if p.embeddings else 0)
     params = C.llama_context_default_params()
-    params.n_ctx = p.n_ctx * p.n_parallel + (min(p.n_ctx, p.n_batch) if p.embeddings else 0)
+    params.n_ctx = p.n_ctx * n_seq_max
     params.n_batch = p.n_batch
     params.n_ubatch = p.n_ubatch
     params.n_seq_max = n_seq_max
     params.n_threads = p.n_threads
     params.n_threads_batch = p.n_threads_batch
-    params.kv_unified = True
+    params.kv_unified = False
     params.embeddings = False  # switched on only while an embedding is computed
     params.pooling_type = _pooling(model, p)
     params.flash_attn_type = _FLASH[p.flash_attention]
@@ -179,7 +177,7 @@ def _new_context(model: int, p: ContextParams, log: LlamaLog) -> LoadedModel:
     if not ctx:
         raise _classify(log, f"llama.cpp could not create a context of {params.n_ctx} tokens")
     pooling = p.embeddings and C.llama_pooling_type(ctx) != 0
-    return LoadedModel(model, vocab, ctx, p.n_ctx, n_seq_max, pooling)
+    return LoadedModel(model, ctx, pooling)
 
 
 def _pooling(model: int, p: ContextParams) -> int:

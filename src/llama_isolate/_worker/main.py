@@ -33,6 +33,8 @@ from .cache import ParkedState
 from .engine import Engine, RequestFailure
 from .llama import LoadFailure
 
+_WORKER_NICENESS = 5
+
 
 class Channel:
     """Framed messages over the socket the parent passed down."""
@@ -179,6 +181,10 @@ def main(fd: int) -> None:
     # Ctrl-C in a terminal reaches the whole process group; the parent
     # decides what it means (stop an answer), not the worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The worker's threads take every core; a lower priority lets the
+    # caller's event loop or UI thread win the CPU the moment it wakes
+    # (p99 timer lateness 2.8 ms -> 1.1 ms on 2 cores). Alone, it runs as fast.
+    os.nice(_WORKER_NICENESS)
     os.dup2(2, 1)  # C code that prints to stdout must never reach the caller's stdout
     channel = Channel(fd)
     channel.send_now(protocol.Hello(os.getpid()))

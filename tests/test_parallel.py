@@ -1,0 +1,121 @@
+"""Continuous batching: several scopes decode together, each exactly as it would alone."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from llama_isolate import CompletionEvent, LlamaParent, LlamaScope
+
+from .conftest import greedy_load
+
+PROMPTS = ["Name three fruits.", "Describe the moon in one sentence.", "Say hello in French.", "What do cats eat?"]
+
+
+async def run_alone(model_path: Path, prompts: list[str], max_tokens: int) -> list[str]:
+    async with LlamaParent(greedy_load(model_path, n_ctx=1024)) as parent:
+        texts = []
+        for prompt in prompts:
+            scope = parent.get_scope()
+            texts.append(
+                (await parent.wait_for_completion(await scope.send_prompt(prompt, max_tokens=max_tokens))).text
+            )
+        return texts
+
+
+async def first_tokens(scopes: list[LlamaScope]) -> None:
+    events = [asyncio.Event() for _ in scopes]
+    subs = [s.stream.listen(lambda _, e=e: e.set()) for s, e in zip(scopes, events, strict=True)]  # type: ignore[misc]
+    await asyncio.gather(*(e.wait() for e in events))
+    for sub in subs:
+        sub.cancel()
+
+
+async def test_scopes_streaming_at_once_each_get_their_own_text_as_if_alone(model_path: Path) -> None:
+    alone = await run_alone(model_path, PROMPTS, 24)
+    async with LlamaParent(greedy_load(model_path, n_ctx=1024, n_parallel=4)) as parent:
+        scopes = [parent.get_scope() for _ in PROMPTS]
+        streams: list[list[str]] = [[] for _ in PROMPTS]
+        for scope, chunks in zip(scopes, streams, strict=True):
+            scope.stream.listen(chunks.append)
+        ids = [await s.send_prompt(p, max_tokens=24) for s, p in zip(scopes, PROMPTS, strict=True)]
+        events = [await parent.wait_for_completion(i) for i in ids]
+    assert [e.text for e in events] == alone
+    assert ["".join(chunks) for chunks in streams] == alone
+    # They really ran together: every prompt had its first token before any had finished.
+    firsts = [e.timings.first_token_s for e in events]
+    assert all(f is not None for f in firsts)
+    assert max(f for f in firsts if f is not None) < min(e.timings.total_s for e in events)
+
+
+async def test_more_scopes_than_slots_queue_fifo_and_still_match_alone(model_path: Path) -> None:
+    prompts = [*PROMPTS, "List two colors.", "What is water made of?"]
+    alone = await run_alone(model_path, prompts, 12)
+    async with LlamaParent(greedy_load(model_path, n_ctx=1024, n_parallel=2)) as parent:
+        finished: list[str] = []
+        parent.completions.listen(lambda e: finished.append(e.prompt_id))
+        ids = [await parent.get_scope().send_prompt(p, max_tokens=12) for p in prompts]
+        texts = [(await parent.wait_for_completion(i)).text for i in ids]
+    assert texts == alone
+    assert sorted(finished) == sorted(ids)
+
+
+async def conversation(parent: LlamaParent, scope: LlamaScope, prompt: str) -> CompletionEvent:
+    return await parent.wait_for_completion(await scope.send_prompt(prompt, max_tokens=12))
+
+
+async def test_second_turn_after_another_scope_processes_only_the_new_tokens(model_path: Path) -> None:
+    async with LlamaParent(greedy_load(model_path, n_ctx=2048)) as parent:  # one slot: B evicts A
+        a, b = parent.get_scope(), parent.get_scope()
+        a1 = await conversation(parent, a, "My favourite animal is the otter. " * 20)
+        await conversation(parent, b, "Tell me about volcanoes.")
+        a2 = await conversation(parent, a, "What is my favourite animal?")
+    history = a1.prompt_tokens + a1.completion_tokens
+    assert a1.cached_tokens == 0
+    assert a2.cached_tokens >= history - 1  # all of turn one, parked and restored
+    assert a2.prompt_tokens < 25  # only the new user turn and the template around it
+
+
+async def test_without_ram_for_parked_caches_the_history_is_processed_again(model_path: Path) -> None:
+    load = greedy_load(model_path, n_ctx=2048, cache_ram_mib=0)
+    async with LlamaParent(load) as parent:
+        a, b = parent.get_scope(), parent.get_scope()
+        a1 = await conversation(parent, a, "My favourite animal is the otter.")
+        a2 = await conversation(parent, a, "And my second favourite is the badger.")  # same slot: cached
+        await conversation(parent, b, "Tell me about volcanoes.")
+        a3 = await conversation(parent, a, "Which animals did I name?")
+    assert a2.cached_tokens >= a1.prompt_tokens
+    assert a3.cached_tokens == 0
+    assert a3.prompt_tokens > a2.prompt_tokens + a2.cached_tokens
+
+
+async def test_scope_stop_with_several_active_sequences_stops_only_that_scope(model_path: Path) -> None:
+    prompts = ["Write a long story about a fox.", "Name three fruits.", "Describe the moon in one sentence."]
+    alone = await run_alone(model_path, prompts[1:], 20)
+    async with LlamaParent(greedy_load(model_path, n_ctx=1024, n_parallel=3)) as parent:
+        scopes = [parent.get_scope() for _ in prompts]
+        ids = [
+            await s.send_prompt(p, max_tokens=300 if i == 0 else 20)
+            for i, (s, p) in enumerate(zip(scopes, prompts, strict=True))
+        ]
+        await first_tokens(scopes)
+        await scopes[0].stop()
+        events = [await parent.wait_for_completion(i) for i in ids]
+    assert events[0].finish_reason == "cancelled"
+    assert events[0].completion_tokens < 300
+    # The others lost nothing to the aborted batch they shared: same text as alone.
+    assert [e.text for e in events[1:]] == alone
+    assert all(e.finish_reason in ("stop", "length") for e in events[1:])
+
+
+async def test_parent_stop_stops_every_running_sequence_and_keeps_the_queue(model_path: Path) -> None:
+    async with LlamaParent(greedy_load(model_path, n_ctx=1024, n_parallel=2)) as parent:
+        scopes = [parent.get_scope() for _ in range(3)]
+        ids = [await s.send_prompt("Write a long story about the sea.", max_tokens=300) for s in scopes]
+        await first_tokens(scopes[:2])
+        await parent.stop()
+        stopped = [await parent.wait_for_completion(i) for i in ids[:2]]
+        assert [e.finish_reason for e in stopped] == ["stopped", "stopped"]
+        await first_tokens(scopes[2:])  # the queued one starts after the stop
+        await parent.stop()
+        assert (await parent.wait_for_completion(ids[2])).finish_reason == "stopped"
