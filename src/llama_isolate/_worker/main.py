@@ -15,7 +15,7 @@ The loop, one turn at a time:
 3. apply them in arrival order: submit, cancel, embed, save/load/drop a
    conversation's cache, shut down;
 4. run one engine step: admit prompts into free slots, decode one batch,
-   sample, and emit tokens and completions.
+   sample, and send the step's tokens and completions in one write.
 """
 
 from __future__ import annotations
@@ -37,11 +37,23 @@ _WORKER_NICENESS = 5
 
 
 class Channel:
-    """Framed messages over the socket the parent passed down."""
+    """Framed messages over the socket the parent passed down.
+
+    Replies produced during one loop turn are sent together by `flush()`,
+    straight from the main thread when the socket takes them at once (the
+    common case: no thread hand-off per token). Whatever the socket cannot
+    take now goes to the writer thread, which blocks on it instead, so a
+    parent that reads slowly never stalls decoding.
+    """
 
     def __init__(self, fd: int) -> None:
         self._sock = socket.socket(fileno=fd)
-        self._outbox: queue.SimpleQueue[protocol.Reply | None] = queue.SimpleQueue()
+        self._pending: list[bytes] = []
+        self._backlog: list[bytes] = []
+        self._writing = False
+        self._closing = False
+        self._gone = False
+        self._wake = threading.Condition()
 
     def receive(self) -> protocol.Command | None:
         """The next command, or None when the parent closed the channel."""
@@ -62,12 +74,33 @@ class Channel:
         return b"".join(chunks)
 
     def send(self, message: protocol.Reply) -> None:
-        """Queue a reply for the writer thread; never blocks."""
-        self._outbox.put(message)
+        """Queue a reply until the next `flush()`; never blocks."""
+        self._pending.append(protocol.encode(message))
 
     def send_now(self, message: protocol.Reply) -> None:
         """Send from the calling thread (before the writer thread runs)."""
         self._sock.sendall(protocol.encode(message))
+
+    def flush(self) -> None:
+        """Send the queued replies without blocking; the writer thread takes what does not fit."""
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        with self._wake:
+            if self._gone:
+                return
+            if not self._backlog and not self._writing:
+                try:
+                    data = data[self._sock.send(data, socket.MSG_DONTWAIT) :]
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    self._gone = True  # the parent is gone; the reader sees it too
+                    return
+            if data:
+                self._backlog.append(data)
+                self._wake.notify()
 
     def start_writer(self) -> threading.Thread:
         thread = threading.Thread(target=self._write_loop, name="writer", daemon=True)
@@ -75,30 +108,31 @@ class Channel:
         return thread
 
     def finish(self, writer: threading.Thread) -> None:
-        """Flush every queued reply, then close."""
-        self._outbox.put(None)
+        """Send every queued reply, then close."""
+        self.flush()
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
         writer.join(timeout=5)
         self._sock.close()
 
     def _write_loop(self) -> None:
-        try:
-            while True:
-                message = self._outbox.get()
-                if message is None:
+        while True:
+            with self._wake:
+                self._writing = False
+                while not self._backlog and not self._closing:
+                    self._wake.wait()
+                if not self._backlog:
                     return
-                frames = [protocol.encode(message)]
-                while True:  # coalesce what is already waiting into one write
-                    try:
-                        more = self._outbox.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        self._sock.sendall(b"".join(frames))
-                        return
-                    frames.append(protocol.encode(more))
-                self._sock.sendall(b"".join(frames))
-        except OSError:
-            return  # the parent is gone; the reader sees it too and shuts down
+                data = b"".join(self._backlog)
+                self._backlog.clear()
+                self._writing = True
+            try:
+                self._sock.sendall(data)
+            except OSError:
+                with self._wake:
+                    self._gone = True
+                return
 
 
 def _read_loop(channel: Channel, inbox: queue.SimpleQueue[protocol.Command], engine: Engine) -> None:
@@ -138,6 +172,7 @@ def _serve(channel: Channel, engine: Engine) -> None:
             if not _apply(command, engine, channel):
                 return
         engine.step()  # 4
+        channel.flush()
 
 
 def _apply(command: protocol.Command, engine: Engine, channel: Channel) -> bool:
