@@ -119,3 +119,23 @@ async def test_parent_stop_stops_every_running_sequence_and_keeps_the_queue(mode
         await first_tokens(scopes[2:])  # the queued one starts after the stop
         await parent.stop()
         assert (await parent.wait_for_completion(ids[2])).finish_reason == "stopped"
+
+
+async def test_a_long_prompt_admitted_mid_generation_does_not_freeze_the_others(model_path: Path) -> None:
+    long_prompt = "Summarize these notes. " + " ".join(f"Note {i}: the red box is on shelf {i}." for i in range(60))
+    async with LlamaParent(greedy_load(model_path, n_ctx=2048, n_parallel=2)) as parent:
+        talker, reader = parent.get_scope(), parent.get_scope()
+        talked: list[str] = []
+        talker.stream.listen(talked.append)
+        await talker.send_prompt("Write a very long story about a fox.", max_tokens=400)
+        await first_tokens([talker])
+        reading = await reader.send_prompt(long_prompt, max_tokens=4)
+        before = len(talked)
+        await first_tokens([reader])
+        during = len(talked) - before
+        event = await parent.wait_for_completion(reading)
+        await talker.stop()
+    assert event.prompt_tokens > 700
+    # The long prompt was read in small chunks between the talker's tokens; in
+    # whole 512-token batches the talker would have got about 2 tokens.
+    assert during >= 6, f"the talker got {during} tokens while a {event.prompt_tokens}-token prompt was read"
