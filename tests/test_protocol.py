@@ -21,7 +21,7 @@ MESSAGES: list[protocol.Message] = [
     protocol.LoadFailed("not_found", "missing"),
     protocol.Started("p1"),
     protocol.Tokens("p1", "héllo"),
-    protocol.Finished("p1", "stop", None, 3, 2, 4, 0.1, 0.2),
+    protocol.Finished("p1", "stop", None, 3, 2, 0, 4, 0.1, 0.2),
     protocol.Embedding(3, (0.5, -1.0)),
     protocol.RequestFailed(3, "request", "too long"),
 ]

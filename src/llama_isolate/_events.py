@@ -79,6 +79,9 @@ class CompletionEvent:
             conversation formatted by the chat template, minus `cached_tokens`).
         cached_tokens: prompt tokens reused from the conversation's KV cache
             (its earlier turns), not processed again.
+        dropped_turns: the conversation's oldest messages the model did not see
+            because the whole conversation no longer fit the context (see the
+            README's "Long conversations"); `messages` still holds them.
         completion_tokens: tokens generated.
         timings: see `CompletionTimings`.
     """
@@ -91,5 +94,6 @@ class CompletionEvent:
     scope_id: str | None
     prompt_tokens: int
     cached_tokens: int
+    dropped_turns: int
     completion_tokens: int
     timings: CompletionTimings

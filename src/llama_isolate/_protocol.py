@@ -168,6 +168,7 @@ class Finished:
     error: str | None
     prompt_tokens: int  # processed for this prompt
     cached_tokens: int  # reused from the conversation's KV cache
+    dropped_turns: int  # oldest messages left out to fit the context
     completion_tokens: int
     prompt_eval_s: float
     generation_s: float

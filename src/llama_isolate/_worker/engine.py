@@ -32,6 +32,7 @@ from .._params import LlamaLoad
 from .abort import AbortFlag
 from .cache import HostCache, ParkedState, Slot, common_prefix, copy_in, copy_out
 from .chat import ChatTemplateError
+from .fit import ContextFitter
 from .llama import LlamaLog, LoadedModel, LoadFailure, load_model, model_description
 from .sampling import GrammarError, build_sampler
 from .text import Detokenizer
@@ -64,6 +65,7 @@ class _Running:
     pending: collections.deque[int]  # prompt tokens not decoded yet
     n_prompt: int  # prompt tokens to process (after the cached prefix)
     n_cached: int  # prompt tokens reused from the slot's cache
+    n_dropped: int  # oldest messages left out to fit the context
     sampler: int
     detok: Detokenizer
     generated: int = 0
@@ -95,6 +97,7 @@ class Engine:
         except ChatTemplateError as exc:
             self._handles.close()
             raise LoadFailure("invalid_template", str(exc)) from exc
+        self._fitter = ContextFitter(self._vocab, cp.n_ctx)
         self._slots = [Slot(seq_id) for seq_id in range(cp.n_parallel)]
         self._embed_seq = cp.n_parallel  # the sequence kept free for embeddings
         self._running: dict[int, _Running] = {}  # by seq_id
@@ -144,11 +147,12 @@ class Engine:
             self._finish(run, reason)
         for request in [r for r in self._waiting if r.prompt_id in wanted]:
             self._waiting.remove(request)
-            self._emit(protocol.Finished(request.prompt_id, reason, None, 0, 0, 0, 0.0, 0.0))  # type: ignore[arg-type]
+            self._emit(protocol.Finished(request.prompt_id, reason, None, 0, 0, 0, 0, 0.0, 0.0))  # type: ignore[arg-type]
 
     def drop_scope(self, scope_key: str) -> None:
         """Forget the conversation's KV cache, in a slot or parked."""
         self._parked.pop(scope_key)
+        self._fitter.forget(scope_key)
         for slot in self._slots:
             if slot.owner == scope_key and slot.seq_id not in self._running:
                 self._clear(slot)
@@ -291,7 +295,7 @@ class Engine:
             self._refuse(request, "the model was loaded with vocab_only=True; it cannot generate")
             return
         try:
-            tokens = self._vocab.prompt_tokens(request.messages)
+            tokens, dropped = self._fitter.fit(request.scope_key, request.messages, request.max_tokens)
             sampler = build_sampler(
                 request.sampler, vocab=self._vocab.handle, n_vocab=self._vocab.n_tokens, n_ctx=self._n_ctx
             )
@@ -302,8 +306,8 @@ class Engine:
             C.llama_sampler_free(sampler)
             self._refuse(
                 request,
-                f"the prompt is {len(tokens)} tokens with its conversation, but the context holds "
-                f"{self._n_ctx} (ContextParams.n_ctx); at least {len(tokens) + 1} are needed",
+                f"the prompt needs {len(tokens) + 1} tokens (with its system messages; older turns "
+                f"already left out), but the context holds {self._n_ctx} (ContextParams.n_ctx)",
             )
             return
         self._take(slot, request.scope_key)
@@ -314,6 +318,7 @@ class Engine:
             pending=collections.deque(tokens[n_cached:]),
             n_prompt=len(tokens) - n_cached,
             n_cached=n_cached,
+            n_dropped=dropped,
             sampler=sampler,
             detok=Detokenizer(request.sampler.stop),
         )
@@ -435,6 +440,7 @@ class Engine:
                 error=error,
                 prompt_tokens=run.n_prompt - len(run.pending),
                 cached_tokens=run.n_cached,
+                dropped_turns=run.n_dropped,
                 completion_tokens=run.generated,
                 prompt_eval_s=first - run.started,
                 generation_s=end - first,
@@ -442,7 +448,7 @@ class Engine:
         )
 
     def _refuse(self, request: protocol.Submit, error: str) -> None:
-        self._emit(protocol.Finished(request.prompt_id, "error", error, 0, 0, 0, 0.0, 0.0))
+        self._emit(protocol.Finished(request.prompt_id, "error", error, 0, 0, 0, 0, 0.0, 0.0))
 
 
 def _normalized(values: tuple[float, ...]) -> tuple[float, ...]:
