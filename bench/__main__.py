@@ -12,7 +12,7 @@ import os
 import platform
 import sys
 
-from . import decode, stall, stop, throughput, ttft
+from . import decode, soak, stall, stop, throughput, ttft
 from .common import Report
 
 SECTIONS = {
@@ -21,7 +21,9 @@ SECTIONS = {
     "stall": stall.run,
     "stop": stop.run,
     "ttft": ttft.run,
+    "soak": soak.run,
 }
+DEFAULT = ["decode", "throughput", "stall", "stop", "ttft"]
 
 
 def machine() -> str:
@@ -38,7 +40,7 @@ def machine() -> str:
 async def main(names: list[str]) -> None:
     report = Report()
     print(f"machine: {machine()}", flush=True)
-    for name in names or list(SECTIONS):
+    for name in names or DEFAULT:
         print(f"[{name}]", flush=True)
         await SECTIONS[name](report)
     print()

@@ -114,16 +114,31 @@ class LlamaParent:
             `LlamaQueueFull`. None = unbounded.
         restart_on_crash: when the worker dies, start a new one and carry on
             with the prompts still queued (the running ones fail).
+        keep_completed: how many finished events `wait_for_completion` still
+            returns after the fact (the most recent ones); an older id raises
+            KeyError. Keeps a long-running parent's memory flat.
     """
 
-    def __init__(self, load: LlamaLoad, *, max_queue: int | None = None, restart_on_crash: bool = False) -> None:
+    def __init__(
+        self,
+        load: LlamaLoad,
+        *,
+        max_queue: int | None = None,
+        restart_on_crash: bool = False,
+        keep_completed: int = 1024,
+    ) -> None:
         if not isinstance(load, LlamaLoad):
             raise TypeError(f"LlamaParent needs a LlamaLoad, got {type(load).__name__}")
         if max_queue is not None and (not isinstance(max_queue, int) or isinstance(max_queue, bool) or max_queue < 1):
             raise ValueError(f"max_queue must be None or an int >= 1, got {max_queue!r}")
+        if not isinstance(keep_completed, int) or isinstance(keep_completed, bool) or keep_completed < 0:
+            raise ValueError(f"keep_completed must be an int >= 0, got {keep_completed!r}")
+        self._keep_completed = keep_completed
         self._load = load
         self._max_queue = max_queue
         self._restart_on_crash = restart_on_crash
+        self._restarting = False
+        self._restart_task: asyncio.Task[None] | None = None
         self._status = LlamaStatus.UNINITIALIZED
         self._error: str | None = None
         self._worker: WorkerProcess | None = None
@@ -132,7 +147,8 @@ class LlamaParent:
         self._queue: collections.deque[_Prompt] = collections.deque()
         self._running: dict[str, _Prompt] = {}
         self._futures: dict[str, asyncio.Future[CompletionEvent]] = {}
-        self._events: dict[str, CompletionEvent] = {}
+        # Finished events for wait_for_completion(), oldest first, at most keep_completed.
+        self._events: collections.OrderedDict[str, CompletionEvent] = collections.OrderedDict()
         self._requests: dict[int, asyncio.Future[object]] = {}
         self._request_ids = itertools.count(1)
         self._scopes: dict[str, LlamaScope] = {}
@@ -247,16 +263,18 @@ class LlamaParent:
                 verbose=self._load.verbose, on_reply=self._on_reply, on_exit=self._on_exit
             )
             self._worker.send(protocol.Load(self._load))
-            try:
-                loaded = await asyncio.wait_for(asyncio.shield(self._handshake), deadline)
-            except (asyncio.TimeoutError, TimeoutError):
+            # asyncio.wait, not wait_for, which can swallow a cancellation on Python < 3.12.
+            done, _ = await asyncio.wait({self._handshake}, timeout=deadline)
+            if not done:
                 raise LlamaLoadTimeout(
                     f"the model did not load within {deadline:.0f} s; pass init(timeout=...) to allow more"
-                ) from None
+                )
+            loaded = self._handshake.result()
         except BaseException as exc:
             await self._abandon_worker()
-            self._status = LlamaStatus.ERROR
-            self._error = str(exc) or type(exc).__name__
+            if self._status is not LlamaStatus.DISPOSED:
+                self._status = LlamaStatus.ERROR
+                self._error = str(exc) or type(exc).__name__
             raise
         finally:
             self._handshake = None
@@ -291,7 +309,7 @@ class LlamaParent:
         if self._handshake is not None and not self._handshake.done():
             self._handshake.set_exception(LlamaStatusError("dispose() was called while init() was loading"))
         while self._queue:
-            self._complete(self._queue.popleft(), "cancelled", reason + " before the prompt started")
+            self._complete(self._queue.popleft(), "cancelled")
         worker, self._worker = self._worker, None
         if worker is not None:
             try:
@@ -379,7 +397,7 @@ class LlamaParent:
         max_tokens: int | None,
         images: tuple[LlamaImage, ...],
     ) -> str:
-        self._require_ready("send_prompt")
+        self._require_ready("send_prompt", queueing=True)
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         if scope is not None and (scope.parent is not self or scope.disposed):
@@ -404,9 +422,11 @@ class LlamaParent:
         self._dispatch()
         return record.id
 
-    def _require_ready(self, what: str) -> None:
+    def _require_ready(self, what: str, *, queueing: bool = False) -> None:
         if self._status in (LlamaStatus.READY, LlamaStatus.GENERATING):
             return
+        if queueing and self._restarting:
+            return  # queued now, dispatched once the new worker is ready
         if self._status is LlamaStatus.ERROR:
             raise LlamaStatusError(f"{what}() failed: the worker is in ERROR ({self._error}); call restart()")
         hint = {
@@ -473,7 +493,8 @@ class LlamaParent:
         """The `CompletionEvent` of `prompt_id`, also if it finished before this call.
 
         Raises:
-            KeyError: this parent never issued `prompt_id`.
+            KeyError: this parent never issued `prompt_id`, or it finished so long
+                ago that it is no longer among the last `keep_completed` events.
 
         Cancellation: cancelling the wait does not cancel the prompt.
 
@@ -486,7 +507,9 @@ class LlamaParent:
             return event
         future = self._futures.get(prompt_id)
         if future is None:
-            raise KeyError(f"unknown prompt id {prompt_id!r}")
+            raise KeyError(
+                f"unknown prompt id {prompt_id!r} (never sent, or older than the last keep_completed events)"
+            )
         return await asyncio.shield(future)
 
     async def get_embeddings(self, text: str, *, normalize: bool = False) -> list[float]:
@@ -602,6 +625,7 @@ class LlamaParent:
             reply.error,
             prompt_tokens=reply.prompt_tokens,
             cached_tokens=reply.cached_tokens,
+            dropped_turns=reply.dropped_turns,
             completion_tokens=reply.completion_tokens,
             prompt_eval_s=reply.prompt_eval_s,
             tokens_per_second=tps,
@@ -627,13 +651,14 @@ class LlamaParent:
         *,
         prompt_tokens: int = 0,
         cached_tokens: int = 0,
+        dropped_turns: int = 0,
         completion_tokens: int = 0,
         prompt_eval_s: float = 0.0,
         tokens_per_second: float = 0.0,
     ) -> None:
         """Record the outcome, update the conversation, emit the event once."""
-        if record.id in self._events:
-            return
+        if record.id not in self._futures:
+            return  # already completed
         text = "".join(record.pieces)
         self._settle_history(record, text, failed=reason == "error")
         now = time.monotonic()
@@ -646,6 +671,7 @@ class LlamaParent:
             scope_id=None if record.scope is None else record.scope.id,
             prompt_tokens=prompt_tokens,
             cached_tokens=cached_tokens,
+            dropped_turns=dropped_turns,
             completion_tokens=completion_tokens,
             timings=CompletionTimings(
                 queued_s=(record.started or now) - record.submitted,
@@ -656,6 +682,8 @@ class LlamaParent:
             ),
         )
         self._events[record.id] = event
+        while len(self._events) > self._keep_completed:
+            self._events.popitem(last=False)
         future = self._futures.pop(record.id, None)
         if future is not None and not future.done():
             future.set_result(event)
@@ -694,7 +722,8 @@ class LlamaParent:
             self._complete(record, "error", message)
         self._running.clear()
         if self._restart_on_crash:
-            asyncio.get_running_loop().create_task(self._restart_after_crash())
+            self._restarting = True  # sends are queued from now on
+            self._restart_task = asyncio.get_running_loop().create_task(self._restart_after_crash())
         else:
             self._fail_unfinished("error", message, LlamaWorkerDied(message))
 
@@ -704,6 +733,8 @@ class LlamaParent:
         except LlamaError as exc:
             logger.error("llama_isolate could not restart the worker: %s", exc)
             self._fail_unfinished("error", f"the worker died and could not be restarted: {exc}", exc)
+        finally:
+            self._restarting = False
 
     def _fail_unfinished(self, reason: FinishReason, message: str, request_error: LlamaError) -> None:
         while self._queue:

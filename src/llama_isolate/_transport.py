@@ -133,13 +133,12 @@ class WorkerProcess:
         """Ask the worker to exit, then kill it if it has not exited within `grace` seconds."""
         self._on_exit = None
         with contextlib.suppress(Exception):
-            self.send(protocol.Shutdown())
-            await asyncio.wait_for(self._writer.drain(), timeout=grace)
+            self.send(protocol.Shutdown())  # buffered; the transport sends it while we wait
         await self._reap(grace)
         self._writer.close()
         self._read_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._read_task
+        # wait() never raises the task's own CancelledError, only ours.
+        await asyncio.wait([self._read_task])
 
     def kill(self) -> None:
         """Kill the process at once (it is reaped by the watcher thread)."""
@@ -147,13 +146,15 @@ class WorkerProcess:
             self._process.kill()
 
     async def _reap(self, grace: float) -> None:
+        # asyncio.wait, not wait_for: on Python < 3.12 wait_for can swallow the
+        # caller's cancellation when the awaited thing finishes at that moment.
         loop = asyncio.get_running_loop()
-        try:
-            await asyncio.wait_for(loop.run_in_executor(None, self._process.wait), timeout=grace)
-        except (asyncio.TimeoutError, TimeoutError):
+        exited = loop.run_in_executor(None, self._process.wait)
+        _, pending = await asyncio.wait({exited}, timeout=grace)
+        if pending:
             logger.warning("worker %d did not exit within %.1f s; killing it", self.pid, grace)
             self.kill()
-            await loop.run_in_executor(None, self._process.wait)
+            await exited
 
     async def _read_loop(self) -> None:
         try:
@@ -169,9 +170,10 @@ class WorkerProcess:
         # The channel closes a moment before the process is reaped; wait for
         # the exit so the error can say how the worker ended. A worker that
         # closed its channel but lives on is useless: kill it.
-        try:
-            await asyncio.wait_for(self._exited.wait(), _EXIT_AFTER_EOF_S)
-        except (asyncio.TimeoutError, TimeoutError):
+        exited = asyncio.ensure_future(self._exited.wait())
+        _, pending = await asyncio.wait({exited}, timeout=_EXIT_AFTER_EOF_S)
+        if pending:
+            exited.cancel()
             self.kill()
         self._notify_exit()
 

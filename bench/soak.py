@@ -1,0 +1,63 @@
+"""Soak: 10,000 short prompts through one parent; resident memory must stay flat.
+
+Eight scopes take turns (each cleared every 20 turns, as a chat app starts new
+conversations), four decode at once. Memory is read after a warm-up of 1100
+prompts (so that caches, pools and the 1024 kept completion events exist) and
+again at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import psutil
+
+from llama_isolate import LlamaParent
+
+from .common import Report, load, verdict
+
+PROMPTS = 10_000
+WARM_UP = 1100  # past keep_completed (1024), so the kept events are at their cap at the start
+SCOPES = 8
+TURNS_PER_CONVERSATION = 20
+
+
+def rss_mib(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+async def _turns(parent: LlamaParent, scope_index: int, count: int) -> None:
+    scope = parent.get_scope()
+    for turn in range(count):
+        if turn and turn % TURNS_PER_CONVERSATION == 0:
+            await scope.clear()
+        event = await parent.wait_for_completion(
+            await scope.send_prompt(f"Say the number {scope_index * count + turn}.", max_tokens=2)
+        )
+        assert event.success, event.error
+    await scope.dispose()
+
+
+async def _run(parent: LlamaParent, total: int) -> None:
+    await asyncio.gather(*(_turns(parent, i, total // SCOPES) for i in range(SCOPES)))
+
+
+async def run(report: Report) -> None:
+    async with LlamaParent(load(n_parallel=4, n_ctx=1024)) as parent:
+        worker = parent.worker_pid
+        assert worker is not None
+        await _run(parent, WARM_UP)
+        start = rss_mib(psutil.Process().pid), rss_mib(worker)
+        started = time.perf_counter()
+        await _run(parent, PROMPTS)
+        elapsed = time.perf_counter() - started
+        end = rss_mib(psutil.Process().pid), rss_mib(worker)
+    for name, before, after in (("parent", start[0], end[0]), ("worker", start[1], end[1])):
+        growth = (after - before) / before
+        report.add(
+            f"soak: {name} resident memory over {PROMPTS} prompts ({elapsed:.0f} s)",
+            f"{before:.1f} -> {after:.1f} MiB",
+            "target growth < 5 %",
+            verdict(growth < 0.05, f"{growth * 100:+.1f} %"),
+        )
