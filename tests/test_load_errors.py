@@ -12,6 +12,7 @@ import pytest
 
 from llama_isolate import (
     ContextParams,
+    LlamaInvalidMmproj,
     LlamaInvalidModel,
     LlamaLoad,
     LlamaLoadError,
@@ -118,3 +119,18 @@ async def test_a_context_too_large_for_memory(model_path: Path) -> None:
     _, error = await failed_init(LlamaLoad(path=model_path, context_params=ContextParams(n_ctx=1 << 22)))
     assert isinstance(error, LlamaOutOfMemory)
     assert "memory" in str(error)
+
+
+async def test_an_mmproj_that_is_not_a_projector(model_path: Path, tmp_path: Path) -> None:
+    # The text model itself is a valid GGUF, but not a vision projector.
+    _, error = await failed_init(LlamaLoad(path=model_path, mmproj_path=model_path))
+    assert isinstance(error, LlamaInvalidMmproj)
+    assert "mmproj" in str(error)
+    text = tmp_path / "proj.gguf"
+    text.write_text("not a projector")
+    _, error = await failed_init(LlamaLoad(path=model_path, mmproj_path=text))
+    assert isinstance(error, LlamaInvalidMmproj)
+    assert "not a GGUF file" in str(error)
+    _, error = await failed_init(LlamaLoad(path=model_path, mmproj_path=tmp_path / "absent.gguf"))
+    assert isinstance(error, LlamaModelNotFound)
+    assert "mmproj file not found" in str(error)

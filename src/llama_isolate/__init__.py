@@ -24,6 +24,7 @@ from __future__ import annotations
 from ._errors import (
     LlamaError,
     LlamaFeatureNotEnabled,
+    LlamaInvalidMmproj,
     LlamaInvalidModel,
     LlamaLoadError,
     LlamaLoadTimeout,
@@ -54,6 +55,7 @@ __all__ = [
     "LlamaError",
     "LlamaFeatureNotEnabled",
     "LlamaImage",
+    "LlamaInvalidMmproj",
     "LlamaInvalidModel",
     "LlamaLoad",
     "LlamaLoadError",

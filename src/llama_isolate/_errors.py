@@ -7,6 +7,7 @@ except `ValueError` for parameter values refused at construction time::
      ├── LlamaLoadError              init() failed; the worker is gone
      │    ├── LlamaModelNotFound     the model (or mmproj) path does not exist
      │    ├── LlamaInvalidModel      not a GGUF file, a directory, or llama.cpp refused it
+     │    ├── LlamaInvalidMmproj     mmproj_path is not a projector mtmd can load for the model
      │    ├── LlamaOutOfMemory       the model or its context did not fit in memory
      │    ├── LlamaLoadTimeout       loading took longer than init(timeout=...)
      │    └── LlamaWorkerDiedOnLoad  the worker process died while loading (also a LlamaWorkerDied)
@@ -71,6 +72,16 @@ class LlamaInvalidModel(LlamaLoadError):
 
         # a text file renamed to .gguf:
         await LlamaParent(LlamaLoad(path="notes.gguf")).init()  # raises LlamaInvalidModel
+    """
+
+
+class LlamaInvalidMmproj(LlamaLoadError):
+    """`LlamaLoad.mmproj_path` is not a multimodal projector llama.cpp's mtmd can load for the model.
+
+    Example::
+
+        load = LlamaLoad(path="model.gguf", mmproj_path="model.gguf")  # the model, not its projector
+        await LlamaParent(load).init()  # raises LlamaInvalidMmproj
     """
 
 

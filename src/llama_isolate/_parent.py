@@ -30,6 +30,7 @@ from . import _protocol as protocol
 from ._errors import (
     LlamaError,
     LlamaFeatureNotEnabled,
+    LlamaInvalidMmproj,
     LlamaInvalidModel,
     LlamaLoadError,
     LlamaLoadTimeout,
@@ -54,6 +55,7 @@ logger = logging.getLogger("llama_isolate")
 _LOAD_ERRORS: dict[str, type[LlamaLoadError]] = {
     "not_found": LlamaModelNotFound,
     "invalid_model": LlamaInvalidModel,
+    "invalid_mmproj": LlamaInvalidMmproj,
     "out_of_memory": LlamaOutOfMemory,
 }
 _BASE_TIMEOUT_S = 60.0

@@ -25,6 +25,7 @@ ErrorKind = Literal[
     "invalid_model",  # not a GGUF / llama.cpp refused the file
     "out_of_memory",  # weights or context did not fit
     "invalid_template",  # the chat template does not compile
+    "invalid_mmproj",  # mmproj_path is not a projector mtmd can load for this model
     "feature",  # the load did not enable what the request needs
     "request",  # the request itself is bad (too long, empty, ...)
     "internal",  # an unexpected exception in the worker

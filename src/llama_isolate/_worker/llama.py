@@ -62,6 +62,12 @@ class LlamaLog:
         self._callback = C.llama_log_callback(self._on_log)
         C.llama_log_set(self._callback, ctypes.c_void_p(0))
 
+    def cover_mtmd(self) -> None:
+        """Route mtmd's (and its CLIP encoder's) log here too."""
+        import llama_cpp.mtmd_cpp as M
+
+        M.mtmd_helper_log_set(self._callback, ctypes.c_void_p(0))
+
     def _on_log(self, level: int, text: bytes | None, _user: object) -> None:
         chunk = (text or b"").decode("utf-8", "replace")
         if self.verbose:
@@ -102,8 +108,14 @@ class LoadedModel:
     model: int
     ctx: int  # 0 for a vocab_only load
     pooling: bool  # embeddings enabled with a pooling llama.cpp can do
+    mtmd: int = 0  # the multimodal projector's context, when mmproj_path was given
 
     def close(self) -> None:
+        if self.mtmd:
+            import llama_cpp.mtmd_cpp as M
+
+            M.mtmd_free(self.mtmd)
+            self.mtmd = 0
         if self.ctx:
             C.llama_free(self.ctx)
             self.ctx = 0
@@ -124,10 +136,43 @@ def load_model(load: LlamaLoad, log: LlamaLog) -> LoadedModel:
     try:
         if load.model_params.vocab_only:
             return LoadedModel(model, 0, False)
-        return _new_context(model, load.context_params, log)
+        loaded = _new_context(model, load.context_params, log)
     except BaseException:
         C.llama_model_free(model)
         raise
+    if load.mmproj_path is not None:
+        try:
+            loaded.mtmd = _load_projector(load, model, log)
+        except BaseException:
+            loaded.close()
+            raise
+    return loaded
+
+
+def _load_projector(load: LlamaLoad, model: int, log: LlamaLog) -> int:
+    """The mtmd context for `load.mmproj_path`; raises `LoadFailure("invalid_mmproj")`."""
+    import llama_cpp.mtmd_cpp as M
+
+    path = os.fspath(load.mmproj_path or "")
+    try:
+        check_model_file(path, "mmproj file")
+    except LoadFailure as exc:
+        raise LoadFailure("not_found" if exc.kind == "not_found" else "invalid_mmproj", exc.message) from exc
+    log.cover_mtmd()
+    params = M.mtmd_context_params_default()
+    params.use_gpu = load.model_params.n_gpu_layers != 0
+    params.n_threads = load.context_params.n_threads
+    params.print_timings = False
+    params.warmup = False
+    handle = M.mtmd_init_from_file(path.encode(), model, params)
+    if not handle:
+        detail = log.last()
+        raise LoadFailure(
+            "invalid_mmproj",
+            f"mmproj file is not a multimodal projector for this model: {path}"
+            + (f" (llama.cpp said: {detail})" if detail else ""),
+        )
+    return int(handle)
 
 
 @contextlib.contextmanager
