@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+MEDIA_MARKER = "<__media__>"
+"""Where an image goes in a prompt's text (llama.cpp mtmd's default marker)."""
+
 
 @dataclass(frozen=True)
 class LlamaImage:

@@ -54,6 +54,9 @@ class Submit:
     messages: tuple[tuple[str, str], ...]
     sampler: SamplerParams
     max_tokens: int
+    # Per message, the (name, encoded bytes) of the images at its media markers;
+    # empty when the conversation has no images at all.
+    images: tuple[tuple[tuple[str, bytes], ...], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,12 @@ from .._params import LlamaLoad
 from .abort import AbortFlag
 from .cache import HostCache, ParkedState, Slot, common_prefix, copy_in, copy_out
 from .chat import ChatTemplateError
-from .fit import ContextFitter
+from .fit import ContextFitter, Encode
 from .llama import LlamaLog, LoadedModel, LoadFailure, load_model, model_description
+from .prompt import ImageChunk, Item, Prompt
 from .sampling import GrammarError, build_sampler
 from .text import Detokenizer
+from .vision import ImageError, Vision
 from .vocab import Vocab
 
 logger = logging.getLogger("llama_isolate.worker")
@@ -62,8 +64,9 @@ class _Running:
 
     request: protocol.Submit
     slot: Slot
-    pending: collections.deque[int]  # prompt tokens not decoded yet
-    n_prompt: int  # prompt tokens to process (after the cached prefix)
+    prompt: Prompt  # owns the mtmd chunks that image items point into
+    pending: collections.deque[Item]  # prompt tokens and images not decoded yet
+    n_prompt: int  # prompt positions to process (after the cached prefix)
     n_cached: int  # prompt tokens reused from the slot's cache
     n_dropped: int  # oldest messages left out to fit the context
     sampler: int
@@ -97,7 +100,14 @@ class Engine:
         except ChatTemplateError as exc:
             self._handles.close()
             raise LoadFailure("invalid_template", str(exc)) from exc
-        self._fitter = ContextFitter(self._vocab, cp.n_ctx)
+        self._fitter = ContextFitter(cp.n_ctx)
+        self._vision: Vision | None = None
+        if self._handles.mtmd:
+            try:
+                self._vision = Vision(self._handles.mtmd)
+            except LoadFailure:
+                self._handles.close()
+                raise
         self._slots = [Slot(seq_id) for seq_id in range(cp.n_parallel)]
         self._embed_seq = cp.n_parallel  # the sequence kept free for embeddings
         self._running: dict[int, _Running] = {}  # by seq_id
@@ -241,6 +251,10 @@ class Engine:
         self._admit()
         if not self._running or self._batch is None:
             return
+        if not self._evaluate_images():
+            return  # aborted: the stop is applied before anything else runs
+        if not self._running:
+            return
         scheduled = self._schedule()
         rc = int(C.llama_decode(self._handles.ctx, self._batch))
         if rc == _DECODE_ABORTED:
@@ -294,52 +308,116 @@ class Engine:
         if self._batch is None:
             self._refuse(request, "the model was loaded with vocab_only=True; it cannot generate")
             return
+        roles = [role for role, _ in request.messages]
         try:
-            tokens, dropped = self._fitter.fit(request.scope_key, request.messages, request.max_tokens)
+            prompt, dropped = self._fitter.fit(request.scope_key, roles, request.max_tokens, self._encoder(request))
+        except (ChatTemplateError, ImageError) as exc:
+            self._refuse(request, str(exc))
+            return
+        if len(prompt) >= self._n_ctx:
+            images = prompt.image_positions()
+            prompt.free()
+            self._refuse(
+                request,
+                f"the prompt needs {len(prompt) + 1} tokens (with its system messages"
+                + (f" and {images} image tokens" if images else "")
+                + f"; older turns already left out), but the context holds {self._n_ctx} (ContextParams.n_ctx)",
+            )
+            return
+        try:
             sampler = build_sampler(
                 request.sampler, vocab=self._vocab.handle, n_vocab=self._vocab.n_tokens, n_ctx=self._n_ctx
             )
-        except (ChatTemplateError, GrammarError) as exc:
+        except GrammarError as exc:
+            prompt.free()
             self._refuse(request, str(exc))
             return
-        if len(tokens) >= self._n_ctx:
-            C.llama_sampler_free(sampler)
-            self._refuse(
-                request,
-                f"the prompt needs {len(tokens) + 1} tokens (with its system messages; older turns "
-                f"already left out), but the context holds {self._n_ctx} (ContextParams.n_ctx)",
-            )
-            return
         self._take(slot, request.scope_key)
-        n_cached = self._reuse_prefix(slot, tokens)
+        n_cached, pending = self._reuse_prefix(slot, prompt)
         self._running[slot.seq_id] = _Running(
             request=request,
             slot=slot,
-            pending=collections.deque(tokens[n_cached:]),
-            n_prompt=len(tokens) - n_cached,
+            prompt=prompt,
+            pending=collections.deque(pending),
+            n_prompt=len(prompt) - n_cached,
             n_cached=n_cached,
             n_dropped=dropped,
             sampler=sampler,
             detok=Detokenizer(request.sampler.stop),
         )
 
-    def _reuse_prefix(self, slot: Slot, tokens: list[int]) -> int:
-        """Keep the cached tokens the prompt starts with; returns how many."""
-        # At least one token must be decoded to get logits for the reply.
-        keep = min(common_prefix(slot.tokens, tokens), len(tokens) - 1)
+    def _encoder(self, request: protocol.Submit) -> Encode:
+        """Makes the prompt of the messages kept (by index), with their images if any."""
+
+        def encode(kept: list[int]) -> Prompt:
+            messages = tuple(request.messages[i] for i in kept)
+            if not request.images:
+                return Prompt(list(self._vocab.prompt_tokens(messages)))
+            if self._vision is None:
+                raise ImageError("image prompts need LlamaLoad(mmproj_path=...)")
+            text, parse_special = self._vocab.prompt_text(messages)
+            images = [image for i in kept for image in request.images[i]]
+            return self._vision.tokenize(text, images, parse_special=parse_special)
+
+        return encode
+
+    def _reuse_prefix(self, slot: Slot, prompt: Prompt) -> tuple[int, list[Item]]:
+        """Keep the cached positions the prompt starts with; returns how many, and the items left to do."""
+        # At least one position must be decoded to get logits for the reply,
+        # and an image is reused whole or not at all.
+        keep = min(common_prefix(slot.tokens, prompt.flat()), len(prompt) - 1)
+        pending: list[Item] = []
+        position = 0
+        for item in prompt.items:
+            size = len(item.ids) if isinstance(item, ImageChunk) else 1
+            if position + size > keep:
+                if not pending:
+                    keep = position
+                pending.append(item)
+            position += size
         if keep < len(slot.tokens):
             # A sliding-window or recurrent cache may not be cut part-way.
             if not C.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1) or not self._window_intact(slot, keep):
                 C.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
-                keep = 0
+                keep, pending = 0, list(prompt.items)
             del slot.tokens[keep:]
-        return keep
+        return keep, pending
 
     def _window_intact(self, slot: Slot, keep: int) -> bool:
         n_swa = C.llama_model_n_swa(self._handles.model)
         if n_swa <= 0 or keep == 0:
             return True
         return bool(int(C.llama_memory_seq_pos_min(self._memory, slot.seq_id)) <= max(0, keep - n_swa))
+
+    def _evaluate_images(self) -> bool:
+        """Encode and decode every image that is next in a prompt; False if a stop aborted it."""
+        assert self._vision is not None or not any(
+            r.pending and isinstance(r.pending[0], ImageChunk) for r in self._running.values()
+        )
+        for run in list(self._running.values()):
+            while run.pending and isinstance(run.pending[0], ImageChunk):
+                assert self._vision is not None
+                image = run.pending[0]
+                rc = self._vision.evaluate(
+                    self._handles.ctx,
+                    image,
+                    n_past=run.n_past,
+                    seq_id=run.slot.seq_id,
+                    n_batch=self._n_batch,
+                    last=len(run.pending) == 1,
+                )
+                if rc != 0:
+                    C.llama_memory_seq_rm(self._memory, run.slot.seq_id, run.n_past, -1)
+                    if rc == _DECODE_ABORTED:
+                        return False
+                    self._finish(run, "error", error=f"the image could not be evaluated (code {rc})")
+                    break
+                run.pending.popleft()
+                run.slot.tokens.extend(image.ids)
+                if not run.pending:  # the prompt ended with the image: its logits are the last ones
+                    run.logits_index = -1
+                    self._sample(run)
+        return True
 
     def _schedule(self) -> list[_Running]:
         """Fill the batch: generating sequences first (one token each), then prompt chunks in FIFO order."""
@@ -357,7 +435,9 @@ class Engine:
         for run in self._running.values():
             if run.next_token is not None or not run.pending or budget <= 0:
                 continue
-            chunk = list(itertools.islice(run.pending, budget))
+            chunk = _leading_tokens(run.pending, budget)
+            if not chunk:
+                continue  # an image comes next: evaluated at the start of the next step
             done = len(chunk) == len(run.pending)
             start = run.n_past
             entries.extend((tok, start + i, run.slot.seq_id, False) for i, tok in enumerate(chunk))
@@ -428,6 +508,7 @@ class Engine:
             if rest:
                 self._emit(protocol.Tokens(run.request.prompt_id, rest))
         C.llama_sampler_free(run.sampler)
+        run.prompt.free()
         del self._running[run.slot.seq_id]
         if error is not None:
             self._clear(run.slot)  # its cache may be inconsistent
@@ -449,6 +530,16 @@ class Engine:
 
     def _refuse(self, request: protocol.Submit, error: str) -> None:
         self._emit(protocol.Finished(request.prompt_id, "error", error, 0, 0, 0, 0, 0.0, 0.0))
+
+
+def _leading_tokens(pending: collections.deque[Item], limit: int) -> list[int]:
+    """Up to `limit` text tokens from the front of `pending`, stopping at an image."""
+    tokens: list[int] = []
+    for item in itertools.islice(pending, limit):
+        if isinstance(item, ImageChunk):
+            break
+        tokens.append(item)
+    return tokens
 
 
 def _normalized(values: tuple[float, ...]) -> tuple[float, ...]:

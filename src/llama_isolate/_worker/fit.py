@@ -13,15 +13,17 @@ A prompt that does not fit even then fails with the token counts.
 
 from __future__ import annotations
 
-from .vocab import Vocab
+from collections.abc import Callable, Sequence
 
-Messages = tuple[tuple[str, str], ...]
+from .prompt import Prompt
+
+Encode = Callable[[list[int]], Prompt]
 
 
-def exchanges(messages: Messages) -> list[list[int]]:
+def exchanges(roles: Sequence[str]) -> list[list[int]]:
     """Indexes of the droppable messages, grouped from each user turn on (the last turn excluded)."""
     groups: list[list[int]] = []
-    for i, (role, _) in enumerate(messages[:-1]):
+    for i, role in enumerate(roles[:-1]):
         if role == "system":
             continue
         if role == "user" or not groups:
@@ -30,16 +32,15 @@ def exchanges(messages: Messages) -> list[list[int]]:
     return groups
 
 
-def without_oldest(messages: Messages, groups: list[list[int]], count: int) -> Messages:
-    dropped = {i for group in groups[:count] for i in group}
-    return tuple(m for i, m in enumerate(messages) if i not in dropped)
+def kept(n_messages: int, groups: list[list[int]], cut: int) -> list[int]:
+    dropped = {i for group in groups[:cut] for i in group}
+    return [i for i in range(n_messages) if i not in dropped]
 
 
 class ContextFitter:
     """Fits conversations into the context; remembers each conversation's cut between turns."""
 
-    def __init__(self, vocab: Vocab, n_ctx: int) -> None:
-        self._vocab = vocab
+    def __init__(self, n_ctx: int) -> None:
         self._n_ctx = n_ctx
         self._cuts: dict[str, int] = {}
 
@@ -47,22 +48,28 @@ class ContextFitter:
         reserve = self._n_ctx // 4 if max_tokens <= 0 else min(max_tokens, self._n_ctx // 4)
         return self._n_ctx - reserve
 
-    def fit(self, scope_key: str, messages: Messages, max_tokens: int) -> tuple[list[int], int]:
-        """The prompt tokens and how many messages were left out."""
+    def fit(self, scope_key: str, roles: Sequence[str], max_tokens: int, encode: Encode) -> tuple[Prompt, int]:
+        """The prompt of the messages kept (`encode` makes it from their indexes) and how many were left out."""
         limit = self.limit(max_tokens)
-        tokens = self._vocab.prompt_tokens(messages)
-        if len(tokens) <= limit:
+        prompt = encode(list(range(len(roles))))
+        if len(prompt) <= limit:
             self._cuts.pop(scope_key, None)
-            return tokens, 0
-        groups = exchanges(messages)
+            return prompt, 0
+        groups = exchanges(roles)
         cut = min(self._cuts.get(scope_key, 0), len(groups))
-        tokens = self._vocab.prompt_tokens(without_oldest(messages, groups, cut))
-        if cut == 0 or len(tokens) > limit:
-            while len(tokens) > limit // 2 and cut < len(groups):
+        if cut:
+            prompt = self._swap(prompt, encode(kept(len(roles), groups, cut)))
+        if cut == 0 or len(prompt) > limit:
+            while len(prompt) > limit // 2 and cut < len(groups):
                 cut += 1
-                tokens = self._vocab.prompt_tokens(without_oldest(messages, groups, cut))
+                prompt = self._swap(prompt, encode(kept(len(roles), groups, cut)))
         self._cuts[scope_key] = cut
-        return tokens, sum(len(group) for group in groups[:cut])
+        return prompt, sum(len(group) for group in groups[:cut])
+
+    @staticmethod
+    def _swap(old: Prompt, new: Prompt) -> Prompt:
+        old.free()
+        return new
 
     def forget(self, scope_key: str) -> None:
         self._cuts.pop(scope_key, None)

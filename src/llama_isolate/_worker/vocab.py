@@ -27,14 +27,24 @@ class Vocab:
     def is_end_of_generation(self, token: int) -> bool:
         return bool(C.llama_vocab_is_eog(self.handle, token))
 
-    def prompt_tokens(self, messages: tuple[tuple[str, str], ...]) -> list[int]:
-        """The tokens of a conversation, formatted for the model, ready for its reply."""
+    def prompt_text(self, messages: tuple[tuple[str, str], ...]) -> tuple[str, bool]:
+        """The conversation formatted for the model, and whether special tokens in it are parsed.
+
+        Without a template the text is the turns' contents, and a user's
+        "<s>" stays text; the BOS a template writes is dropped, because the
+        tokenizer adds it.
+        """
         text = self.chat.render(messages)
         if not self.chat.has_template:
-            return self.tokenize(text, add_special=True, parse_special=False)
+            return text, False
         if self._bos and C.llama_vocab_get_add_bos(self.handle) and text.startswith(self._bos):
-            text = text[len(self._bos) :]  # the tokenizer adds it; do not have it twice
-        return self.tokenize(text, add_special=True, parse_special=True)
+            text = text[len(self._bos) :]
+        return text, True
+
+    def prompt_tokens(self, messages: tuple[tuple[str, str], ...]) -> list[int]:
+        """The tokens of a conversation, formatted for the model, ready for its reply."""
+        text, parse_special = self.prompt_text(messages)
+        return self.tokenize(text, add_special=True, parse_special=parse_special)
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         data = text.encode("utf-8")
