@@ -38,7 +38,7 @@ from ._errors import (
     LlamaWorkerDiedOnLoad,
 )
 from ._events import CompletionEvent, CompletionTimings, LlamaStatus
-from ._images import LlamaImage
+from ._images import MEDIA_MARKER, LlamaImage
 from ._model_path import default_model_path
 from ._params import ContextParams, LlamaLoad, ModelParams, SamplerParams
 from ._parent import LlamaParent, LlamaScope, default_init_timeout
@@ -48,6 +48,7 @@ from ._streams import EventStream, Subscription, TokenStream
 __version__ = "0.1.0"
 
 __all__ = [
+    "MEDIA_MARKER",
     "CompletionEvent",
     "CompletionTimings",
     "ContextParams",

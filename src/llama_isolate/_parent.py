@@ -44,7 +44,7 @@ from ._errors import (
     LlamaWorkerDiedOnLoad,
 )
 from ._events import CompletionEvent, CompletionTimings, FinishReason, LlamaStatus
-from ._images import LlamaImage
+from ._images import MEDIA_MARKER, LlamaImage
 from ._params import LlamaLoad, SamplerParams
 from ._state import ScopeSnapshot, cache_kind, model_fingerprint, pack, unpack
 from ._streams import EventStream, TokenStream
@@ -93,6 +93,7 @@ class _Prompt:
     first_token: float | None = None
     pieces: list[str] = field(default_factory=list)
     history_len: int | None = None  # len(history) before our user turn, once dispatched
+    images: tuple[LlamaImage, ...] = ()
 
     @property
     def scope_key(self) -> str:
@@ -378,8 +379,20 @@ class LlamaParent:
     ) -> str:
         """Like `send_prompt`, with images; needs `LlamaLoad(mmproj_path=...)`.
 
+        Each image goes where the prompt has llama.cpp's media marker
+        ``<__media__>`` (`MEDIA_MARKER`), in order; a prompt without markers
+        gets the images before its text. The user turn in `messages` keeps
+        the markers and an ``"images"`` entry, so later turns can show the
+        model the same conversation; the images stay in the scope's KV cache,
+        so a follow-up question about them does not encode them again.
+
         Raises:
             LlamaFeatureNotEnabled: the load has no `mmproj_path`.
+            ValueError: the prompt has markers, but not one per image.
+            TypeError: `images` is empty or holds something else than `LlamaImage`.
+
+        An image that cannot be decoded fails only this prompt, with an error
+        naming it; so does a prompt whose images do not fit the context.
 
         Example::
 
@@ -387,8 +400,16 @@ class LlamaParent:
         """
         if self._load.mmproj_path is None:
             raise LlamaFeatureNotEnabled("image prompts need LlamaLoad(mmproj_path=...) (a multimodal projector)")
+        if isinstance(images, LlamaImage):
+            images = [images]
         if not images or not all(isinstance(image, LlamaImage) for image in images):
             raise TypeError("images must be a non-empty sequence of LlamaImage")
+        if isinstance(prompt, str):
+            markers = prompt.count(MEDIA_MARKER)
+            if markers == 0:
+                prompt = "".join(f"{MEDIA_MARKER}\n" for _ in images) + prompt
+            elif markers != len(images):
+                raise ValueError(f"the prompt has {markers} image markers ({MEDIA_MARKER}) for {len(images)} images")
         return self._enqueue(prompt, scope, sampler_params, max_tokens, images=tuple(images))
 
     def _enqueue(
@@ -408,8 +429,6 @@ class LlamaParent:
             raise TypeError(f"sampler_params must be a SamplerParams, got {type(sampler_params).__name__}")
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
             raise ValueError(f"max_tokens must be None or an int >= 1, got {max_tokens!r}")
-        if images:
-            raise LlamaFeatureNotEnabled("image prompts are not available in this version of llama_isolate")
         if self._max_queue is not None and len(self._queue) >= self._max_queue:
             raise LlamaQueueFull(f"{len(self._queue)} prompts are waiting (max_queue={self._max_queue})")
         record = _Prompt(
@@ -418,6 +437,7 @@ class LlamaParent:
             text=prompt,
             sampler=sampler_params or self._load.sampler_params,
             max_tokens=max_tokens or self._load.context_params.n_predict,
+            images=images,
         )
         self._futures[record.id] = asyncio.get_running_loop().create_future()
         self._queue.append(record)
@@ -457,12 +477,14 @@ class LlamaParent:
             self._queue.remove(record)
             history = self._history(record.scope)
             record.history_len = len(history)
-            history.append({"role": "user", "content": record.text})
-            turns = tuple((str(m["role"]), str(m["content"])) for m in history)
+            turn: dict[str, Any] = {"role": "user", "content": record.text}
+            if record.images:
+                turn["images"] = record.images
+            history.append(turn)
             self._running[record.id] = record
             busy.add(record.scope_key)
             slots -= 1
-            worker.send(protocol.Submit(record.id, record.scope_key, turns, record.sampler, record.max_tokens))
+            worker.send(_submit(record, history))
         if self._running:
             self._status = LlamaStatus.GENERATING
 
@@ -747,6 +769,15 @@ class LlamaParent:
         for future in self._requests.values():
             if not future.done():
                 future.set_exception(request_error)
+
+
+def _submit(record: _Prompt, history: list[dict[str, Any]]) -> protocol.Submit:
+    """The command that starts `record`, with its whole conversation (and its images, if any)."""
+    turns = tuple((str(m["role"]), str(m["content"])) for m in history)
+    images: tuple[tuple[tuple[str, bytes], ...], ...] = ()
+    if any(m.get("images") for m in history):
+        images = tuple(tuple((i.name, i.data) for i in m.get("images") or ()) for m in history)
+    return protocol.Submit(record.id, record.scope_key, turns, record.sampler, record.max_tokens, images)
 
 
 class LlamaScope:

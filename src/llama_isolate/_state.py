@@ -8,6 +8,8 @@ sequence state.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import struct
 from array import array
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._errors import LlamaStateError
+from ._images import LlamaImage
 from ._params import LlamaLoad
 from ._protocol import ModelInfo
 
@@ -50,7 +53,7 @@ def pack(snapshot: ScopeSnapshot) -> bytes:
             "version": VERSION,
             "model": snapshot.model,
             "cache": snapshot.cache,
-            "messages": snapshot.messages,
+            "messages": [_to_json(m) for m in snapshot.messages],
             "n_tokens": len(snapshot.tokens),
         }
     ).encode("utf-8")
@@ -85,8 +88,24 @@ def unpack(blob: bytes) -> ScopeSnapshot:
         messages = header["messages"]
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise ValueError("messages are not a list of dicts")
+        messages = [_from_json(m) for m in messages]
         return ScopeSnapshot(
             str(header["model"]), str(header["cache"]), messages, tuple(tokens), blob[offset + 4 * n_tokens :]
         )
-    except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as exc:
+    except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError, binascii.Error) as exc:
         raise LlamaStateError(f"the scope state is damaged or truncated ({exc})") from exc
+
+
+def _to_json(message: dict[str, Any]) -> dict[str, Any]:
+    """A message as JSON: its images (if any) as base64."""
+    if not message.get("images"):
+        return message
+    images = [{"name": image.name, "data": base64.b64encode(image.data).decode("ascii")} for image in message["images"]]
+    return {**message, "images": images}
+
+
+def _from_json(message: dict[str, Any]) -> dict[str, Any]:
+    if not message.get("images"):
+        return message
+    images = tuple(LlamaImage(base64.b64decode(i["data"], validate=True), str(i["name"])) for i in message["images"])
+    return {**message, "images": images}
