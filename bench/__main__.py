@@ -1,52 +1,5 @@
-"""Run every benchmark and print the figures beside their references.
+"""`python -m bench`: the benchmarks, which live in the package (also `llama-isolate bench`)."""
 
-python -m bench            # everything
-python -m bench decode     # some sections only
-"""
+from llama_isolate._bench.run import main
 
-from __future__ import annotations
-
-import asyncio
-import logging
-import os
-import platform
-import sys
-
-from . import decode, soak, stall, stop, throughput, ttft
-from .common import Report
-
-SECTIONS = {
-    "decode": decode.run,
-    "throughput": throughput.run,
-    "stall": stall.run,
-    "stop": stop.run,
-    "ttft": ttft.run,
-    "soak": soak.run,
-}
-DEFAULT = ["decode", "throughput", "stall", "stop", "ttft"]
-
-
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, Python {platform.python_version()}"
-
-
-async def main(names: list[str]) -> None:
-    report = Report()
-    print(f"machine: {machine()}", flush=True)
-    for name in names or DEFAULT:
-        print(f"[{name}]", flush=True)
-        await SECTIONS[name](report)
-    print()
-    print(report.markdown())
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING)
-    asyncio.run(main(sys.argv[1:]))
+main()

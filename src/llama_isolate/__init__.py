@@ -44,6 +44,7 @@ from ._params import ContextParams, LlamaLoad, ModelParams, SamplerParams
 from ._parent import LlamaParent, LlamaScope, default_init_timeout
 from ._protocol import ModelInfo
 from ._streams import EventStream, Subscription, TokenStream
+from ._sync import SyncLlamaParent, SyncLlamaScope, SyncStream
 
 __version__ = "0.1.0"
 
@@ -76,6 +77,9 @@ __all__ = [
     "ModelParams",
     "SamplerParams",
     "Subscription",
+    "SyncLlamaParent",
+    "SyncLlamaScope",
+    "SyncStream",
     "TokenStream",
     "__version__",
     "default_init_timeout",

@@ -307,19 +307,19 @@ class LlamaLoad:
         )
 
     Attributes:
-        path: the GGUF model file (a str or `os.PathLike`; kept as a str).
+        path: the GGUF model file (a str or `os.PathLike`; stored as a str).
         model_params, context_params, sampler_params: see their classes;
             `sampler_params` is the default of every prompt.
-        mmproj_path: a multimodal projector GGUF; enables image prompts.
+        mmproj_path: a multimodal projector GGUF; enables image prompts (stored as a str).
         chat_template: a Jinja chat template that replaces the model's own.
         verbose: let llama.cpp's own log through to stderr (silent by default).
     """
 
-    path: str
+    path: str | os.PathLike[str]
     model_params: ModelParams = field(default_factory=ModelParams)
     context_params: ContextParams = field(default_factory=ContextParams)
     sampler_params: SamplerParams = field(default_factory=SamplerParams)
-    mmproj_path: str | None = None
+    mmproj_path: str | os.PathLike[str] | None = None
     chat_template: str | None = None
     verbose: bool = False
 

@@ -142,6 +142,7 @@ class LlamaParent:
         self._restart_on_crash = restart_on_crash
         self._restarting = False
         self._restart_task: asyncio.Task[None] | None = None
+        self._on_progress: Callable[[float], object] | None = None
         self._status = LlamaStatus.UNINITIALIZED
         self._error: str | None = None
         self._worker: WorkerProcess | None = None
@@ -215,12 +216,15 @@ class LlamaParent:
     ) -> None:
         await self.dispose()
 
-    async def init(self, *, timeout: float | None = None) -> None:
+    async def init(self, *, timeout: float | None = None, on_progress: Callable[[float], object] | None = None) -> None:
         """Spawn the worker and load the model; returns when it is ready.
 
         Args:
             timeout: seconds to allow for start and load; default
                 `default_init_timeout(path)` (grows with the model's size).
+            on_progress: called on the event loop with the fraction of the
+                weights loaded, 0.0 to 1.0, from llama.cpp's progress callback
+                (for a progress bar).
 
         Raises:
             LlamaLoadError: a subclass naming why (`LlamaModelNotFound`,
@@ -237,7 +241,11 @@ class LlamaParent:
         """
         if self._status is not LlamaStatus.UNINITIALIZED:
             raise LlamaStatusError(f"init() can be called once; the parent is {self._status.value}")
-        await self._start_worker(timeout)
+        self._on_progress = on_progress
+        try:
+            await self._start_worker(timeout)
+        finally:
+            self._on_progress = None
 
     async def restart(self, *, timeout: float | None = None) -> None:
         """Start a fresh worker with the same `LlamaLoad` after an ERROR.
@@ -617,6 +625,11 @@ class LlamaParent:
             self._resolve(reply.request_id, error(reply.message))
         elif isinstance(reply, protocol.Loaded | protocol.LoadFailed):
             self._on_load_reply(reply)
+        elif isinstance(reply, protocol.Progress) and self._on_progress is not None:
+            try:
+                self._on_progress(reply.fraction)
+            except Exception:
+                logger.exception("an init(on_progress=...) callback raised; loading goes on")
 
     def _on_load_reply(self, reply: protocol.Loaded | protocol.LoadFailed) -> None:
         handshake = self._handshake

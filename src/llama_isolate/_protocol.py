@@ -120,6 +120,13 @@ class Hello:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """How far loading the weights has got, from 0.0 to 1.0."""
+
+    fraction: float
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """Facts about the loaded model the parent may show or use."""
 
@@ -211,7 +218,19 @@ class RequestFailed:
     message: str
 
 
-Reply = Hello | Loaded | LoadFailed | Started | Tokens | Finished | Embedding | ScopeState | RequestDone | RequestFailed
+Reply = (
+    Hello
+    | Progress
+    | Loaded
+    | LoadFailed
+    | Started
+    | Tokens
+    | Finished
+    | Embedding
+    | ScopeState
+    | RequestDone
+    | RequestFailed
+)
 Message = Command | Reply
 
 _ALLOWED = {
@@ -226,6 +245,7 @@ _ALLOWED = {
         LoadScope,
         Shutdown,
         Hello,
+        Progress,
         ModelInfo,
         Loaded,
         LoadFailed,

@@ -108,6 +108,7 @@ class EventStream(Generic[T]):
         self._callbacks: dict[Subscription, Callable[[T], object]] = {}
         # Weak: an iterator dropped by `break` leaves the stream by itself.
         self._iterators: weakref.WeakSet[_StreamIterator[T]] = weakref.WeakSet()
+        self._closers: list[Callable[[], object]] = []
         self._closed = False
 
     @property
@@ -155,6 +156,10 @@ class EventStream(Generic[T]):
             except Exception:
                 logger.exception("a stream listener raised; the stream goes on")
 
+    def _on_close(self, callback: Callable[[], object]) -> None:
+        """Call `callback()` when the stream closes (for the blocking facade's iterators)."""
+        self._closers.append(callback)
+
     def _close(self) -> None:
         if self._closed:
             return
@@ -164,6 +169,9 @@ class EventStream(Generic[T]):
         self._iterators.clear()
         for subscription in list(self._callbacks):
             subscription.cancel()
+        for closer in self._closers:
+            closer()
+        self._closers.clear()
 
 
 class TokenStream(EventStream[str]):

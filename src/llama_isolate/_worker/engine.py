@@ -87,10 +87,15 @@ class _Running:
 class Engine:
     """Owns the model, the context, the slots and the prompts waiting for one."""
 
-    def __init__(self, load: LlamaLoad, emit: Callable[[protocol.Reply], None]) -> None:
+    def __init__(
+        self,
+        load: LlamaLoad,
+        emit: Callable[[protocol.Reply], None],
+        on_progress: Callable[[float], None] | None = None,
+    ) -> None:
         self._emit = emit
         self._log = LlamaLog(load.verbose)
-        self._handles: LoadedModel = load_model(load, self._log)
+        self._handles: LoadedModel = load_model(load, self._log, on_progress)
         cp = load.context_params
         self._n_batch = cp.n_batch
         self._n_ubatch = cp.n_ubatch

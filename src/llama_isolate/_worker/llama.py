@@ -11,7 +11,7 @@ import contextlib
 import ctypes
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import llama_cpp as C
@@ -124,12 +124,15 @@ class LoadedModel:
             self.model = 0
 
 
-def load_model(load: LlamaLoad, log: LlamaLog) -> LoadedModel:
-    """Load the weights and create the context; raises `LoadFailure`."""
+def load_model(load: LlamaLoad, log: LlamaLog, on_progress: Callable[[float], None] | None = None) -> LoadedModel:
+    """Load the weights and create the context; raises `LoadFailure`.
+
+    `on_progress(fraction)` is called from llama.cpp's load-progress callback.
+    """
     path = os.fspath(load.path)
     check_model_file(path, "model file")
     C.llama_backend_init()
-    with _model_params(load.model_params) as params:
+    with _model_params(load.model_params, on_progress) as params:
         model = C.llama_model_load_from_file(path.encode(), params)
     if not model:
         raise _classify(log, f"llama.cpp could not load the model {path}")
@@ -176,8 +179,17 @@ def _load_projector(load: LlamaLoad, model: int, log: LlamaLog) -> int:
 
 
 @contextlib.contextmanager
-def _model_params(p: ModelParams) -> Iterator[C.llama_model_params]:
+def _model_params(p: ModelParams, on_progress: Callable[[float], None] | None) -> Iterator[C.llama_model_params]:
     params = C.llama_model_default_params()
+    callback = None
+    if on_progress is not None:
+
+        def report(fraction: float, _data: object) -> bool:
+            on_progress(fraction)
+            return True  # keep loading
+
+        callback = C.llama_progress_callback(report)
+        params.progress_callback = callback
     params.n_gpu_layers = p.n_gpu_layers
     params.split_mode = _SPLIT_MODE[p.split_mode]
     params.main_gpu = p.main_gpu
@@ -188,7 +200,7 @@ def _model_params(p: ModelParams) -> Iterator[C.llama_model_params]:
     if p.tensor_split:
         split = (ctypes.c_float * max(C.llama_max_devices(), len(p.tensor_split)))(*p.tensor_split)
         params.tensor_split = split
-    yield params  # `split` must outlive the load call
+    yield params  # `split` and `callback` must outlive the load call
 
 
 def _new_context(model: int, p: ContextParams, log: LlamaLog) -> LoadedModel:

@@ -211,6 +211,19 @@ def _loaded(request_id: int, engine: Engine, key: str, state: ParkedState) -> pr
     return protocol.RequestDone(request_id)
 
 
+class _ProgressReporter:
+    """Sends load progress up, at most once per percent (llama.cpp reports far more often)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._sent = -1.0
+
+    def __call__(self, fraction: float) -> None:
+        if fraction >= 1.0 or fraction - self._sent >= 0.01:
+            self._sent = fraction
+            self._channel.send_now(protocol.Progress(min(1.0, max(0.0, fraction))))
+
+
 def main(fd: int) -> None:
     """Entry point of the worker process; `fd` is its end of the channel."""
     # Ctrl-C in a terminal reaches the whole process group; the parent
@@ -227,7 +240,7 @@ def main(fd: int) -> None:
     if not isinstance(command, protocol.Load):
         return
     try:
-        engine = Engine(command.load, channel.send)
+        engine = Engine(command.load, channel.send, _ProgressReporter(channel))
     except LoadFailure as exc:
         channel.send_now(protocol.LoadFailed(exc.kind, exc.message))
         return

@@ -10,8 +10,7 @@ import asyncio
 import subprocess
 import sys
 
-from llama_isolate import LlamaParent
-
+from .. import LlamaParent
 from .common import N_THREADS, STORY, Report, Stalls, load, model_path, ms, ticking, verdict
 
 MAX_TOKENS = 256

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from llama_isolate import ContextParams, LlamaLoad, SamplerParams, default_model_path
+from .. import ContextParams, LlamaLoad, SamplerParams, default_model_path
 
 N_THREADS = 2
 # A template that passes the last user message through untouched, so that our

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 
-from llama_isolate import LlamaParent
-
+from .. import LlamaParent
 from .common import Report, load, verdict
 
 PROMPTS = [

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from llama_isolate import LlamaParent
-
+from .. import LlamaParent
 from .common import Report, load, ms, verdict
 
 ROUNDS = 5

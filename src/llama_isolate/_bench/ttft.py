@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from llama_isolate import LlamaParent
-
+from .. import LlamaParent
 from .common import Report, load, ms, verdict
 
 HISTORY = "Here are my notes. " + " ".join(f"Note {i}: the blue jar is in cupboard {i}." for i in range(140))

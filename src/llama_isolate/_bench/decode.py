@@ -10,8 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from llama_isolate import LlamaParent
-
+from .. import LlamaParent
 from .common import N_THREADS, STORY, Report, load, model_path, verdict
 
 MAX_TOKENS = 256

@@ -9,12 +9,10 @@ again at the end.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
-import psutil
-
-from llama_isolate import LlamaParent
-
+from .. import LlamaParent
 from .common import Report, load, verdict
 
 PROMPTS = 10_000
@@ -24,7 +22,11 @@ TURNS_PER_CONVERSATION = 20
 
 
 def rss_mib(pid: int) -> float:
-    return psutil.Process(pid).memory_info().rss / 2**20
+    try:
+        import psutil
+    except ImportError as exc:
+        raise RuntimeError("the soak benchmark needs psutil: pip install psutil") from exc
+    return float(psutil.Process(pid).memory_info().rss) / 2**20
 
 
 async def _turns(parent: LlamaParent, scope_index: int, count: int) -> None:
@@ -48,11 +50,11 @@ async def run(report: Report) -> None:
         worker = parent.worker_pid
         assert worker is not None
         await _run(parent, WARM_UP)
-        start = rss_mib(psutil.Process().pid), rss_mib(worker)
+        start = rss_mib(os.getpid()), rss_mib(worker)
         started = time.perf_counter()
         await _run(parent, PROMPTS)
         elapsed = time.perf_counter() - started
-        end = rss_mib(psutil.Process().pid), rss_mib(worker)
+        end = rss_mib(os.getpid()), rss_mib(worker)
     for name, before, after in (("parent", start[0], end[0]), ("worker", start[1], end[1])):
         growth = (after - before) / before
         report.add(

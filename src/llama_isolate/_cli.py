@@ -1,0 +1,236 @@
+"""The `llama-isolate` command: run, chat, embed, bench, tui.
+
+Errors are one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from . import __version__
+from ._errors import LlamaError
+from ._images import LlamaImage
+from ._model_path import default_model_path
+from ._params import ContextParams, LlamaLoad, SamplerParams
+from ._sync import SyncLlamaParent
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    model = common.add_argument_group("model")
+    model.add_argument("--model", metavar="PATH", help="GGUF model file (default: the embedded SmolLM2-135M)")
+    model.add_argument("--mmproj", metavar="PATH", help="multimodal projector GGUF (enables --image)")
+    model.add_argument("--n-ctx", type=int, default=4096, metavar="N", help="context window (default 4096)")
+    model.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: all available)")
+    model.add_argument("--verbose", action="store_true", help="show llama.cpp's own log on stderr")
+    sampling = common.add_argument_group("sampling")
+    sampling.add_argument("--max-tokens", type=int, metavar="N", help="most tokens per answer (default: no limit)")
+    sampling.add_argument("--temperature", type=float, default=0.8, metavar="T")
+    sampling.add_argument("--top-k", type=int, default=40, metavar="K")
+    sampling.add_argument("--top-p", type=float, default=0.95, metavar="P")
+    sampling.add_argument("--min-p", type=float, default=0.05, metavar="P")
+    sampling.add_argument("--repeat-penalty", type=float, default=1.0, metavar="X")
+    sampling.add_argument("--seed", type=int, metavar="N", help="random seed (default: a new one each time)")
+    sampling.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    sampling.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+
+    parser = argparse.ArgumentParser(
+        prog="llama-isolate", description="A llama.cpp model in a worker process: run, chat, embed, bench, tui."
+    )
+    parser.add_argument("--version", action="version", version=f"llama-isolate {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", parents=[common], help="stream one answer to stdout")
+    run.add_argument("prompt", help="the prompt")
+    run.add_argument("--image", action="append", default=[], metavar="PATH", help="an image (repeatable)")
+    chat = commands.add_parser("chat", parents=[common], help="an interactive conversation (or piped stdin)")
+    chat.add_argument("--system", metavar="TEXT", help="a system message to start with")
+    embed = commands.add_parser("embed", parents=[common], help="print the embedding of TEXT as JSON")
+    embed.add_argument("text")
+    embed.add_argument("--normalize", action="store_true", help="scale the vector to unit length")
+    bench = commands.add_parser("bench", help="run the benchmarks and print their ratios")
+    bench.add_argument("sections", nargs="*", metavar="SECTION", help="decode, throughput, stall, stop, ttft, soak")
+    tui = commands.add_parser("tui", parents=[common], help="two conversations side by side (needs textual)")
+    tui.add_argument("--n-parallel", type=int, default=2, metavar="N", help="sequences decoded together (default 2)")
+    return parser
+
+
+def _load(args: argparse.Namespace, *, embeddings: bool = False, n_parallel: int = 1) -> LlamaLoad:
+    context: dict[str, object] = {"n_ctx": args.n_ctx, "embeddings": embeddings, "n_parallel": n_parallel}
+    if args.threads:
+        context |= {"n_threads": args.threads, "n_threads_batch": args.threads}
+    sampler = SamplerParams(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty,
+        seed=args.seed,
+        greedy=args.greedy,
+        stop=tuple(args.stop),
+    )
+    return LlamaLoad(
+        path=args.model or default_model_path(),
+        mmproj_path=args.mmproj,
+        context_params=ContextParams(**context),  # type: ignore[arg-type]
+        sampler_params=sampler,
+        verbose=args.verbose,
+    )
+
+
+class ProgressBar:
+    """A load progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, label: str, stream: TextIO | None = None) -> None:
+        self._label = label
+        self._stream = stream or sys.stderr
+        self._shown = self._stream.isatty()
+        self._last = -1
+
+    def __call__(self, fraction: float) -> None:
+        percent = int(fraction * 100)
+        if not self._shown or percent == self._last:
+            return
+        self._last = percent
+        filled = percent * 30 // 100
+        self._stream.write(f"\r{self._label} [{'#' * filled}{'.' * (30 - filled)}] {percent:3d}%")
+        self._stream.flush()
+
+    def done(self) -> None:
+        if self._shown and self._last >= 0:
+            self._stream.write("\r\033[K")
+            self._stream.flush()
+
+
+def _start(parent: SyncLlamaParent, load: LlamaLoad) -> None:
+    bar = ProgressBar(f"loading {os.path.basename(os.fspath(load.path))}")
+    try:
+        parent.init(on_progress=bar)
+    finally:
+        bar.done()
+
+
+def _answer(parent: SyncLlamaParent, send: Callable[[], str]) -> None:
+    """Send one prompt and stream its answer; Ctrl-C stops the answer, not the program."""
+    subscription = parent.stream.listen(_write)
+    try:
+        prompt_id = send()
+        try:
+            event = parent.wait_for_completion(prompt_id)
+        except KeyboardInterrupt:
+            parent.stop()
+            event = parent.wait_for_completion(prompt_id)
+            sys.stderr.write("\n[stopped]")
+    finally:
+        subscription.cancel()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    if not event.success:
+        raise LlamaError(event.error or "the prompt failed")
+
+
+def _write(token: str) -> None:
+    sys.stdout.write(token)
+    sys.stdout.flush()
+
+
+def _run(args: argparse.Namespace) -> None:
+    load = _load(args)
+    images = [LlamaImage.from_file(path) for path in args.image]
+    parent = SyncLlamaParent(load)
+    try:
+        _start(parent, load)
+        if images:
+            _answer(parent, lambda: parent.send_prompt_with_images(args.prompt, images, max_tokens=args.max_tokens))
+        else:
+            _answer(parent, lambda: parent.send_prompt(args.prompt, max_tokens=args.max_tokens))
+    finally:
+        parent.dispose()
+
+
+def _chat(args: argparse.Namespace) -> None:
+    load = _load(args)
+    interactive = sys.stdin.isatty()
+    parent = SyncLlamaParent(load)
+    try:
+        _start(parent, load)
+        if args.system:
+            parent.messages.append({"role": "system", "content": args.system})
+        if interactive:
+            sys.stderr.write("Type a message; /quit or Ctrl-D ends, Ctrl-C stops an answer.\n")
+        while (line := _read_line(interactive)) is not None:
+            if line.strip() == "/quit":
+                break
+            if line.strip():
+                _answer(parent, functools.partial(parent.send_prompt, line, max_tokens=args.max_tokens))
+    finally:
+        parent.dispose()
+
+
+def _read_line(interactive: bool) -> str | None:
+    try:
+        if interactive:
+            return input("> ")
+        line = sys.stdin.readline()
+        return line.rstrip("\n") if line else None
+    except EOFError:
+        return None
+    except KeyboardInterrupt:  # Ctrl-C at the prompt ends the chat
+        sys.stderr.write("\n")
+        return None
+
+
+def _embed(args: argparse.Namespace) -> None:
+    load = _load(args, embeddings=True)
+    parent = SyncLlamaParent(load)
+    try:
+        _start(parent, load)
+        print(json.dumps(parent.get_embeddings(args.text, normalize=args.normalize)))
+    finally:
+        parent.dispose()
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from ._bench.run import main as bench
+
+    bench(args.sections)
+
+
+def _tui(args: argparse.Namespace) -> None:
+    try:
+        from ._tui import ChatApp
+    except ImportError as exc:
+        raise LlamaError("the tui needs textual: pip install 'llama-isolate[tui]'") from exc
+    ChatApp(_load(args, n_parallel=args.n_parallel), max_tokens=args.max_tokens).run()
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "run": _run,
+    "chat": _chat,
+    "embed": _embed,
+    "bench": _bench,
+    "tui": _tui,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `llama-isolate` and `python -m llama_isolate`; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        return EXIT_INTERRUPTED
+    except (LlamaError, OSError, ValueError) as exc:
+        sys.stderr.write(f"llama-isolate: error: {exc}\n")
+        return EXIT_ERROR
+    return 0

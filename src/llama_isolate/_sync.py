@@ -1,0 +1,327 @@
+"""SyncLlamaParent: the same API with blocking methods, for code without asyncio.
+
+An event loop runs in a daemon thread owned by the facade; every method hands
+its coroutine to that loop and waits for the result. Stream callbacks run on
+that thread, so a GUI must hand tokens over to its own thread (Qt: emit a
+signal; Tk: ``root.after(0, ...)``), and iterating a stream blocks until the
+next item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from ._events import CompletionEvent, LlamaStatus
+from ._images import LlamaImage
+from ._params import LlamaLoad, SamplerParams
+from ._parent import LlamaParent, LlamaScope
+from ._protocol import ModelInfo
+from ._streams import EventStream, Subscription
+
+T = TypeVar("T")
+_CLOSED = object()
+
+
+class _LoopThread:
+    """An asyncio event loop running in its own daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="llama-isolate-loop", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if threading.current_thread() is self._thread:
+            coroutine.close()
+            raise RuntimeError("a SyncLlamaParent method was called from its own stream callback; that would deadlock")
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"no result within {timeout} s") from None
+        except KeyboardInterrupt:
+            future.cancel()  # Ctrl-C in the caller's thread cancels the await, as in asyncio
+            raise
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+class SyncStream(Generic[T]):
+    """A blocking view of a `TokenStream` or `EventStream`.
+
+    ``listen(callback)`` calls `callback(item)` on the facade's loop thread;
+    ``for item in stream`` blocks for each item and ends when the stream closes.
+
+    Example::
+
+        for token in scope.stream:   # in a worker thread of your GUI
+            window.append(token)
+    """
+
+    def __init__(self, stream: EventStream[T], loop: _LoopThread) -> None:
+        self._stream = stream
+        self._loop = loop
+
+    def listen(self, callback: Callable[[T], object]) -> Subscription:
+        """Call `callback(item)` (on the facade's loop thread) for every item from now on."""
+
+        async def subscribe() -> Subscription:
+            return self._stream.listen(callback)
+
+        return self._loop.call(subscribe())
+
+    def __iter__(self) -> Iterator[T]:
+        items: queue.SimpleQueue[object] = queue.SimpleQueue()
+
+        async def subscribe() -> Subscription:
+            subscription = self._stream.listen(items.put)
+            if not subscription.active:
+                items.put(_CLOSED)
+            else:
+                self._stream._on_close(lambda: items.put(_CLOSED))
+            return subscription
+
+        subscription = self._loop.call(subscribe())
+        try:
+            while (item := items.get()) is not _CLOSED:
+                yield item  # type: ignore[misc]
+        finally:
+            self._loop.loop.call_soon_threadsafe(subscription.cancel)
+
+
+class SyncLlamaScope:
+    """A blocking `LlamaScope`: one conversation on a `SyncLlamaParent`.
+
+    Example::
+
+        scope = parent.get_scope()
+        event = scope.wait_for_completion(scope.send_prompt("Hello!"))
+    """
+
+    def __init__(self, scope: LlamaScope, loop: _LoopThread) -> None:
+        self._scope = scope
+        self._loop = loop
+        self.stream: SyncStream[str] = SyncStream(scope.stream, loop)
+        """This scope's tokens (blocking iteration, callbacks on the loop thread)."""
+        self.completions: SyncStream[CompletionEvent] = SyncStream(scope.completions, loop)
+        """This scope's completion events."""
+
+    @property
+    def id(self) -> str:
+        """The scope's id."""
+        return self._scope.id
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """This conversation's history (see `LlamaScope.messages`)."""
+        return self._scope.messages
+
+    def send_prompt(
+        self, prompt: str, *, sampler_params: SamplerParams | None = None, max_tokens: int | None = None
+    ) -> str:
+        """Queue a turn; returns its prompt id at once."""
+        return self._loop.call(self._scope.send_prompt(prompt, sampler_params=sampler_params, max_tokens=max_tokens))
+
+    def send_prompt_with_images(
+        self,
+        prompt: str,
+        images: Sequence[LlamaImage],
+        *,
+        sampler_params: SamplerParams | None = None,
+        max_tokens: int | None = None,
+    ) -> str:
+        """Queue a turn with images; returns its prompt id at once."""
+        return self._loop.call(
+            self._scope.send_prompt_with_images(prompt, images, sampler_params=sampler_params, max_tokens=max_tokens)
+        )
+
+    def wait_for_completion(self, prompt_id: str, timeout: float | None = None) -> CompletionEvent:
+        """Block until the prompt's event (`TimeoutError` after `timeout` seconds)."""
+        return self._loop.call(self._scope.parent.wait_for_completion(prompt_id), timeout)
+
+    def stop(self) -> None:
+        """Cancel this scope's running and queued prompts."""
+        self._loop.call(self._scope.stop())
+
+    def clear(self) -> None:
+        """Forget the conversation and its KV cache."""
+        self._loop.call(self._scope.clear())
+
+    def save_state(self) -> bytes:
+        """The conversation and its KV cache as bytes."""
+        return self._loop.call(self._scope.save_state())
+
+    def load_state(self, data: bytes) -> None:
+        """Replace the conversation with a saved one."""
+        self._loop.call(self._scope.load_state(data))
+
+    def dispose(self) -> None:
+        """Stop, close the streams, free the conversation in the worker."""
+        self._loop.call(self._scope.dispose())
+
+
+class SyncLlamaParent:
+    """`LlamaParent` with blocking methods, for scripts and GUI toolkits without asyncio.
+
+    Same options and members as `LlamaParent`. Stream callbacks run on a
+    background thread; hand them to your UI thread (Qt: a signal, Tk:
+    ``root.after``). Use it as a context manager, or call `dispose()`.
+
+    Example::
+
+        with SyncLlamaParent(LlamaLoad(path=default_model_path())) as parent:
+            parent.stream.listen(lambda t: print(t, end="", flush=True))
+            event = parent.wait_for_completion(parent.send_prompt("Hello!"))
+    """
+
+    def __init__(
+        self,
+        load: LlamaLoad,
+        *,
+        max_queue: int | None = None,
+        restart_on_crash: bool = False,
+        keep_completed: int = 1024,
+    ) -> None:
+        self._loop = _LoopThread()
+
+        async def make() -> LlamaParent:
+            return LlamaParent(
+                load, max_queue=max_queue, restart_on_crash=restart_on_crash, keep_completed=keep_completed
+            )
+
+        try:
+            self._parent = self._loop.call(make())
+        except BaseException:
+            self._loop.stop()
+            raise
+        self.stream: SyncStream[str] = SyncStream(self._parent.stream, self._loop)
+        """Every generated piece of text (blocking iteration, callbacks on the loop thread)."""
+        self.completions: SyncStream[CompletionEvent] = SyncStream(self._parent.completions, self._loop)
+        """One `CompletionEvent` per finished prompt."""
+
+    def __enter__(self) -> SyncLlamaParent:
+        self.init()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.dispose()
+
+    @property
+    def status(self) -> LlamaStatus:
+        """See `LlamaParent.status`."""
+        return self._parent.status
+
+    @property
+    def is_generating(self) -> bool:
+        """True while any prompt is being decoded."""
+        return self._parent.is_generating
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """The default conversation's history."""
+        return self._parent.messages
+
+    @property
+    def queue_length(self) -> int:
+        """Prompts waiting to start."""
+        return self._parent.queue_length
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The worker process's id while it runs."""
+        return self._parent.worker_pid
+
+    @property
+    def model_info(self) -> ModelInfo | None:
+        """Facts about the loaded model."""
+        return self._parent.model_info
+
+    @property
+    def parent(self) -> LlamaParent:
+        """The asyncio `LlamaParent` underneath (use it only from its loop thread)."""
+        return self._parent
+
+    def init(self, *, timeout: float | None = None, on_progress: Callable[[float], object] | None = None) -> None:
+        """Spawn the worker and load the model (see `LlamaParent.init`)."""
+        self._loop.call(self._parent.init(timeout=timeout, on_progress=on_progress))
+
+    def restart(self, *, timeout: float | None = None) -> None:
+        """A fresh worker after an ERROR."""
+        self._loop.call(self._parent.restart(timeout=timeout))
+
+    def send_prompt(
+        self,
+        prompt: str,
+        *,
+        scope: SyncLlamaScope | None = None,
+        sampler_params: SamplerParams | None = None,
+        max_tokens: int | None = None,
+    ) -> str:
+        """Queue one chat turn; returns its prompt id at once."""
+        inner = None if scope is None else scope._scope
+        return self._loop.call(
+            self._parent.send_prompt(prompt, scope=inner, sampler_params=sampler_params, max_tokens=max_tokens)
+        )
+
+    def send_prompt_with_images(
+        self,
+        prompt: str,
+        images: Sequence[LlamaImage],
+        *,
+        scope: SyncLlamaScope | None = None,
+        sampler_params: SamplerParams | None = None,
+        max_tokens: int | None = None,
+    ) -> str:
+        """Queue one chat turn with images; returns its prompt id at once."""
+        inner = None if scope is None else scope._scope
+        return self._loop.call(
+            self._parent.send_prompt_with_images(
+                prompt, images, scope=inner, sampler_params=sampler_params, max_tokens=max_tokens
+            )
+        )
+
+    def wait_for_completion(self, prompt_id: str, timeout: float | None = None) -> CompletionEvent:
+        """Block until the prompt's event (`TimeoutError` after `timeout` seconds; the prompt goes on)."""
+        return self._loop.call(self._parent.wait_for_completion(prompt_id), timeout)
+
+    def stop(self) -> None:
+        """Abort the prompts being decoded now."""
+        self._loop.call(self._parent.stop())
+
+    def get_embeddings(self, text: str, *, normalize: bool = False) -> list[float]:
+        """The embedding of `text` (needs `ContextParams(embeddings=True)`)."""
+        return self._loop.call(self._parent.get_embeddings(text, normalize=normalize))
+
+    def get_scope(self) -> SyncLlamaScope:
+        """A new conversation."""
+
+        async def make() -> LlamaScope:
+            return self._parent.get_scope()
+
+        return SyncLlamaScope(self._loop.call(make()), self._loop)
+
+    def dispose(self) -> None:
+        """Stop everything, end the worker and the loop thread; idempotent."""
+        if self._loop.loop.is_closed():
+            return
+        try:
+            self._loop.call(self._parent.dispose())
+        finally:
+            self._loop.stop()

@@ -1,0 +1,144 @@
+"""`llama-isolate tui`: two conversations side by side, streaming at the same time.
+
+Each pane is a `LlamaScope` on one `LlamaParent` (n_parallel=2, so both decode
+together), with its own input and Stop button. The status line shows the
+worker's status, the queue and the tokens per second. The app runs on
+Textual's asyncio loop and calls the library directly: the model works in the
+worker process, so typing and scrolling never wait for it.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import ClassVar
+
+from textual.app import App, ComposeResult
+from textual.binding import BindingType
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, Input, Label, Log, Static
+
+from ._events import CompletionEvent, LlamaStatus
+from ._params import LlamaLoad
+from ._parent import LlamaParent, LlamaScope
+
+_RATE_WINDOW_S = 2.0
+
+
+class ConversationPane(Vertical):
+    """One conversation: its transcript, an input line and a Stop button."""
+
+    DEFAULT_CSS = """
+    ConversationPane { width: 1fr; border: round $primary; }
+    ConversationPane Log { height: 1fr; }
+    ConversationPane Horizontal { height: auto; }
+    ConversationPane Input { width: 1fr; }
+    ConversationPane Button { min-width: 8; width: 8; }
+    """
+
+    def __init__(self, title: str, name: str) -> None:
+        super().__init__(id=name)
+        self.border_title = title
+        self.scope: LlamaScope | None = None
+        self.max_tokens: int | None = None
+        self.events: list[CompletionEvent] = []
+
+    def compose(self) -> ComposeResult:
+        yield Log(id=f"{self.id}-log", highlight=False)
+        with Horizontal():
+            yield Input(placeholder="Ask something…", id=f"{self.id}-input")
+            yield Button("Stop", id=f"{self.id}-stop", variant="error")
+
+    @property
+    def log_widget(self) -> Log:
+        return self.query_one(Log)
+
+    def attach(self, scope: LlamaScope, max_tokens: int | None) -> None:
+        self.scope, self.max_tokens = scope, max_tokens
+        scope.stream.listen(self.log_widget.write)
+        scope.completions.listen(self._finished)
+
+    def _finished(self, event: CompletionEvent) -> None:
+        self.events.append(event)
+        note = "" if event.finish_reason in ("stop", "length") else f" [{event.finish_reason}]"
+        if not event.success:
+            note = f" [error: {event.error}]"
+        self.log_widget.write(f"{note}\n\n")
+
+    async def on_input_submitted(self, message: Input.Submitted) -> None:
+        text = message.value.strip()
+        message.input.value = ""
+        if not text or self.scope is None:
+            return
+        self.log_widget.write(f"> {text}\n")
+        await self.scope.send_prompt(text, max_tokens=self.max_tokens)
+
+    async def on_button_pressed(self, message: Button.Pressed) -> None:
+        if self.scope is not None:
+            await self.scope.stop()
+
+
+class ChatApp(App[None]):
+    """Two side-by-side conversations on one worker.
+
+    Example::
+
+        ChatApp(LlamaLoad(path=default_model_path(), context_params=ContextParams(n_parallel=2))).run()
+    """
+
+    TITLE = "llama-isolate"
+    CSS = """
+    #status { dock: bottom; height: 1; background: $panel; padding: 0 1; }
+    #panes { height: 1fr; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [("ctrl+q", "quit", "Quit")]
+
+    def __init__(self, load: LlamaLoad, *, max_tokens: int | None = None) -> None:
+        super().__init__()
+        self.llama = LlamaParent(load)
+        self._max_tokens = max_tokens
+        self._token_times: collections.deque[float] = collections.deque()
+        self._load_fraction = 0.0
+        self._failure: str | None = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="panes"):
+            yield ConversationPane("left", "left")
+            yield ConversationPane("right", "right")
+        yield Label("starting…", id="status")
+
+    async def on_mount(self) -> None:
+        self.set_interval(0.25, self._refresh_status)
+        self.llama.stream.listen(lambda _: self._token_times.append(time.monotonic()))
+        try:
+            await self.llama.init(on_progress=self._on_progress)
+        except Exception as exc:
+            self._failure = f"could not load the model: {exc}"
+            self._refresh_status()
+            return
+        for pane in self.query(ConversationPane):
+            pane.attach(self.llama.get_scope(), self._max_tokens)
+        self.query_one("#left-input", Input).focus()
+        self._refresh_status()
+
+    def _on_progress(self, fraction: float) -> None:
+        self._load_fraction = fraction
+        self._refresh_status()
+
+    def _refresh_status(self) -> None:
+        now = time.monotonic()
+        while self._token_times and now - self._token_times[0] > _RATE_WINDOW_S:
+            self._token_times.popleft()
+        status = self.llama.status
+        if self._failure is not None:
+            text = self._failure
+        elif status is LlamaStatus.LOADING:
+            text = f"loading the model… {self._load_fraction:.0%}"
+        else:
+            rate = len(self._token_times) / _RATE_WINDOW_S
+            pid = self.llama.worker_pid
+            text = f"worker {status.value} (pid {pid}) | queued {self.llama.queue_length} | {rate:.0f} tok/s"
+        self.query_one("#status", Static).update(text + " | ctrl+q quits")
+
+    async def on_unmount(self) -> None:
+        await self.llama.dispose()
