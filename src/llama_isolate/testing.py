@@ -32,7 +32,12 @@ __all__ = ["TinyTextShape", "TinyVisionShape", "make_tiny_model", "make_tiny_vlm
 
 @dataclass(frozen=True)
 class TinyTextShape:
-    """The size of the tiny text model (a llama-architecture transformer)."""
+    """The size of the tiny text model (a llama-architecture transformer).
+
+    Example::
+
+        make_tiny_model(tmp_path, shape=TinyTextShape(n_embd=128, n_layer=4))
+    """
 
     n_embd: int = 64
     n_layer: int = 2
@@ -44,7 +49,12 @@ class TinyTextShape:
 
 @dataclass(frozen=True)
 class TinyVisionShape:
-    """The size of the tiny vision tower and its LLaVA-style MLP projector."""
+    """The size of the tiny vision tower and its LLaVA-style MLP projector.
+
+    Example::
+
+        make_tiny_vlm(tmp_path, vision=TinyVisionShape(image_size=64))  # 64 image tokens
+    """
 
     image_size: int = 32
     patch_size: int = 8
