@@ -11,13 +11,11 @@ import pytest
 
 from llama_isolate import LlamaParent, LlamaStatus, LlamaStatusError
 
-from .conftest import greedy_load
+from .conftest import first_token, greedy_load
 
 
 async def kill_after_first_token(parent: LlamaParent) -> None:
-    got = asyncio.Event()
-    parent.stream.listen(lambda _: got.set())
-    await got.wait()
+    await first_token(parent)
     pid = parent.worker_pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)

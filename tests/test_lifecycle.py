@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import psutil
 import pytest
 
 from llama_isolate import (
@@ -15,11 +14,7 @@ from llama_isolate import (
     LlamaStatusError,
 )
 
-from .conftest import greedy_load
-
-
-def children() -> list[psutil.Process]:
-    return psutil.Process().children(recursive=True)
+from .conftest import children, greedy_load
 
 
 async def test_seed_full_lifecycle_stream_subscribed_after_send_sees_every_token(model_path: Path) -> None:

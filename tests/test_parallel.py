@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from llama_isolate import CompletionEvent, LlamaParent, LlamaScope
 
-from .conftest import greedy_load
+from .conftest import first_token, greedy_load
 
 PROMPTS = ["Name three fruits.", "Describe the moon in one sentence.", "Say hello in French.", "What do cats eat?"]
 
@@ -21,14 +20,6 @@ async def run_alone(model_path: Path, prompts: list[str], max_tokens: int) -> li
                 (await parent.wait_for_completion(await scope.send_prompt(prompt, max_tokens=max_tokens))).text
             )
         return texts
-
-
-async def first_tokens(scopes: list[LlamaScope]) -> None:
-    events = [asyncio.Event() for _ in scopes]
-    subs = [s.stream.listen(lambda _, e=e: e.set()) for s, e in zip(scopes, events, strict=True)]  # type: ignore[misc]
-    await asyncio.gather(*(e.wait() for e in events))
-    for sub in subs:
-        sub.cancel()
 
 
 async def test_scopes_streaming_at_once_each_get_their_own_text_as_if_alone(model_path: Path) -> None:
@@ -98,7 +89,7 @@ async def test_scope_stop_with_several_active_sequences_stops_only_that_scope(mo
             await s.send_prompt(p, max_tokens=300 if i == 0 else 20)
             for i, (s, p) in enumerate(zip(scopes, prompts, strict=True))
         ]
-        await first_tokens(scopes)
+        await first_token(*(s.stream for s in scopes))
         await scopes[0].stop()
         events = [await parent.wait_for_completion(i) for i in ids]
     assert events[0].finish_reason == "cancelled"
@@ -112,11 +103,11 @@ async def test_parent_stop_stops_every_running_sequence_and_keeps_the_queue(mode
     async with LlamaParent(greedy_load(model_path, n_ctx=1024, n_parallel=2)) as parent:
         scopes = [parent.get_scope() for _ in range(3)]
         ids = [await s.send_prompt("Write a long story about the sea.", max_tokens=300) for s in scopes]
-        await first_tokens(scopes[:2])
+        await first_token(*(s.stream for s in scopes[:2]))
         await parent.stop()
         stopped = [await parent.wait_for_completion(i) for i in ids[:2]]
         assert [e.finish_reason for e in stopped] == ["stopped", "stopped"]
-        await first_tokens(scopes[2:])  # the queued one starts after the stop
+        await first_token(scopes[2].stream)  # the queued one starts after the stop
         await parent.stop()
         assert (await parent.wait_for_completion(ids[2])).finish_reason == "stopped"
 
@@ -128,10 +119,10 @@ async def test_a_long_prompt_admitted_mid_generation_does_not_freeze_the_others(
         talked: list[str] = []
         talker.stream.listen(talked.append)
         await talker.send_prompt("Write a very long story about a fox.", max_tokens=400)
-        await first_tokens([talker])
+        await first_token(talker.stream)
         reading = await reader.send_prompt(long_prompt, max_tokens=4)
         before = len(talked)
-        await first_tokens([reader])
+        await first_token(reader.stream)
         during = len(talked) - before
         event = await parent.wait_for_completion(reading)
         await talker.stop()

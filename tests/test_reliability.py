@@ -20,18 +20,7 @@ from llama_isolate import (
     LlamaStatus,
 )
 
-from .conftest import greedy_load
-
-
-def children() -> list[psutil.Process]:
-    return psutil.Process().children(recursive=True)
-
-
-async def first_token(parent: LlamaParent) -> None:
-    got = asyncio.Event()
-    sub = parent.stream.listen(lambda _: got.set())
-    await got.wait()
-    sub.cancel()
+from .conftest import children, first_token, greedy_load
 
 
 async def test_max_queue_refuses_at_once_and_changes_nothing(model_path: Path) -> None:

@@ -7,14 +7,9 @@ import time
 
 from llama_isolate import CompletionEvent, LlamaParent
 
+from .conftest import first_token
+
 LONG_PROMPT = "Summarize this text. " + " ".join(f"Item {i} is a small red box on a shelf." for i in range(110))
-
-
-async def first_token(parent: LlamaParent) -> None:
-    got = asyncio.Event()
-    sub = parent.stream.listen(lambda _: got.set())
-    await got.wait()
-    sub.cancel()
 
 
 async def test_stop_right_after_the_first_token_ends_the_prompt_quickly(parent: LlamaParent) -> None:
