@@ -24,6 +24,7 @@ from llama_isolate import (
     LlamaStatusError,
     LlamaWorkerDied,
     LlamaWorkerDiedOnLoad,
+    default_init_timeout,
 )
 
 from .conftest import greedy_load
@@ -134,3 +135,11 @@ async def test_an_mmproj_that_is_not_a_projector(model_path: Path, tmp_path: Pat
     _, error = await failed_init(LlamaLoad(path=model_path, mmproj_path=tmp_path / "absent.gguf"))
     assert isinstance(error, LlamaModelNotFound)
     assert "mmproj file not found" in str(error)
+
+
+def test_the_default_init_timeout_grows_with_the_model(tmp_path: Path) -> None:
+    big = tmp_path / "big.gguf"
+    with open(big, "wb") as f:
+        f.truncate(4 * 2**30)  # a sparse 4 GiB file
+    assert default_init_timeout(tmp_path / "absent.gguf") == 60.0
+    assert default_init_timeout(big) == 60.0 + 4 * 30.0

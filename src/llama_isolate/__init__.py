@@ -41,8 +41,9 @@ from ._events import CompletionEvent, CompletionTimings, LlamaStatus
 from ._images import MEDIA_MARKER, LlamaImage
 from ._model_path import default_model_path
 from ._params import ContextParams, LlamaLoad, ModelParams, SamplerParams
-from ._parent import LlamaParent, LlamaScope, default_init_timeout
+from ._parent import LlamaParent, default_init_timeout
 from ._protocol import ModelInfo
+from ._scope import LlamaScope
 from ._streams import EventStream, Subscription, TokenStream
 from ._sync import SyncLlamaParent, SyncLlamaScope, SyncStream
 

@@ -1,4 +1,4 @@
-"""LlamaParent and LlamaScope: the caller's side of the worker.
+"""LlamaParent: the caller's side of the worker.
 
 The parent owns everything the caller can see: the queue and its order, the
 scopes and their chat histories, the streams and the completion events. The
@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _protocol as protocol
 from ._errors import (
@@ -38,7 +38,6 @@ from ._errors import (
     LlamaOutOfMemory,
     LlamaQueueFull,
     LlamaRequestError,
-    LlamaStateError,
     LlamaStatusError,
     LlamaWorkerDied,
     LlamaWorkerDiedOnLoad,
@@ -46,9 +45,11 @@ from ._errors import (
 from ._events import CompletionEvent, CompletionTimings, FinishReason, LlamaStatus
 from ._images import MEDIA_MARKER, LlamaImage
 from ._params import LlamaLoad, SamplerParams
-from ._state import ScopeSnapshot, cache_kind, model_fingerprint, pack, unpack
 from ._streams import EventStream, TokenStream
 from ._transport import WorkerProcess
+
+if TYPE_CHECKING:
+    from ._scope import LlamaScope
 
 logger = logging.getLogger("llama_isolate")
 
@@ -599,6 +600,8 @@ class LlamaParent:
         """
         if self._status is LlamaStatus.DISPOSED:
             raise LlamaStatusError("get_scope() is not allowed: the parent was disposed")
+        from ._scope import LlamaScope
+
         scope = LlamaScope(self)
         self._scopes[scope.id] = scope
         return scope
@@ -791,185 +794,3 @@ def _submit(record: _Prompt, history: list[dict[str, Any]]) -> protocol.Submit:
     if any(m.get("images") for m in history):
         images = tuple(tuple((i.name, i.data) for i in m.get("images") or ()) for m in history)
     return protocol.Submit(record.id, record.scope_key, turns, record.sampler, record.max_tokens, images)
-
-
-class LlamaScope:
-    """One conversation on a `LlamaParent`, with its own history and streams.
-
-    Its `stream` and `completions` carry only the tokens and events of prompts
-    sent through it; its `messages` hold only its turns.
-
-    Example::
-
-        left, right = parent.get_scope(), parent.get_scope()
-        left.stream.listen(lambda t: left_pane.write(t))
-        await left.send_prompt("Tell me a joke.")
-    """
-
-    _ids = itertools.count(1)
-
-    def __init__(self, parent: LlamaParent) -> None:
-        self.id = f"scope-{next(LlamaScope._ids)}-{uuid.uuid4().hex[:8]}"
-        """The scope's id; `CompletionEvent.scope_id` of its prompts."""
-        self.parent = parent
-        """The `LlamaParent` this scope belongs to."""
-        self.stream = TokenStream()
-        """The text pieces of this scope's prompts only."""
-        self.completions: EventStream[CompletionEvent] = EventStream()
-        """The completion events of this scope's prompts only."""
-        self.messages: list[dict[str, Any]] = []
-        """This conversation's chat history (see `LlamaParent.messages`)."""
-        self.disposed = False
-        """True after `dispose()`."""
-
-    async def send_prompt(
-        self,
-        prompt: str,
-        *,
-        sampler_params: SamplerParams | None = None,
-        max_tokens: int | None = None,
-    ) -> str:
-        """``parent.send_prompt(prompt, scope=self, ...)``.
-
-        Example::
-
-            pid = await scope.send_prompt("And then?")
-        """
-        return await self.parent.send_prompt(prompt, scope=self, sampler_params=sampler_params, max_tokens=max_tokens)
-
-    async def send_prompt_with_images(
-        self,
-        prompt: str,
-        images: Sequence[LlamaImage],
-        *,
-        sampler_params: SamplerParams | None = None,
-        max_tokens: int | None = None,
-    ) -> str:
-        """``parent.send_prompt_with_images(prompt, images, scope=self, ...)``.
-
-        Example::
-
-            pid = await scope.send_prompt_with_images("What is this?", [image])
-        """
-        return await self.parent.send_prompt_with_images(
-            prompt, images, scope=self, sampler_params=sampler_params, max_tokens=max_tokens
-        )
-
-    async def stop(self) -> None:
-        """Cancel this scope's running prompt and remove its queued ones.
-
-        Each gets an event with ``finish_reason="cancelled"`` (success, with
-        the text generated so far). Other scopes are not touched. Returns once
-        the events were emitted.
-
-        Cancellation: cancelling the awaiting task does not undo the stop.
-
-        Example::
-
-            await scope.stop()
-        """
-        parent = self.parent
-        for record in [r for r in parent._queue if r.scope is self]:
-            parent._queue.remove(record)
-            parent._complete(record, "cancelled")
-        await parent._cancel_running([r for r in parent._running.values() if r.scope is self], "cancelled")
-
-    async def clear(self) -> None:
-        """`stop()`, then forget the conversation: empty `messages` and free its KV cache.
-
-        The scope stays usable; its next prompt starts a new conversation.
-
-        Example::
-
-            await scope.clear()
-            assert scope.messages == []
-        """
-        await self.stop()
-        self.messages.clear()
-        if self.parent._worker is not None:
-            self.parent._worker.send(protocol.DropScope(self.id))
-
-    async def save_state(self) -> bytes:
-        """The conversation and its KV cache as bytes, to `load_state()` later (also in another process).
-
-        The bytes hold `messages` and llama.cpp's sequence state, and name the
-        model and KV cache type they belong to.
-
-        Raises:
-            LlamaStatusError: the scope has prompts running or queued, or the parent is not ready.
-
-        Cancellation: cancelling the await abandons the result.
-
-        Example::
-
-            data = await scope.save_state()
-            Path("chat.state").write_bytes(data)
-        """
-        parent = self._idle_parent("save_state")
-        reply = await parent._request(lambda rid: protocol.SaveScope(rid, self.id))
-        assert isinstance(reply, protocol.ScopeState) and parent._info is not None
-        snapshot = ScopeSnapshot(
-            model_fingerprint(parent._info), cache_kind(parent.load), list(self.messages), reply.tokens, reply.data
-        )
-        return pack(snapshot)
-
-    async def load_state(self, data: bytes) -> None:
-        """Replace this conversation with one saved by `save_state()`; its next turn reuses the KV cache.
-
-        Raises:
-            LlamaStateError: the bytes are damaged, or were saved with another model or KV cache type.
-            LlamaStatusError: the scope has prompts running or queued, or the parent is not ready.
-
-        Cancellation: if the awaiting task is cancelled, the state may or may not be loaded;
-        `messages` is only replaced when the load succeeded.
-
-        Example::
-
-            await scope.load_state(Path("chat.state").read_bytes())
-        """
-        parent = self._idle_parent("load_state")
-        snapshot = unpack(data)
-        assert parent._info is not None
-        expected = model_fingerprint(parent._info)
-        if snapshot.model != expected:
-            raise LlamaStateError(f"the state was saved with model [{snapshot.model}], not this one [{expected}]")
-        if snapshot.cache != cache_kind(parent.load):
-            raise LlamaStateError(f"the state was saved with KV cache {snapshot.cache}, not {cache_kind(parent.load)}")
-        try:
-            await parent._request(lambda rid: protocol.LoadScope(rid, self.id, snapshot.tokens, snapshot.data))
-        except LlamaRequestError as exc:
-            raise LlamaStateError(str(exc)) from exc
-        self.messages[:] = snapshot.messages
-
-    def _idle_parent(self, what: str) -> LlamaParent:
-        parent = self.parent
-        parent._require_ready(what)
-        if self.disposed:
-            raise LlamaStatusError(f"{what}() is not allowed: scope {self.id} is disposed")
-        if any(r.scope is self for r in (*parent._queue, *parent._running.values())):
-            raise LlamaStatusError(f"{what}() needs the scope idle: wait for its prompts or stop() it first")
-        return parent
-
-    async def dispose(self) -> None:
-        """`stop()`, then close this scope's streams and free its state in the worker.
-
-        The parent goes on. Idempotent.
-
-        Example::
-
-            await scope.dispose()
-        """
-        if self.disposed:
-            return
-        await self.stop()
-        self.disposed = True
-        parent = self.parent
-        parent._scopes.pop(self.id, None)
-        if parent._worker is not None:
-            parent._worker.send(protocol.DropScope(self.id))
-        self._close()
-
-    def _close(self) -> None:
-        self.disposed = True
-        self.stream._close()
-        self.completions._close()

@@ -20,8 +20,9 @@ from typing import Any, Generic, TypeVar
 from ._events import CompletionEvent, LlamaStatus
 from ._images import LlamaImage
 from ._params import LlamaLoad, SamplerParams
-from ._parent import LlamaParent, LlamaScope
+from ._parent import LlamaParent
 from ._protocol import ModelInfo
+from ._scope import LlamaScope
 from ._streams import EventStream, Subscription
 
 T = TypeVar("T")

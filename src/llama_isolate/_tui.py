@@ -20,7 +20,8 @@ from textual.widgets import Button, Input, Label, Log, Static
 
 from ._events import CompletionEvent, LlamaStatus
 from ._params import LlamaLoad
-from ._parent import LlamaParent, LlamaScope
+from ._parent import LlamaParent
+from ._scope import LlamaScope
 
 _RATE_WINDOW_S = 2.0
 
