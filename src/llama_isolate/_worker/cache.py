@@ -60,9 +60,6 @@ class HostCache:
             self._used -= len(state.data)
         return state
 
-    def __contains__(self, owner: object) -> bool:
-        return owner in self._states
-
 
 def copy_out(ctx: int, slot: Slot) -> ParkedState:
     """The slot's sequence state as bytes (the KV stays in the context)."""
