@@ -3,7 +3,8 @@
 Eight scopes take turns (each cleared every 20 turns, as a chat app starts new
 conversations), four decode at once. Memory is read after a warm-up of 1100
 prompts (so that caches, pools and the 1024 kept completion events exist) and
-again at the end.
+after each fifth of the run, at quiet points (every scope disposed), so that a
+leak (a steady climb) can be told from the allocator's wandering.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .common import Report, load, verdict
 PROMPTS = 10_000
 WARM_UP = 1100  # past keep_completed (1024), so the kept events are at their cap at the start
 SCOPES = 8
+SEGMENTS = 5  # memory is read after each: a leak climbs, allocator noise wanders
 TURNS_PER_CONVERSATION = 20
 
 
@@ -46,20 +48,25 @@ async def _run(parent: LlamaParent, total: int) -> None:
 
 
 async def run(report: Report) -> None:
+    readings: list[tuple[float, float]] = []  # (parent, worker) MiB, at quiet points between segments
     async with LlamaParent(load(n_parallel=4, n_ctx=1024)) as parent:
         worker = parent.worker_pid
         assert worker is not None
         await _run(parent, WARM_UP)
-        start = rss_mib(os.getpid()), rss_mib(worker)
+        readings.append((rss_mib(os.getpid()), rss_mib(worker)))
         started = time.perf_counter()
-        await _run(parent, PROMPTS)
+        for _ in range(SEGMENTS):
+            await _run(parent, PROMPTS // SEGMENTS)
+            readings.append((rss_mib(os.getpid()), rss_mib(worker)))
         elapsed = time.perf_counter() - started
-        end = rss_mib(os.getpid()), rss_mib(worker)
-    for name, before, after in (("parent", start[0], end[0]), ("worker", start[1], end[1])):
-        growth = (after - before) / before
+    for side, name in enumerate(("parent", "worker")):
+        series = [reading[side] for reading in readings]
+        growth = (series[-1] - series[0]) / series[0]
         report.add(
             f"soak: {name} resident memory over {PROMPTS} prompts ({elapsed:.0f} s)",
-            f"{before:.1f} -> {after:.1f} MiB",
+            f"{series[0]:.1f} -> {series[-1]:.1f} MiB (every {PROMPTS // SEGMENTS}: "
+            + ", ".join(f"{v:.0f}" for v in series[1:])
+            + ")",
             "target growth < 5 %",
             verdict(growth < 0.05, f"{growth * 100:+.1f} %"),
         )
