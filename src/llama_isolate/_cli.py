@@ -6,11 +6,12 @@ Errors are one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
 from . import __version__
@@ -111,12 +112,19 @@ class ProgressBar:
             self._stream.flush()
 
 
-def _start(parent: SyncLlamaParent, load: LlamaLoad) -> None:
+@contextlib.contextmanager
+def _ready(load: LlamaLoad) -> Iterator[SyncLlamaParent]:
+    """A loaded parent (with a progress bar on a terminal), disposed on the way out."""
+    parent = SyncLlamaParent(load)
     bar = ProgressBar(f"loading {os.path.basename(os.fspath(load.path))}")
     try:
-        parent.init(on_progress=bar)
+        try:
+            parent.init(on_progress=bar)
+        finally:
+            bar.done()
+        yield parent
     finally:
-        bar.done()
+        parent.dispose()
 
 
 def _answer(parent: SyncLlamaParent, send: Callable[[], str]) -> None:
@@ -146,23 +154,17 @@ def _write(token: str) -> None:
 def _run(args: argparse.Namespace) -> None:
     load = _load(args)
     images = [LlamaImage.from_file(path) for path in args.image]
-    parent = SyncLlamaParent(load)
-    try:
-        _start(parent, load)
+    with _ready(load) as parent:
         if images:
             _answer(parent, lambda: parent.send_prompt_with_images(args.prompt, images, max_tokens=args.max_tokens))
         else:
             _answer(parent, lambda: parent.send_prompt(args.prompt, max_tokens=args.max_tokens))
-    finally:
-        parent.dispose()
 
 
 def _chat(args: argparse.Namespace) -> None:
     load = _load(args)
     interactive = sys.stdin.isatty()
-    parent = SyncLlamaParent(load)
-    try:
-        _start(parent, load)
+    with _ready(load) as parent:
         if args.system:
             parent.messages.append({"role": "system", "content": args.system})
         if interactive:
@@ -172,8 +174,6 @@ def _chat(args: argparse.Namespace) -> None:
                 break
             if line.strip():
                 _answer(parent, functools.partial(parent.send_prompt, line, max_tokens=args.max_tokens))
-    finally:
-        parent.dispose()
 
 
 def _read_line(interactive: bool) -> str | None:
@@ -190,13 +190,8 @@ def _read_line(interactive: bool) -> str | None:
 
 
 def _embed(args: argparse.Namespace) -> None:
-    load = _load(args, embeddings=True)
-    parent = SyncLlamaParent(load)
-    try:
-        _start(parent, load)
+    with _ready(_load(args, embeddings=True)) as parent:
         print(json.dumps(parent.get_embeddings(args.text, normalize=args.normalize)))
-    finally:
-        parent.dispose()
 
 
 def _bench(args: argparse.Namespace) -> None:
