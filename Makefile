@@ -4,7 +4,13 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-INPUTS_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-16)-$(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+# llama.cpp is compiled with -march=native. Some x86 VMs advertise AMX but
+# fault on its instructions (SIGILL in the first matrix product of a prompt),
+# so its AMX kernels are left out; everything else the CPU has is used.
+ifeq ($(shell uname -m),x86_64)
+LLAMA_FLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+endif
+INPUTS_HASH := $(shell (cat pyproject.toml; echo '$(LLAMA_FLAGS)') | sha256sum | cut -c1-16)-$(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 STAMP := $(VENV)/.installed-$(INPUTS_HASH)
 
 .PHONY: demo test lint bench env
@@ -28,6 +34,6 @@ env: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[default-model,dev]"
+	CFLAGS="$(LLAMA_FLAGS)" CXXFLAGS="$(LLAMA_FLAGS)" $(PY) -m pip install --quiet --no-cache-dir -e ".[default-model,dev]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
