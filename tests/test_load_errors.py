@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 from pathlib import Path
@@ -85,12 +84,14 @@ async def test_a_load_past_its_timeout_is_killed(model_path: Path) -> None:
 
 async def test_a_worker_killed_while_loading(model_path: Path) -> None:
     parent = LlamaParent(greedy_load(model_path))
-    init = asyncio.create_task(parent.init())
-    while parent._worker is None:  # spawned, still importing llama.cpp
-        await asyncio.sleep(0.001)
-    os.kill(parent._worker.pid, signal.SIGKILL)
+
+    def kill_once_loading(_: float) -> None:
+        pid = parent.worker_pid
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+
     with pytest.raises(LlamaWorkerDiedOnLoad, match="SIGKILL") as info:
-        await init
+        await parent.init(on_progress=kill_once_loading)
     assert isinstance(info.value, LlamaWorkerDied)
     assert parent.status is LlamaStatus.ERROR
     assert not psutil.Process().children(recursive=True)

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from llama_isolate import ContextParams, LlamaLoad, SamplerParams
+from llama_isolate import ContextParams, LlamaLoad, ModelInfo, SamplerParams
 from llama_isolate import _protocol as protocol
 
 MESSAGES: list[protocol.Message] = [
@@ -17,12 +17,20 @@ MESSAGES: list[protocol.Message] = [
     protocol.DropScope("scope-1"),
     protocol.Shutdown(),
     protocol.Hello(123),
-    protocol.Loaded(protocol.ModelInfo("llama", 1, 2, 3, 4, 5, 6, True)),
+    protocol.Loaded(ModelInfo("llama", 1, 2, 3, 4, 5, 6, True)),
     protocol.LoadFailed("not_found", "missing"),
     protocol.Started("p1"),
     protocol.Tokens("p1", "héllo"),
-    protocol.Finished("p1", "stop", None, 3, 2, 0, 4, 0.1, 0.2),
+    protocol.Finished(prompt_id="p1", finish_reason="stop", prompt_tokens=3, cached_tokens=2, completion_tokens=4),
+    protocol.Finished.failed("p1", "boom"),
+    protocol.Finished.unstarted("p1", "cancelled"),
     protocol.Embedding(3, (0.5, -1.0)),
+    protocol.SaveScope(4, "scope-1"),
+    protocol.ScopeState(4, (1, 2), b"kv"),
+    protocol.LoadScope(5, "scope-1", (1, 2), b"kv"),
+    protocol.RequestDone(5),
+    protocol.Ping(6),
+    protocol.Pong(6),
     protocol.RequestFailed(3, "request", "too long"),
 ]
 
@@ -49,3 +57,11 @@ def test_a_frame_holding_a_bare_parameter_object_is_not_a_message() -> None:
 def test_an_absurd_frame_length_is_refused() -> None:
     with pytest.raises(ValueError, match="corrupt"):
         protocol.frame_length(protocol.HEADER.pack(protocol.MAX_FRAME + 1))
+
+
+def test_every_request_names_the_reply_it_gets() -> None:
+    requests = [
+        m for m in MESSAGES if isinstance(m, protocol.Embed | protocol.SaveScope | protocol.LoadScope | protocol.Ping)
+    ]
+    assert {type(r) for r in requests} == set(protocol.REPLY_OF)
+    assert {type(m) for m in MESSAGES} >= set(protocol.REPLY_OF.values())

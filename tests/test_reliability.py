@@ -138,9 +138,10 @@ async def test_a_storm_of_300_prompts_with_random_scope_stops_gets_one_event_eac
 
 async def test_cancelling_init_kills_the_worker(model_path: Path) -> None:
     parent = LlamaParent(greedy_load(model_path, n_ctx=256))
-    init = asyncio.create_task(parent.init())
-    while parent._worker is None:
-        await asyncio.sleep(0.001)
+    loading = asyncio.Event()
+    init = asyncio.create_task(parent.init(on_progress=lambda _: loading.set()))
+    await loading.wait()
+    assert parent.worker_pid is not None
     init.cancel()
     with pytest.raises(asyncio.CancelledError):
         await init

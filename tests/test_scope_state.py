@@ -53,8 +53,13 @@ async def test_a_state_whose_kv_bytes_are_corrupt_is_refused_by_llama_cpp(model_
         await turn(parent, scope, "Hello")
         data = await scope.save_state()
         fresh = parent.get_scope()
-        with pytest.raises(LlamaStateError, match="refused"):
+        with pytest.raises(LlamaStateError, match="truncated"):
             await fresh.load_state(data[:-200])
+        kv = data.index(b"LIS1")  # the portable KV state: header, part size, stream count, then its cell count
+        corrupt = data[: kv + 20] + (2**30).to_bytes(4, "little") + data[kv + 24 :]
+        with pytest.raises(LlamaStateError, match="refused"):
+            await fresh.load_state(corrupt)
+        assert fresh.messages == []
         assert (await turn(parent, fresh, "Still fine?")).success  # type: ignore[attr-defined]
 
 

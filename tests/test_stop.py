@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import psutil
+
 from llama_isolate import CompletionEvent, LlamaParent
 
 from .conftest import first_token
@@ -27,11 +29,14 @@ async def test_stop_right_after_the_first_token_ends_the_prompt_quickly(parent: 
 
 
 async def test_stop_during_prompt_processing_of_a_long_prompt(parent: LlamaParent) -> None:
+    assert parent.worker_pid is not None
+    worker = psutil.Process(parent.worker_pid)
+    busy_before = sum(worker.cpu_times()[:2])
     pid = await parent.send_prompt(LONG_PROMPT, max_tokens=50)
-    # The worker reports Started before it decodes the first prompt chunk.
-    while parent._running[pid].started is None:
-        await asyncio.sleep(0.001)
-    await asyncio.sleep(0.2)  # well inside the first 512-token chunk
+    # The worker is inside the prompt once it has spent CPU on it (its ~1800
+    # tokens take far longer than this).
+    while sum(worker.cpu_times()[:2]) - busy_before < 0.05:
+        await asyncio.sleep(0.005)
     t0 = time.perf_counter()
     await parent.stop()
     event = await parent.wait_for_completion(pid)

@@ -21,6 +21,9 @@ Example::
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._errors import (
     LlamaError,
     LlamaFeatureNotEnabled,
@@ -37,15 +40,40 @@ from ._errors import (
     LlamaWorkerDied,
     LlamaWorkerDiedOnLoad,
 )
-from ._events import CompletionEvent, CompletionTimings, LlamaStatus
+from ._events import CompletionEvent, CompletionTimings, LlamaStatus, ModelInfo
 from ._images import MEDIA_MARKER, LlamaImage
 from ._model_path import default_model_path
 from ._params import ContextParams, LlamaLoad, ModelParams, SamplerParams
-from ._parent import LlamaParent, default_init_timeout
-from ._protocol import ModelInfo
-from ._scope import LlamaScope
-from ._streams import EventStream, Subscription, TokenStream
-from ._sync import SyncLlamaParent, SyncLlamaScope, SyncStream
+
+if TYPE_CHECKING:
+    from ._parent import LlamaParent, default_init_timeout
+    from ._scope import LlamaScope
+    from ._streams import EventStream, Subscription, TokenStream
+    from ._sync import SyncLlamaParent, SyncLlamaScope, SyncStream
+
+# The asyncio facade is imported on first use, so that the worker process,
+# which imports this package too, never loads it (nor asyncio).
+_LAZY = {
+    "LlamaParent": "._parent",
+    "default_init_timeout": "._parent",
+    "LlamaScope": "._scope",
+    "EventStream": "._streams",
+    "Subscription": "._streams",
+    "TokenStream": "._streams",
+    "SyncLlamaParent": "._sync",
+    "SyncLlamaScope": "._sync",
+    "SyncStream": "._sync",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llama_isolate' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -15,7 +15,7 @@ except `ValueError` for parameter values refused at construction time::
      ├── LlamaFeatureNotEnabled      embeddings without embeddings=True, images without mmproj_path
      ├── LlamaQueueFull              max_queue prompts are already waiting
      ├── LlamaRequestError           one request (e.g. an embedding) failed; the worker carries on
-     │    └── LlamaStateError        a saved scope state is damaged or from another model
+     │    └── LlamaStateError        a saved scope state is damaged or does not fit (also a ValueError)
      └── LlamaWorkerDied             the worker process ended unexpectedly
 
 Failures of a single prompt do not raise: they end that prompt with a
@@ -179,8 +179,12 @@ class LlamaRequestError(LlamaError):
     """
 
 
-class LlamaStateError(LlamaRequestError):
-    """A scope state given to `load_state()` is damaged, or was saved with another model or cache type.
+class LlamaStateError(LlamaRequestError, ValueError):
+    """A scope state given to `load_state()` is damaged, or does not fit this parent.
+
+    The message says what differs (the model, the KV cache type, the context
+    size) or which part is damaged (a malformed message names its field).
+    It is also a `ValueError`: the bytes are a bad value.
 
     Example::
 

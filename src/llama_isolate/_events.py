@@ -97,3 +97,33 @@ class CompletionEvent:
     dropped_turns: int
     completion_tokens: int
     timings: CompletionTimings
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about the loaded model, from `LlamaParent.model_info` once it is ready.
+
+    Example::
+
+        await parent.init()
+        info = parent.model_info
+        print(info.description, info.n_params, "parameters,", info.n_embd, "wide")
+
+    Attributes:
+        description: llama.cpp's one-line description (architecture, size, quantization).
+        n_params, size_bytes: parameter count and weight bytes.
+        n_ctx: the context window of one conversation (`ContextParams.n_ctx`).
+        n_ctx_train: the context the model was trained with.
+        n_embd: the embedding width (the length of `get_embeddings()` vectors).
+        n_vocab: the vocabulary size.
+        has_chat_template: False for a model without a template (plain text completion).
+    """
+
+    description: str
+    n_params: int
+    size_bytes: int
+    n_ctx: int
+    n_ctx_train: int
+    n_embd: int
+    n_vocab: int
+    has_chat_template: bool

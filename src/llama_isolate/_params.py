@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ._checks import check_text
+
 SplitMode = Literal["none", "layer", "row"]
 PoolingType = Literal["unspecified", "none", "mean", "cls", "last", "rank"]
 FlashAttention = Literal["auto", "on", "off"]
@@ -63,6 +65,10 @@ def _check_float(
 def _check_choice(cls: str, name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         _fail(cls, name, "one of " + ", ".join(repr(c) for c in choices), value)
+
+
+def _check_str(cls: str, name: str, value: object, *, nul: bool = True) -> None:
+    check_text(value, f"{cls}.{name}", nul=nul)
 
 
 def _check_bool(cls: str, name: str, value: object) -> None:
@@ -133,6 +139,12 @@ class ContextParams:
         n_parallel: sequences decoded together; 1 = strict FIFO, one prompt at a time.
         n_threads: threads for generation (default: the CPUs this process may use).
         n_threads_batch: threads for prompt processing (default: the same).
+        adapt_threads: decode with fewer threads while other processes keep CPUs
+            busy (re-estimated every quarter second, from /proc/stat), never more
+            than `n_threads`. ggml's threads wait for each other hundreds of
+            times per token, so one preempted thread stalls them all: on 2 cores
+            beside one busy process, 2 threads ran at a third of their speed
+            and 1 thread at 0.7x. False = always `n_threads`.
         n_predict: default most new tokens per prompt; -1 = until end of generation or context full.
         embeddings: allow `get_embeddings()`.
         pooling_type: how token embeddings become one vector; "unspecified" = the model's own,
@@ -153,6 +165,7 @@ class ContextParams:
     n_parallel: int = 1
     n_threads: int = field(default_factory=_cpu_count)
     n_threads_batch: int = field(default_factory=_cpu_count)
+    adapt_threads: bool = True
     n_predict: int = -1
     embeddings: bool = False
     pooling_type: PoolingType = "unspecified"
@@ -177,6 +190,7 @@ class ContextParams:
         _check_int(c, "n_parallel", self.n_parallel, 1, 64)
         _check_int(c, "n_threads", self.n_threads, 1, 1024)
         _check_int(c, "n_threads_batch", self.n_threads_batch, 1, 1024)
+        _check_bool(c, "adapt_threads", self.adapt_threads)
         if self.n_predict != -1:
             _check_int(c, "n_predict", self.n_predict, 1)
         _check_bool(c, "embeddings", self.embeddings)
@@ -277,21 +291,33 @@ class SamplerParams:
         for breaker in _as_tuple(self, "dry_sequence_breakers", self.dry_sequence_breakers):
             if not isinstance(breaker, str) or not breaker:
                 _fail(c, "dry_sequence_breakers", "non-empty strings", breaker)
+            # llama.cpp takes them as C strings: a NUL would silently cut one short
+            _check_str(c, "dry_sequence_breakers", breaker, nul=False)
         _check_float(c, "xtc_probability", self.xtc_probability, 0.0, 1.0)
         _check_float(c, "xtc_threshold", self.xtc_threshold, 0.0, 1.0)
         if self.grammar is not None and (not isinstance(self.grammar, str) or not self.grammar.strip()):
             _fail(c, "grammar", "None or non-empty GBNF text", self.grammar)
+        if self.grammar is not None:
+            _check_str(c, "grammar", self.grammar, nul=False)  # a C string: a NUL would cut it short
         if self.seed is not None:
             _check_int(c, "seed", self.seed, 0, _MAX_SEED)
         _check_bool(c, "greedy", self.greedy)
         for stop in _as_tuple(self, "stop", self.stop):
             if not isinstance(stop, str) or not stop:
                 _fail(c, "stop", "a sequence of non-empty strings", stop)
+            _check_str(c, "stop", stop)
 
 
 def _check_path(name: str, value: object) -> None:
     if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
         _fail("LlamaLoad", name, "a non-empty str or os.PathLike", value)
+    path = os.fspath(value)  # type: ignore[call-overload]
+    if isinstance(path, str):
+        _check_str("LlamaLoad", name, path, nul=False)
+
+
+MAX_IMAGE_PIXELS = 33_554_432
+"""`LlamaLoad.max_image_pixels`'s default: 32 Mi pixels (8192 x 4096, a 32-megapixel photo)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -312,6 +338,12 @@ class LlamaLoad:
             `sampler_params` is the default of every prompt.
         mmproj_path: a multimodal projector GGUF; enables image prompts (stored as a str).
         chat_template: a Jinja chat template that replaces the model's own.
+        max_image_pixels: the largest image (width x height) an image prompt
+            may carry; a larger one is refused before it is decoded (default
+            33,554,432 = 32 Mi pixels, e.g. 8192 x 4096). The projector scales every
+            image down to its own size anyway (a few hundred pixels wide), so
+            this only guards memory and time: a 20000x20000 PNG of 388 KB
+            would decode to 1.2 GB.
         verbose: let llama.cpp's own log through to stderr (silent by default).
     """
 
@@ -321,6 +353,7 @@ class LlamaLoad:
     sampler_params: SamplerParams = field(default_factory=SamplerParams)
     mmproj_path: str | os.PathLike[str] | None = None
     chat_template: str | None = None
+    max_image_pixels: int = MAX_IMAGE_PIXELS
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -341,4 +374,7 @@ class LlamaLoad:
             not isinstance(self.chat_template, str) or not self.chat_template.strip()
         ):
             _fail(c, "chat_template", "None or non-empty Jinja text", self.chat_template)
+        if self.chat_template is not None:
+            _check_str(c, "chat_template", self.chat_template)
+        _check_int(c, "max_image_pixels", self.max_image_pixels, 1)
         _check_bool(c, "verbose", self.verbose)

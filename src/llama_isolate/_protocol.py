@@ -5,6 +5,9 @@ message is a small frozen dataclass; prompts are correlated by `prompt_id`,
 other requests by `request_id`. Errors cross as data: an `ErrorKind` and a
 sentence, which the parent maps to a public exception.
 
+Requests are typed: each `Request` command has one reply type on success
+(`REPLY_OF`), and `RequestFailed` otherwise.
+
 On the wire a message is a 4-byte big-endian length followed by a pickle of
 the dataclass. Decoding only accepts the classes defined here and the
 parameter classes, so a frame can never name arbitrary code.
@@ -16,8 +19,9 @@ import io
 import pickle
 import struct
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
+from ._events import FinishReason, ModelInfo
 from ._params import ContextParams, LlamaLoad, ModelParams, SamplerParams
 
 ErrorKind = Literal[
@@ -28,8 +32,10 @@ ErrorKind = Literal[
     "invalid_mmproj",  # mmproj_path is not a projector mtmd can load for this model
     "feature",  # the load did not enable what the request needs
     "request",  # the request itself is bad (too long, empty, ...)
+    "state",  # a saved conversation state does not fit this worker
     "internal",  # an unexpected exception in the worker
 ]
+CancelReason = Literal["stopped", "cancelled"]
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 1 << 30  # 1 GiB: far above any real message, catches a corrupt header
@@ -64,16 +70,7 @@ class Cancel:
     """Abort these prompts if they are running; `reason` becomes their finish reason."""
 
     prompt_ids: tuple[str, ...]
-    reason: Literal["stopped", "cancelled"]
-
-
-@dataclass(frozen=True)
-class Embed:
-    """Compute the pooled embedding of `text`."""
-
-    request_id: int
-    text: str
-    normalize: bool
+    reason: CancelReason
 
 
 @dataclass(frozen=True)
@@ -84,8 +81,22 @@ class DropScope:
 
 
 @dataclass(frozen=True)
+class Shutdown:
+    """Abort everything and exit."""
+
+
+@dataclass(frozen=True)
+class Embed:
+    """Request: compute the pooled embedding of `text`; reply `Embedding`."""
+
+    request_id: int
+    text: str
+    normalize: bool
+
+
+@dataclass(frozen=True)
 class SaveScope:
-    """Reply `ScopeState` with the conversation's KV state."""
+    """Request: the conversation's KV state; reply `ScopeState`."""
 
     request_id: int
     scope_key: str
@@ -93,7 +104,7 @@ class SaveScope:
 
 @dataclass(frozen=True)
 class LoadScope:
-    """Make this state the conversation's KV cache; reply `RequestDone` or `RequestFailed`."""
+    """Request: make this state the conversation's KV cache; reply `RequestDone`."""
 
     request_id: int
     scope_key: str
@@ -102,11 +113,14 @@ class LoadScope:
 
 
 @dataclass(frozen=True)
-class Shutdown:
-    """Abort everything and exit."""
+class Ping:
+    """Request: answer at once (from the worker's reader thread, even mid-decode); reply `Pong`."""
+
+    request_id: int
 
 
-Command = Load | Submit | Cancel | Embed | DropScope | SaveScope | LoadScope | Shutdown
+Request = Embed | SaveScope | LoadScope | Ping
+Command = Load | Submit | Cancel | DropScope | Shutdown | Request
 
 
 # ---------------------------------------------------------------- replies (up)
@@ -124,36 +138,6 @@ class Progress:
     """How far loading the weights has got, from 0.0 to 1.0."""
 
     fraction: float
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Facts about the loaded model, from `LlamaParent.model_info` once it is ready.
-
-    Example::
-
-        await parent.init()
-        info = parent.model_info
-        print(info.description, info.n_params, "parameters,", info.n_embd, "wide")
-
-    Attributes:
-        description: llama.cpp's one-line description (architecture, size, quantization).
-        n_params, size_bytes: parameter count and weight bytes.
-        n_ctx: the context window of one conversation (`ContextParams.n_ctx`).
-        n_ctx_train: the context the model was trained with.
-        n_embd: the embedding width (the length of `get_embeddings()` vectors).
-        n_vocab: the vocabulary size.
-        has_chat_template: False for a model without a template (plain text completion).
-    """
-
-    description: str
-    n_params: int
-    size_bytes: int
-    n_ctx: int
-    n_ctx_train: int
-    n_embd: int
-    n_vocab: int
-    has_chat_template: bool
 
 
 @dataclass(frozen=True)
@@ -186,19 +170,33 @@ class Tokens:
     text: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Finished:
-    """A prompt ended. `error` is set when `finish_reason` is "error"."""
+    """A prompt ended. `error` is set when `finish_reason` is "error".
+
+    Build it by keyword, or with `Finished.failed` / `Finished.unstarted` for
+    a prompt that never produced anything.
+    """
 
     prompt_id: str
-    finish_reason: Literal["stop", "length", "stopped", "cancelled", "error"]
-    error: str | None
-    prompt_tokens: int  # processed for this prompt
-    cached_tokens: int  # reused from the conversation's KV cache
-    dropped_turns: int  # oldest messages left out to fit the context
-    completion_tokens: int
-    prompt_eval_s: float
-    generation_s: float
+    finish_reason: FinishReason
+    error: str | None = None
+    prompt_tokens: int = 0  # processed for this prompt
+    cached_tokens: int = 0  # reused from the conversation's KV cache
+    dropped_turns: int = 0  # oldest messages left out to fit the context
+    completion_tokens: int = 0
+    prompt_eval_s: float = 0.0
+    generation_s: float = 0.0
+
+    @classmethod
+    def failed(cls, prompt_id: str, error: str) -> Finished:
+        """The prompt failed before it generated anything."""
+        return cls(prompt_id=prompt_id, finish_reason="error", error=error)
+
+    @classmethod
+    def unstarted(cls, prompt_id: str, reason: CancelReason) -> Finished:
+        """The prompt was cancelled before it was admitted."""
+        return cls(prompt_id=prompt_id, finish_reason=reason)
 
 
 @dataclass(frozen=True)
@@ -220,64 +218,64 @@ class ScopeState:
 
 @dataclass(frozen=True)
 class RequestDone:
-    """A request that returns nothing (e.g. `LoadScope`) succeeded."""
+    """The answer to `LoadScope`: it succeeded."""
+
+    request_id: int
+
+
+@dataclass(frozen=True)
+class Pong:
+    """The answer to `Ping`."""
 
     request_id: int
 
 
 @dataclass(frozen=True)
 class RequestFailed:
-    """A non-prompt request (e.g. `Embed`) failed; the worker carries on."""
+    """A request failed; the worker carries on."""
 
     request_id: int
     kind: ErrorKind
     message: str
 
 
-Reply = (
-    Hello
-    | Progress
-    | Loaded
-    | LoadFailed
-    | Started
-    | Tokens
-    | Finished
-    | Embedding
-    | ScopeState
-    | RequestDone
-    | RequestFailed
-)
+Answer = Embedding | ScopeState | RequestDone | Pong
+Reply = Hello | Progress | Loaded | LoadFailed | Started | Tokens | Finished | Answer | RequestFailed
 Message = Command | Reply
 
-_ALLOWED = {
-    cls.__name__: cls
-    for cls in (
-        Load,
-        Submit,
-        Cancel,
-        Embed,
-        DropScope,
-        SaveScope,
-        LoadScope,
-        Shutdown,
-        Hello,
-        Progress,
-        ModelInfo,
-        Loaded,
-        LoadFailed,
-        Started,
-        Tokens,
-        Finished,
-        Embedding,
-        ScopeState,
-        RequestDone,
-        RequestFailed,
-        LlamaLoad,
-        ModelParams,
-        ContextParams,
-        SamplerParams,
-    )
+REPLY_OF: dict[type[Request], type[Answer]] = {
+    Embed: Embedding,
+    SaveScope: ScopeState,
+    LoadScope: RequestDone,
+    Ping: Pong,
 }
+"""The reply type each request gets when it succeeds."""
+
+_MESSAGES: tuple[type, ...] = (
+    Load,
+    Submit,
+    Cancel,
+    DropScope,
+    Shutdown,
+    Embed,
+    SaveScope,
+    LoadScope,
+    Ping,
+    Hello,
+    Progress,
+    Loaded,
+    LoadFailed,
+    Started,
+    Tokens,
+    Finished,
+    Embedding,
+    ScopeState,
+    RequestDone,
+    Pong,
+    RequestFailed,
+)
+_PARTS: tuple[type, ...] = (ModelInfo, LlamaLoad, ModelParams, ContextParams, SamplerParams)
+_ALLOWED = {cls.__name__: cls for cls in _MESSAGES + _PARTS}
 
 
 class _Unpickler(pickle.Unpickler):
@@ -294,17 +292,15 @@ def encode(message: Message) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
-def decode(payload: bytes) -> Message:
+def decode(payload: bytes | bytearray) -> Message:
     """The message in one frame's payload (without its header)."""
     message = _Unpickler(io.BytesIO(payload)).load()
-    if type(message).__name__ not in _ALLOWED or isinstance(
-        message, (LlamaLoad, ModelParams, ContextParams, SamplerParams, ModelInfo)
-    ):
+    if not isinstance(message, _MESSAGES):
         raise pickle.UnpicklingError(f"a frame holds {type(message).__name__}, not a message")
-    return message  # type: ignore[no-any-return]
+    return cast(Message, message)
 
 
-def frame_length(header: bytes) -> int:
+def frame_length(header: bytes | bytearray) -> int:
     """The payload length a header announces; raises ValueError on an absurd one."""
     (length,) = HEADER.unpack(header)
     if length > MAX_FRAME:

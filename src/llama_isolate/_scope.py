@@ -10,16 +10,60 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from . import _protocol as protocol
-from ._errors import LlamaRequestError, LlamaStateError, LlamaStatusError
-from ._events import CompletionEvent
+from ._errors import LlamaStateError
+from ._events import CompletionEvent, ModelInfo
 from ._images import LlamaImage
-from ._params import SamplerParams
-from ._parent import LlamaParent
+from ._params import LlamaLoad, SamplerParams
 from ._state import ScopeSnapshot, cache_kind, model_fingerprint, pack, unpack
 from ._streams import EventStream, TokenStream
+
+
+class ScopeHost(Protocol):
+    """What a scope needs of its parent (`LlamaParent` is the one implementation).
+
+    Besides the public API, five internal calls: stop the scope's prompts,
+    forget its cache in the worker, check that it is idle, and move its KV
+    state out of and into the worker.
+    """
+
+    @property
+    def load(self) -> LlamaLoad: ...
+
+    @property
+    def model_info(self) -> ModelInfo | None: ...
+
+    async def send_prompt(
+        self,
+        prompt: str,
+        *,
+        scope: LlamaScope | None = None,
+        sampler_params: SamplerParams | None = None,
+        max_tokens: int | None = None,
+    ) -> str: ...
+
+    async def send_prompt_with_images(
+        self,
+        prompt: str,
+        images: Sequence[LlamaImage],
+        *,
+        scope: LlamaScope | None = None,
+        sampler_params: SamplerParams | None = None,
+        max_tokens: int | None = None,
+    ) -> str: ...
+
+    async def wait_for_completion(self, prompt_id: str) -> CompletionEvent: ...
+
+    async def _scope_stop(self, scope: LlamaScope) -> None: ...
+
+    def _scope_forget(self, scope: LlamaScope, *, disposed: bool) -> None: ...
+
+    def _scope_idle(self, scope: LlamaScope, what: str) -> None: ...
+
+    async def _scope_save_kv(self, scope: LlamaScope) -> tuple[tuple[int, ...], bytes]: ...
+
+    async def _scope_load_kv(self, scope: LlamaScope, tokens: tuple[int, ...], data: bytes) -> None: ...
 
 
 class LlamaScope:
@@ -37,7 +81,7 @@ class LlamaScope:
 
     _ids = itertools.count(1)
 
-    def __init__(self, parent: LlamaParent) -> None:
+    def __init__(self, parent: ScopeHost) -> None:
         self.id = f"scope-{next(LlamaScope._ids)}-{uuid.uuid4().hex[:8]}"
         """The scope's id; `CompletionEvent.scope_id` of its prompts."""
         self.parent = parent
@@ -97,11 +141,7 @@ class LlamaScope:
 
             await scope.stop()
         """
-        parent = self.parent
-        for record in [r for r in parent._queue if r.scope is self]:
-            parent._queue.remove(record)
-            parent._complete(record, "cancelled")
-        await parent._cancel_running([r for r in parent._running.values() if r.scope is self], "cancelled")
+        await self.parent._scope_stop(self)
 
     async def clear(self) -> None:
         """`stop()`, then forget the conversation: empty `messages` and free its KV cache.
@@ -115,8 +155,7 @@ class LlamaScope:
         """
         await self.stop()
         self.messages.clear()
-        if self.parent._worker is not None:
-            self.parent._worker.send(protocol.DropScope(self.id))
+        self.parent._scope_forget(self, disposed=False)
 
     async def save_state(self) -> bytes:
         """The conversation and its KV cache as bytes, to `load_state()` later (also in another process).
@@ -134,11 +173,10 @@ class LlamaScope:
             data = await scope.save_state()
             Path("chat.state").write_bytes(data)
         """
-        parent = self._idle_parent("save_state")
-        reply = await parent._request(lambda rid: protocol.SaveScope(rid, self.id))
-        assert isinstance(reply, protocol.ScopeState) and parent._info is not None
+        info = self._idle_parent("save_state")
+        tokens, data = await self.parent._scope_save_kv(self)
         snapshot = ScopeSnapshot(
-            model_fingerprint(parent._info), cache_kind(parent.load), list(self.messages), reply.tokens, reply.data
+            model_fingerprint(info), cache_kind(self.parent.load), list(self.messages), tokens, data
         )
         return pack(snapshot)
 
@@ -156,28 +194,23 @@ class LlamaScope:
 
             await scope.load_state(Path("chat.state").read_bytes())
         """
-        parent = self._idle_parent("load_state")
+        info = self._idle_parent("load_state")
         snapshot = unpack(data)
-        assert parent._info is not None
-        expected = model_fingerprint(parent._info)
+        expected = model_fingerprint(info)
         if snapshot.model != expected:
             raise LlamaStateError(f"the state was saved with model [{snapshot.model}], not this one [{expected}]")
-        if snapshot.cache != cache_kind(parent.load):
-            raise LlamaStateError(f"the state was saved with KV cache {snapshot.cache}, not {cache_kind(parent.load)}")
-        try:
-            await parent._request(lambda rid: protocol.LoadScope(rid, self.id, snapshot.tokens, snapshot.data))
-        except LlamaRequestError as exc:
-            raise LlamaStateError(str(exc)) from exc
+        if snapshot.cache != cache_kind(self.parent.load):
+            raise LlamaStateError(
+                f"the state was saved with KV cache {snapshot.cache}, not {cache_kind(self.parent.load)}"
+            )
+        await self.parent._scope_load_kv(self, snapshot.tokens, snapshot.data)
         self.messages[:] = snapshot.messages
 
-    def _idle_parent(self, what: str) -> LlamaParent:
-        parent = self.parent
-        parent._require_ready(what)
-        if self.disposed:
-            raise LlamaStatusError(f"{what}() is not allowed: scope {self.id} is disposed")
-        if any(r.scope is self for r in (*parent._queue, *parent._running.values())):
-            raise LlamaStatusError(f"{what}() needs the scope idle: wait for its prompts or stop() it first")
-        return parent
+    def _idle_parent(self, what: str) -> ModelInfo:
+        self.parent._scope_idle(self, what)
+        info = self.parent.model_info
+        assert info is not None  # a ready parent has loaded its model
+        return info
 
     async def dispose(self) -> None:
         """`stop()`, then close this scope's streams and free its state in the worker.
@@ -192,10 +225,7 @@ class LlamaScope:
             return
         await self.stop()
         self.disposed = True
-        parent = self.parent
-        parent._scopes.pop(self.id, None)
-        if parent._worker is not None:
-            parent._worker.send(protocol.DropScope(self.id))
+        self.parent._scope_forget(self, disposed=True)
         self._close()
 
     def _close(self) -> None:

@@ -16,10 +16,11 @@ from array import array
 from dataclasses import dataclass
 from typing import Any
 
+from ._checks import check_history
 from ._errors import LlamaStateError
+from ._events import ModelInfo
 from ._images import LlamaImage
 from ._params import LlamaLoad
-from ._protocol import ModelInfo
 
 MAGIC = b"llama-isolate scope state\n"
 VERSION = 1
@@ -88,7 +89,7 @@ def unpack(blob: bytes) -> ScopeSnapshot:
         messages = header["messages"]
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise ValueError("messages are not a list of dicts")
-        messages = [_from_json(m) for m in messages]
+        messages = check_history([_from_json(m) for m in messages], "the state's messages")
         return ScopeSnapshot(
             str(header["model"]), str(header["cache"]), messages, tuple(tokens), blob[offset + 4 * n_tokens :]
         )
@@ -107,5 +108,8 @@ def _to_json(message: dict[str, Any]) -> dict[str, Any]:
 def _from_json(message: dict[str, Any]) -> dict[str, Any]:
     if not message.get("images"):
         return message
-    images = tuple(LlamaImage(base64.b64decode(i["data"], validate=True), str(i["name"])) for i in message["images"])
+    images = message["images"]
+    if not isinstance(images, list) or not all(isinstance(i, dict) for i in images):
+        raise ValueError("a message's images are not a list of objects")
+    images = tuple(LlamaImage(base64.b64decode(i["data"], validate=True), str(i["name"])) for i in images)
     return {**message, "images": images}

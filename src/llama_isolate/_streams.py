@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -108,7 +109,7 @@ class EventStream(Generic[T]):
         self._callbacks: dict[Subscription, Callable[[T], object]] = {}
         # Weak: an iterator dropped by `break` leaves the stream by itself.
         self._iterators: weakref.WeakSet[_StreamIterator[T]] = weakref.WeakSet()
-        self._closers: list[Callable[[], object]] = []
+        self._closers: dict[Subscription, Callable[[], object]] = {}
         self._closed = False
 
     @property
@@ -119,19 +120,38 @@ class EventStream(Generic[T]):
     def listen(self, callback: Callable[[T], object]) -> Subscription:
         """Call `callback(item)` for every item from now on; returns the `Subscription`.
 
-        An exception raised by the callback is logged and does not reach
-        other subscribers. Listening to a closed stream returns an inactive
-        subscription.
+        The callback is a plain function, called on the event loop's thread;
+        an exception it raises (even `asyncio.CancelledError`) is logged and
+        reaches neither the other subscribers nor the library. Listening to
+        a closed stream returns an inactive subscription.
+
+        Raises:
+            TypeError: `callback` is not callable, or is an ``async def``
+                function (whose coroutine nobody would await: use ``async
+                for`` over the stream instead).
 
         Example::
 
             sub = scope.stream.listen(chunks.append)
         """
+        return self._subscribe(callback)
+
+    def _subscribe(self, callback: Callable[[T], object], on_close: Callable[[], object] | None = None) -> Subscription:
+        """`listen`, and call `on_close()` if the stream closes while subscribed."""
+        if not callable(callback):
+            raise TypeError(f"listen() needs a callable, got {type(callback).__name__}")
+        if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(getattr(callback, "__call__", None)):  # noqa: B004
+            raise TypeError(
+                "listen() needs a plain function; an async one would never be awaited. "
+                "Iterate the stream with `async for` instead."
+            )
         subscription = Subscription(self._drop_callback)
         if self._closed:
             subscription.cancel()
-        else:
-            self._callbacks[subscription] = callback
+            return subscription
+        self._callbacks[subscription] = callback
+        if on_close is not None:
+            self._closers[subscription] = on_close
         return subscription
 
     def __aiter__(self) -> AsyncIterator[T]:
@@ -144,21 +164,17 @@ class EventStream(Generic[T]):
 
     def _drop_callback(self, subscription: Subscription) -> None:
         self._callbacks.pop(subscription, None)
+        self._closers.pop(subscription, None)
 
     def _emit(self, item: T) -> None:
         if self._closed:
             return
-        for iterator in list(self._iterators):
-            iterator._push(item)
-        for callback in list(self._callbacks.values()):
-            try:
-                callback(item)
-            except Exception:
-                logger.exception("a stream listener raised; the stream goes on")
-
-    def _on_close(self, callback: Callable[[], object]) -> None:
-        """Call `callback()` when the stream closes (for the blocking facade's iterators)."""
-        self._closers.append(callback)
+        if self._iterators:
+            for iterator in list(self._iterators):
+                iterator._push(item)
+        if self._callbacks:
+            for callback in list(self._callbacks.values()):
+                _call(callback, item)
 
     def _close(self) -> None:
         if self._closed:
@@ -167,11 +183,26 @@ class EventStream(Generic[T]):
         for iterator in list(self._iterators):
             iterator._close()
         self._iterators.clear()
+        closers = list(self._closers.values())
         for subscription in list(self._callbacks):
             subscription.cancel()
-        for closer in self._closers:
-            closer()
-        self._closers.clear()
+        for closer in closers:
+            _call(closer)
+
+
+def _call(callback: Callable[..., object], *args: object) -> None:
+    """Run a caller's callback; whatever it raises or returns, the stream goes on."""
+    try:
+        result = callback(*args)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # CancelledError included: it must not end the library's reader
+        logger.exception("a stream listener raised; the stream goes on")
+        return
+    if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
+            result.close()
+        logger.error("a stream listener returned an awaitable, which nobody awaits; use `async for` instead")
 
 
 class TokenStream(EventStream[str]):

@@ -17,11 +17,11 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from ._events import CompletionEvent, LlamaStatus
+from ._errors import LlamaStatusError
+from ._events import CompletionEvent, LlamaStatus, ModelInfo
 from ._images import LlamaImage
 from ._params import LlamaLoad, SamplerParams
 from ._parent import LlamaParent
-from ._protocol import ModelInfo
 from ._scope import LlamaScope
 from ._streams import EventStream, Subscription
 
@@ -34,6 +34,7 @@ class _LoopThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        self.closed = False
         self._thread = threading.Thread(target=self._run, name="llama-isolate-loop", daemon=True)
         self._thread.start()
 
@@ -42,6 +43,9 @@ class _LoopThread:
         self.loop.run_forever()
 
     def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if self.closed:
+            coroutine.close()  # never started: no "was never awaited" warning
+            raise LlamaStatusError("this SyncLlamaParent was disposed")
         if threading.current_thread() is self._thread:
             coroutine.close()
             raise RuntimeError("a SyncLlamaParent method was called from its own stream callback; that would deadlock")
@@ -55,11 +59,34 @@ class _LoopThread:
             future.cancel()  # Ctrl-C in the caller's thread cancels the await, as in asyncio
             raise
 
+    def soon(self, callback: Callable[[], object]) -> None:
+        """Run `callback` on the loop thread, unless the loop is gone."""
+        if not self.closed:
+            self.loop.call_soon_threadsafe(callback)
+
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
-        if not self._thread.is_alive():
-            self.loop.close()
+        """Cancel and finish whatever still runs on the loop, then end the thread; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        finishing = asyncio.run_coroutine_threadsafe(_cancel_all_tasks(), self.loop)
+        try:
+            finishing.result(timeout=5)
+        except BaseException:  # noqa: S110 - a second Ctrl-C here must still end the thread
+            pass
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=5)
+            if not self._thread.is_alive():
+                self.loop.close()
+
+
+async def _cancel_all_tasks() -> None:
+    """Cancel every other task on the loop and wait for them, so none is destroyed while pending."""
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class SyncStream(Generic[T]):
@@ -90,11 +117,9 @@ class SyncStream(Generic[T]):
         items: queue.SimpleQueue[object] = queue.SimpleQueue()
 
         async def subscribe() -> Subscription:
-            subscription = self._stream.listen(items.put)
+            subscription = self._stream._subscribe(items.put, on_close=lambda: items.put(_CLOSED))
             if not subscription.active:
                 items.put(_CLOSED)
-            else:
-                self._stream._on_close(lambda: items.put(_CLOSED))
             return subscription
 
         subscription = self._loop.call(subscribe())
@@ -102,7 +127,7 @@ class SyncStream(Generic[T]):
             while (item := items.get()) is not _CLOSED:
                 yield item  # type: ignore[misc]
         finally:
-            self._loop.loop.call_soon_threadsafe(subscription.cancel)
+            self._loop.soon(subscription.cancel)
 
 
 class SyncLlamaScope:
@@ -197,12 +222,17 @@ class SyncLlamaParent:
         max_queue: int | None = None,
         restart_on_crash: bool = False,
         keep_completed: int = 1024,
+        liveness_timeout: float | None = 10.0,
     ) -> None:
         self._loop = _LoopThread()
 
         async def make() -> LlamaParent:
             return LlamaParent(
-                load, max_queue=max_queue, restart_on_crash=restart_on_crash, keep_completed=keep_completed
+                load,
+                max_queue=max_queue,
+                restart_on_crash=restart_on_crash,
+                keep_completed=keep_completed,
+                liveness_timeout=liveness_timeout,
             )
 
         try:
@@ -216,7 +246,11 @@ class SyncLlamaParent:
         """One `CompletionEvent` per finished prompt."""
 
     def __enter__(self) -> SyncLlamaParent:
-        self.init()
+        try:
+            self.init()
+        except BaseException:
+            self.dispose()  # __exit__ is not called when __enter__ raises: end the loop thread here
+            raise
         return self
 
     def __exit__(
@@ -319,8 +353,11 @@ class SyncLlamaParent:
         return SyncLlamaScope(self._loop.call(make()), self._loop)
 
     def dispose(self) -> None:
-        """Stop everything, end the worker and the loop thread; idempotent."""
-        if self._loop.loop.is_closed():
+        """Stop everything, end the worker and the loop thread; idempotent.
+
+        Every other method raises `LlamaStatusError` afterwards.
+        """
+        if self._loop.closed:
             return
         try:
             self._loop.call(self._parent.dispose())

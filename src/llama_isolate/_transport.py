@@ -1,4 +1,4 @@
-"""The parent's side of the process boundary: spawn, framed channel, liveness.
+"""The parent's side of the process boundary: spawn, framed channel, liveness of the process.
 
 The worker is started as a fresh interpreter running `llama_isolate._worker`,
 never through multiprocessing's spawn, so the caller's `__main__` is not
@@ -7,6 +7,9 @@ notebook all work). The channel is one end of a Unix socket pair passed to the
 child as a file descriptor: llama.cpp's C stdio never touches it. The child's
 stdout goes to our stderr, and its stderr is drained by a thread that keeps
 the last lines for error messages (and forwards them when verbose).
+
+Frames are cut out of the socket's data by an `asyncio.Protocol`, so a step's
+replies cost one callback, not a coroutine resumption per frame.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,35 +42,71 @@ _BOOTSTRAP = (
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 _STDERR_LINES_KEPT = 40
 _EXIT_AFTER_EOF_S = 1.0
+# Lines of a dying worker's stderr that say why (an assertion, a C++ exception,
+# a Python traceback's last line), as opposed to the noise around them.
+_SALIENT = re.compile(r"GGML_ASSERT|error|terminate called|what\(\)|exception|abort|fault", re.IGNORECASE)
+
+
+class _FrameReader(asyncio.Protocol):
+    """Cuts length-prefixed frames out of the byte stream and hands each decoded reply on."""
+
+    def __init__(self, on_reply: Callable[[protocol.Reply], None], on_broken: Callable[[str], None]) -> None:
+        self._on_reply = on_reply
+        self._on_broken = on_broken
+        self._buffer = bytearray()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        offset, size = 0, len(buffer)
+        try:
+            while size - offset >= protocol.HEADER.size:
+                start = offset + protocol.HEADER.size
+                end = start + protocol.frame_length(buffer[offset:start])
+                if end > size:
+                    break
+                reply = protocol.decode(buffer[start:end])
+                offset = end
+                self._on_reply(reply)  # type: ignore[arg-type]
+        except Exception as exc:  # a corrupt frame: nothing after it can be trusted
+            self._on_broken(f"the channel from the worker is corrupt ({type(exc).__name__}: {exc})")
+        finally:
+            del buffer[:offset]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 class WorkerProcess:
     """One worker process and the framed channel to it.
 
-    `on_reply` receives every decoded reply on the event loop; `on_exit`
-    is called once, on the event loop, when the channel closes or the process
-    ends, whichever is noticed first.
+    `on_reply` receives every decoded reply on the event loop (it must not
+    raise); `on_exit` is called once, on the event loop, when the channel
+    closes or the process ends, whichever is noticed first.
     """
 
     def __init__(
         self,
         process: subprocess.Popen[bytes],
         *,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        on_reply: Callable[[protocol.Reply], None],
         on_exit: Callable[[str], None],
         stderr_tail: collections.deque[str],
     ) -> None:
         self._process = process
-        self._reader = reader
-        self._writer = writer
-        self._on_reply = on_reply
         self._on_exit: Callable[[str], None] | None = on_exit
         self._stderr_tail = stderr_tail
+        self._killed_because: str | None = None
         self._loop = asyncio.get_running_loop()
         self._exited = asyncio.Event()
-        self._read_task = self._loop.create_task(self._read_loop())
+        self._reader: _FrameReader | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         threading.Thread(target=self._watch_exit, name="llama-isolate-watch", daemon=True).start()
 
     @classmethod
@@ -79,7 +120,7 @@ class WorkerProcess:
         """Start a worker process; it answers `Hello` once it runs."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            process = _start_process(theirs.fileno())
+            process = _start_process(theirs.fileno(), verbose)
         except BaseException:
             ours.close()
             raise
@@ -93,8 +134,12 @@ class WorkerProcess:
             name="llama-isolate-stderr",
             daemon=True,
         ).start()
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
-        return cls(process, reader=reader, writer=writer, on_reply=on_reply, on_exit=on_exit, stderr_tail=tail)
+        worker = cls(process, on_exit=on_exit, stderr_tail=tail)
+        loop = asyncio.get_running_loop()
+        _, reader = await loop.create_unix_connection(lambda: _FrameReader(on_reply, worker._broken), sock=ours)
+        worker._reader = reader
+        worker._watch_task = loop.create_task(worker._watch_channel(reader))
+        return worker
 
     @property
     def pid(self) -> int:
@@ -108,14 +153,17 @@ class WorkerProcess:
 
     def send(self, message: protocol.Command) -> None:
         """Queue one command for the worker; never blocks (the transport buffers)."""
-        if self._writer.is_closing():
+        transport = self._reader.transport if self._reader is not None else None
+        if transport is None or transport.is_closing():
             return
-        self._writer.write(protocol.encode(message))
+        transport.write(protocol.encode(message))
 
     def describe_exit(self) -> str:
-        """How the process ended, with its last stderr lines, for error messages."""
+        """How the process ended, with the telling lines of its stderr, for error messages."""
         code = self._process.poll()
-        if code is None:
+        if self._killed_because is not None:
+            what = f"the worker was killed because {self._killed_because}"
+        elif code is None:
             what = "the worker closed its channel"
         elif code < 0:
             try:
@@ -126,7 +174,9 @@ class WorkerProcess:
             what = f"the worker process was killed by {name}{hint}"
         else:
             what = f"the worker process exited with code {code}"
-        last = [line for line in self._stderr_tail if line.strip()][-3:]
+        lines = [line.strip() for line in self._stderr_tail if line.strip()]
+        salient = [line for line in lines if _SALIENT.search(line)] or lines
+        last = salient[-3:]
         return what + ("; its last output: " + " | ".join(last) if last else "")
 
     async def close(self, *, grace: float = 2.0) -> None:
@@ -135,15 +185,25 @@ class WorkerProcess:
         with contextlib.suppress(Exception):
             self.send(protocol.Shutdown())  # buffered; the transport sends it while we wait
         await self._reap(grace)
-        self._writer.close()
-        self._read_task.cancel()
-        # wait() never raises the task's own CancelledError, only ours.
-        await asyncio.wait([self._read_task])
+        if self._reader is not None and self._reader.transport is not None:
+            self._reader.transport.close()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            # wait() never raises the task's own CancelledError, only ours.
+            await asyncio.wait([self._watch_task])
 
-    def kill(self) -> None:
-        """Kill the process at once (it is reaped by the watcher thread)."""
+    def kill(self, because: str | None = None) -> None:
+        """Kill the process at once (it is reaped by the watcher thread); `because` goes into `describe_exit`."""
+        if because is not None and self._killed_because is None and self.alive:
+            self._killed_because = because
         with contextlib.suppress(ProcessLookupError):
             self._process.kill()
+
+    def _broken(self, why: str) -> None:
+        logger.error("llama_isolate: %s", why)
+        self.kill(why)
+        if self._reader is not None and self._reader.transport is not None:
+            self._reader.transport.abort()
 
     async def _reap(self, grace: float) -> None:
         # asyncio.wait, not wait_for: on Python < 3.12 wait_for can swallow the
@@ -153,20 +213,11 @@ class WorkerProcess:
         _, pending = await asyncio.wait({exited}, timeout=grace)
         if pending:
             logger.warning("worker %d did not exit within %.1f s; killing it", self.pid, grace)
-            self.kill()
+            self.kill(f"it did not exit within {grace:.1f} s of being asked to")
             await exited
 
-    async def _read_loop(self) -> None:
-        try:
-            while True:
-                header = await self._reader.readexactly(protocol.HEADER.size)
-                payload = await self._reader.readexactly(protocol.frame_length(header))
-                self._on_reply(protocol.decode(payload))  # type: ignore[arg-type]
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except Exception:
-            logger.exception("the channel from the worker broke")
-            self.kill()
+    async def _watch_channel(self, reader: _FrameReader) -> None:
+        await reader.closed
         # The channel closes a moment before the process is reaped; wait for
         # the exit so the error can say how the worker ended. A worker that
         # closed its channel but lives on is useless: kill it.
@@ -174,7 +225,7 @@ class WorkerProcess:
         _, pending = await asyncio.wait({exited}, timeout=_EXIT_AFTER_EOF_S)
         if pending:
             exited.cancel()
-            self.kill()
+            self.kill("it closed its channel but did not exit")
         self._notify_exit()
 
     def _watch_exit(self) -> None:
@@ -183,9 +234,9 @@ class WorkerProcess:
             self._loop.call_soon_threadsafe(self._on_process_exit)
 
     def _on_process_exit(self) -> None:
-        # Normally the reader reaches the end of the channel at the same
-        # moment and reports the exit after the last replies; this is the
-        # fallback for a channel that stays open (an fd leaked to a grandchild).
+        # Normally the channel ends at the same moment and reports the exit
+        # after the last replies; this is the fallback for a channel that
+        # stays open (an fd leaked to a grandchild).
         self._exited.set()
         self._loop.call_later(_EXIT_AFTER_EOF_S, self._notify_exit)
 
@@ -195,8 +246,13 @@ class WorkerProcess:
             on_exit(self.describe_exit())
 
 
-def _start_process(fd: int) -> subprocess.Popen[bytes]:
+def _start_process(fd: int, verbose: bool) -> subprocess.Popen[bytes]:
     """Fork and exec the worker; returns at once, without waiting for it to start."""
+    env = dict(os.environ)
+    if not verbose:
+        # A failed GGML_ASSERT would otherwise attach gdb and print pages of
+        # backtrace; the assertion's own line is what the error message needs.
+        env["GGML_NO_BACKTRACE"] = "1"
     return subprocess.Popen(  # noqa: S603 - our own interpreter and module
         [sys.executable, "-c", _BOOTSTRAP.format(root=_PACKAGE_ROOT, fd=fd)],
         pass_fds=(fd,),
@@ -204,6 +260,7 @@ def _start_process(fd: int) -> subprocess.Popen[bytes]:
         stdout=sys.stderr.fileno() if _has_fileno(sys.stderr) else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         close_fds=True,
+        env=env,
     )
 
 

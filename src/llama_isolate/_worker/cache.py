@@ -3,27 +3,29 @@
 A slot is one llama.cpp sequence. After a prompt ends, its slot keeps the
 conversation's KV cache (owner + tokens), so the conversation's next turn only
 processes the tokens it adds. When another conversation needs the slot, the
-owner's sequence state is copied out with `llama_state_seq_get_data` into
-`HostCache` (bounded by `ContextParams.cache_ram_mib`), and copied back in with
-`llama_state_seq_set_data` when that conversation returns: a memcpy instead of
-processing its whole history again.
+owner's sequence state is copied out (`seqstate.capture`) into `HostCache`
+(bounded by `ContextParams.cache_ram_mib`), and copied back in when that
+conversation returns: a memcpy instead of processing its whole history again.
 """
 
 from __future__ import annotations
 
 import collections
-import ctypes
 from dataclasses import dataclass, field
-
-import llama_cpp as C
 
 
 @dataclass(frozen=True)
 class ParkedState:
-    """A sequence's KV state outside the context, with the tokens it holds."""
+    """A sequence's KV state outside the context, as llama.cpp wrote it, with the tokens it holds.
+
+    `seq_id` is the sequence it was read from; `window` the length of its
+    last part that is a sliding-window cache (0 when the model has none).
+    """
 
     tokens: tuple[int, ...]
     data: bytes
+    seq_id: int = 0
+    window: int = 0
 
 
 @dataclass(eq=False)
@@ -59,25 +61,6 @@ class HostCache:
         if state is not None:
             self._used -= len(state.data)
         return state
-
-
-def copy_out(ctx: int, slot: Slot) -> ParkedState:
-    """The slot's sequence state as bytes (the KV stays in the context)."""
-    size = C.llama_state_seq_get_size(ctx, slot.seq_id)
-    buf = (ctypes.c_uint8 * size)()
-    written = C.llama_state_seq_get_data(ctx, buf, size, slot.seq_id)
-    return ParkedState(tuple(slot.tokens), bytes(buf)[:written])
-
-
-def copy_in(ctx: int, slot: Slot, state: ParkedState) -> bool:
-    """Load a parked state into the (empty) slot's sequence; False if llama.cpp refused it."""
-    if not state.data:
-        return not state.tokens
-    buf = (ctypes.c_uint8 * len(state.data)).from_buffer_copy(state.data)
-    if C.llama_state_seq_set_data(ctx, buf, len(state.data), slot.seq_id) == 0:
-        return False
-    slot.tokens = list(state.tokens)
-    return True
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

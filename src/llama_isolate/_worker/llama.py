@@ -18,6 +18,7 @@ import llama_cpp as C
 
 from .._params import ContextParams, LlamaLoad, ModelParams
 from .._protocol import ErrorKind
+from .prompt import PRIVATE_MARKER
 
 GGUF_MAGIC = b"GGUF"
 
@@ -167,6 +168,8 @@ def _load_projector(load: LlamaLoad, model: int, log: LlamaLog) -> int:
     params.n_threads = load.context_params.n_threads
     params.print_timings = False
     params.warmup = False
+    marker = PRIVATE_MARKER.encode()  # must outlive the call
+    params.media_marker = marker
     handle = M.mtmd_init_from_file(path.encode(), model, params)
     if not handle:
         detail = log.last()

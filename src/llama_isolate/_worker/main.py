@@ -16,10 +16,21 @@ The loop, one turn at a time:
    conversation's cache, shut down;
 4. run one engine step: admit prompts into free slots, decode one batch,
    sample, and send the step's tokens and completions in one write.
+
+A failure while handling one command is that command's failure (its prompt
+ends with the error, its request gets `RequestFailed`), and the loop goes on.
+A failure inside a step that no single prompt can be blamed for ends the
+running prompts with the error, and the loop goes on. Only a broken channel
+ends the worker. The worker never reports a prompt as finished when it is
+dying: the parent fails those itself when it sees the worker gone.
+
+Pings are answered by the reader thread, so a worker that is busy in a long
+decode still proves that it is alive; one that is stopped or frozen does not.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import signal
@@ -29,11 +40,20 @@ import threading
 from collections.abc import Callable
 
 from .. import _protocol as protocol
-from .cache import ParkedState
 from .engine import Engine, RequestFailure
 from .llama import LoadFailure
 
+logger = logging.getLogger("llama_isolate.worker")
+
 _WORKER_NICENESS = 5
+
+
+class _Wake:
+    """Put in the inbox when an image prompt's preparation finished: there is work again."""
+
+
+_WAKE = _Wake()
+Inbox = queue.SimpleQueue[protocol.Command | _Wake]
 
 
 class Channel:
@@ -80,6 +100,14 @@ class Channel:
     def send_now(self, message: protocol.Reply) -> None:
         """Send from the calling thread (before the writer thread runs)."""
         self._sock.sendall(protocol.encode(message))
+
+    def send_from_reader(self, message: protocol.Reply) -> None:
+        """Queue a reply from the reader thread; the writer thread sends it, after what is already queued."""
+        frame = protocol.encode(message)
+        with self._wake:
+            if not self._gone:
+                self._backlog.append(frame)
+                self._wake.notify()
 
     def flush(self) -> None:
         """Send the queued replies without blocking; the writer thread takes what does not fit."""
@@ -135,12 +163,15 @@ class Channel:
                 return
 
 
-def _read_loop(channel: Channel, inbox: queue.SimpleQueue[protocol.Command], engine: Engine) -> None:
+def _read_loop(channel: Channel, inbox: Inbox, engine: Engine) -> None:
     try:
         while True:
             command = channel.receive()
             if command is None:
                 break
+            if isinstance(command, protocol.Ping):
+                channel.send_from_reader(protocol.Pong(command.request_id))
+                continue
             inbox.put(command)
             # Put first, flag second: whoever sees the flag finds the Cancel
             # queued. Every Cancel raises the flag, even for a prompt not yet
@@ -151,14 +182,14 @@ def _read_loop(channel: Channel, inbox: queue.SimpleQueue[protocol.Command], eng
             elif isinstance(command, protocol.Shutdown):
                 engine.abort_flag.set()
                 return
-    except OSError:
-        pass
+    except (OSError, ValueError) as exc:  # ValueError: a corrupt frame from the parent
+        if not isinstance(exc, OSError):
+            logger.error("the channel from the parent is corrupt: %s", exc)
     inbox.put(protocol.Shutdown())
     engine.abort_flag.set()
 
 
-def _serve(channel: Channel, engine: Engine) -> None:
-    inbox: queue.SimpleQueue[protocol.Command] = queue.SimpleQueue()
+def _serve(channel: Channel, engine: Engine, inbox: Inbox) -> None:
     threading.Thread(target=_read_loop, args=(channel, inbox, engine), name="reader", daemon=True).start()
     while True:
         engine.abort_flag.clear()  # 1
@@ -171,28 +202,43 @@ def _serve(channel: Channel, engine: Engine) -> None:
         for command in commands:  # 3
             if not _apply(command, engine, channel):
                 return
-        engine.step()  # 4
+        try:  # 4
+            engine.step()
+        except Exception as exc:
+            logger.exception("an engine step failed")
+            engine.fail_running(f"the worker failed while decoding ({type(exc).__name__}: {exc})")
         channel.flush()
 
 
-def _apply(command: protocol.Command, engine: Engine, channel: Channel) -> bool:
-    """Carry out one command; False means shut down."""
-    match command:
-        case protocol.Submit():
-            engine.submit(command)
-        case protocol.Cancel(prompt_ids=ids, reason=reason):
-            engine.cancel(ids, reason)
-        case protocol.DropScope(scope_key=key):
-            engine.drop_scope(key)
-        case protocol.Embed(request_id=rid, text=text, normalize=normalize):
-            _answer(channel, rid, lambda: protocol.Embedding(rid, engine.embed(text, normalize)))
-        case protocol.SaveScope(request_id=rid, scope_key=key):
-            _answer(channel, rid, lambda: _scope_state(rid, engine.save_scope(key)))
-        case protocol.LoadScope(request_id=rid, scope_key=key, tokens=tokens, data=data):
-            _answer(channel, rid, lambda: _loaded(rid, engine, key, ParkedState(tokens, data)))
-        case protocol.Shutdown():
-            return False
+def _apply(command: protocol.Command | _Wake, engine: Engine, channel: Channel) -> bool:
+    """Carry out one command; False means shut down. A failure is the command's own."""
+    try:
+        match command:
+            case protocol.Submit():
+                engine.submit(command)
+            case protocol.Cancel(prompt_ids=ids, reason=reason):
+                engine.cancel(ids, reason)
+            case protocol.DropScope(scope_key=key):
+                engine.drop_scope(key)
+            case protocol.Embed(request_id=rid, text=text, normalize=normalize):
+                _answer(channel, rid, lambda: protocol.Embedding(rid, engine.embed(text, normalize)))
+            case protocol.SaveScope(request_id=rid, scope_key=key):
+                _answer(channel, rid, lambda: _with_id(engine.save_scope(key), rid))
+            case protocol.LoadScope(request_id=rid, scope_key=key, tokens=tokens, data=data):
+                _answer(channel, rid, lambda: _loaded(rid, engine, key, tokens, data))
+            case protocol.Shutdown():
+                return False
+    except Exception as exc:
+        logger.exception("handling %s failed", type(command).__name__)
+        _fail(channel, command, f"the worker could not handle it ({type(exc).__name__}: {exc})")
     return True
+
+
+def _fail(channel: Channel, command: protocol.Command | _Wake, error: str) -> None:
+    if isinstance(command, protocol.Submit):
+        channel.send(protocol.Finished.failed(command.prompt_id, error))
+    elif isinstance(command, protocol.Embed | protocol.SaveScope | protocol.LoadScope):
+        channel.send(protocol.RequestFailed(command.request_id, "internal", error))
 
 
 def _answer(channel: Channel, request_id: int, work: Callable[[], protocol.Reply]) -> None:
@@ -202,12 +248,12 @@ def _answer(channel: Channel, request_id: int, work: Callable[[], protocol.Reply
         channel.send(protocol.RequestFailed(request_id, exc.kind, exc.message))
 
 
-def _scope_state(request_id: int, state: ParkedState) -> protocol.Reply:
+def _with_id(state: protocol.ScopeState, request_id: int) -> protocol.Reply:
     return protocol.ScopeState(request_id, state.tokens, state.data)
 
 
-def _loaded(request_id: int, engine: Engine, key: str, state: ParkedState) -> protocol.Reply:
-    engine.load_scope(key, state)
+def _loaded(request_id: int, engine: Engine, key: str, tokens: tuple[int, ...], data: bytes) -> protocol.Reply:
+    engine.load_scope(key, tokens, data)
     return protocol.RequestDone(request_id)
 
 
@@ -239,8 +285,9 @@ def main(fd: int) -> None:
     command = channel.receive()
     if not isinstance(command, protocol.Load):
         return
+    inbox: Inbox = queue.SimpleQueue()
     try:
-        engine = Engine(command.load, channel.send, _ProgressReporter(channel))
+        engine = Engine(command.load, channel.send, _ProgressReporter(channel), wake=lambda: inbox.put(_WAKE))
     except LoadFailure as exc:
         channel.send_now(protocol.LoadFailed(exc.kind, exc.message))
         return
@@ -250,7 +297,7 @@ def main(fd: int) -> None:
     channel.send_now(protocol.Loaded(engine.info()))
     writer = channel.start_writer()
     try:
-        _serve(channel, engine)
+        _serve(channel, engine, inbox)
     finally:
         engine.close()
         channel.finish(writer)

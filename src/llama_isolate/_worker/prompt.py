@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+PRIVATE_MARKER = f"<__llama_isolate_image_{secrets.token_hex(8)}__>"
+"""Where an image is in a prompt given to mtmd; made up afresh in each worker process (see `vision`)."""
 
 
 @dataclass(eq=False)

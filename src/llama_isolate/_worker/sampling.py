@@ -1,23 +1,131 @@
-"""SamplerParams -> a llama.cpp sampler chain; all per-token sampling stays in C."""
+"""SamplerParams -> one prompt's `Sampler`: llama.cpp's sampler chain, and its grammar kept apart.
+
+Without a grammar, a token is sampled by `llama_sampler_sample`, all in C.
+
+A grammar cannot be trusted inside that call: when the grammar allows no
+token at all (an unsatisfiable rule, or a dead end after some output),
+llama.cpp picks one anyway and then throws a C++ exception while accepting
+it, which no Python code can catch: the whole worker aborts. So a grammar is
+a separate sampler, applied first to the full candidate list; when it leaves
+nothing, the prompt fails with a clear error instead. A grammar whose very
+first step accepts nothing is refused before the prompt starts.
+"""
 
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 import llama_cpp as C
+import numpy as np
 
 from .._params import SamplerParams
 
 _RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp draws a fresh seed
 _MIROSTAT_M = 100  # candidates Mirostat 1 estimates s_hat from (llama.cpp's value)
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
 
 class GrammarError(ValueError):
-    """The GBNF grammar did not parse."""
+    """The GBNF grammar did not parse, or accepts nothing."""
 
 
-def build_sampler(params: SamplerParams, *, vocab: int, n_vocab: int, n_ctx: int) -> int:
-    """A new sampler chain for one prompt; the caller frees it with `llama_sampler_free`."""
+class NoCandidate(Exception):
+    """Sampling found no token to take (the grammar allows none, or there were no logits)."""
+
+
+class Candidates:
+    """A reusable `llama_token_data_array` over the whole vocabulary, filled from logits with numpy."""
+
+    def __init__(self, n_vocab: int) -> None:
+        self._n = n_vocab
+        self._data = (C.llama_token_data * n_vocab)()
+        self._view: Any = np.frombuffer(self._data, dtype=_TOKEN_DATA)
+        self._ids = np.arange(n_vocab, dtype=np.int32)
+        self.array = C.llama_token_data_array(self._data, n_vocab, -1, False)
+
+    def fill(self, logits: Any) -> None:
+        """Every token with its logit (a ctypes float pointer of `n_vocab` values), unsorted."""
+        self._view["id"] = self._ids
+        self._view["logit"] = np.ctypeslib.as_array(logits, shape=(self._n,))
+        self._view["p"] = 0.0
+        self.array.data = self._data
+        self.array.size = self._n
+        self.array.selected = -1
+        self.array.sorted = False
+
+    def fill_uniform(self) -> None:
+        """Every token with logit 0 (to ask a grammar what it accepts at all)."""
+        self._view["id"] = self._ids
+        self._view["logit"] = 0.0
+        self.array.size = self._n
+        self.array.selected = -1
+        self.array.sorted = False
+
+    def any_allowed(self) -> bool:
+        """True if some candidate still has a finite logit."""
+        return bool(np.isfinite(self._view["logit"][: self.array.size]).any())
+
+    def selected(self) -> int:
+        """The token the chain chose."""
+        index = self.array.selected
+        if index < 0 or index >= self.array.size:
+            raise NoCandidate("the sampler chain selected no token")
+        return int(self.array.data[index].id)
+
+
+class Sampler:
+    """One prompt's sampling: the chain, and the grammar (if any) applied before it."""
+
+    def __init__(self, params: SamplerParams, *, vocab: int, n_vocab: int, n_ctx: int) -> None:
+        self._grammar = 0
+        self._candidates: Candidates | None = None
+        if params.grammar is not None:
+            self._grammar = C.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
+            if not self._grammar:
+                raise GrammarError("SamplerParams.grammar is not valid GBNF with a 'root' rule")
+            self._candidates = Candidates(n_vocab)
+            self._candidates.fill_uniform()
+            C.llama_sampler_apply(self._grammar, ctypes.byref(self._candidates.array))
+            if not self._candidates.any_allowed():
+                C.llama_sampler_free(self._grammar)
+                raise GrammarError("SamplerParams.grammar accepts no first token: no output can match it")
+        try:
+            self._chain = _chain(params, vocab=vocab, n_vocab=n_vocab, n_ctx=n_ctx)
+        except BaseException:
+            if self._grammar:
+                C.llama_sampler_free(self._grammar)
+            raise
+
+    def sample(self, ctx: int, index: int) -> int:
+        """The next token from the logits at batch `index`; raises `NoCandidate` if there is none to take."""
+        logits = C.llama_get_logits_ith(ctx, index)
+        if not logits:
+            raise NoCandidate("llama.cpp has no logits for this sequence")
+        if self._candidates is None:
+            return int(C.llama_sampler_sample(self._chain, ctx, index))
+        candidates = self._candidates
+        candidates.fill(logits)
+        C.llama_sampler_apply(self._grammar, ctypes.byref(candidates.array))
+        if not candidates.any_allowed():
+            raise NoCandidate("the grammar allows no token here: it cannot be completed from this output")
+        C.llama_sampler_apply(self._chain, ctypes.byref(candidates.array))
+        token = candidates.selected()
+        C.llama_sampler_accept(self._grammar, token)
+        C.llama_sampler_accept(self._chain, token)
+        return token
+
+    def free(self) -> None:
+        """Release the C samplers; idempotent."""
+        if self._chain:
+            C.llama_sampler_free(self._chain)
+            self._chain = 0
+        if self._grammar:
+            C.llama_sampler_free(self._grammar)
+            self._grammar = 0
+
+
+def _chain(params: SamplerParams, *, vocab: int, n_vocab: int, n_ctx: int) -> int:
     chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
     try:
         for stage in _stages(params, vocab=vocab, n_vocab=n_vocab, n_ctx=n_ctx):
@@ -29,14 +137,9 @@ def build_sampler(params: SamplerParams, *, vocab: int, n_vocab: int, n_ctx: int
 
 
 def _stages(params: SamplerParams, *, vocab: int, n_vocab: int, n_ctx: int) -> list[int]:
-    """The chain's stages in llama.cpp's usual order; off stages are left out."""
+    """The chain's stages in llama.cpp's usual order (after the grammar); off stages are left out."""
     seed = _RANDOM_SEED if params.seed is None else params.seed
     stages: list[int] = []
-    if params.grammar is not None:
-        grammar = C.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
-        if not grammar:
-            raise GrammarError("SamplerParams.grammar is not valid GBNF with a 'root' rule")
-        stages.append(grammar)
     last_n = n_ctx if params.repeat_last_n == -1 else params.repeat_last_n
     if params.repeat_penalty != 1.0 or params.frequency_penalty or params.presence_penalty:
         stages.append(

@@ -9,6 +9,12 @@ In the slot's token list an image occupies its positions as placeholder ids:
 negative numbers derived from the image's content hash, so the prefix match
 that reuses a conversation's KV cache also recognises an image it already
 holds and does not encode it again.
+
+mtmd splits the prompt at a marker string. The public `MEDIA_MARKER` is
+what callers write; the worker gives mtmd a private marker instead, made up
+afresh in each worker process, and puts it only where a turn really has an
+image. So a text turn that merely mentions ``<__media__>`` stays text, and
+no prompt text can forge an image position.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import llama_cpp.mtmd_cpp as M
 
 from .._images import MEDIA_MARKER
 from .llama import LoadFailure
-from .prompt import ImageChunk, Item, Prompt
+from .prompt import PRIVATE_MARKER, ImageChunk, Item, Prompt
 
 _PLACEHOLDER_SPACE = 2**31 - 2
 
@@ -34,11 +40,9 @@ class ImageError(Exception):
 class Vision:
     """The loaded projector: turns text with media markers and images into items."""
 
-    def __init__(self, mtmd: int) -> None:
+    def __init__(self, mtmd: int, max_pixels: int) -> None:
         self._mtmd = mtmd
-        marker = (M.mtmd_default_marker() or b"").decode()
-        if marker != MEDIA_MARKER:  # pragma: no cover - a llama.cpp that changed its marker
-            raise LoadFailure("invalid_mmproj", f"mtmd's media marker is {marker!r}, not {MEDIA_MARKER!r}")
+        self._max_pixels = max_pixels
         if M.mtmd_decode_use_mrope(mtmd):
             raise LoadFailure(
                 "invalid_mmproj", "this projector needs M-RoPE positions (Qwen-VL family), which are not supported yet"
@@ -48,14 +52,27 @@ class Vision:
                 "invalid_mmproj", "this projector has no vision encoder (audio-only projectors are not supported)"
             )
 
-    def tokenize(self, text: str, images: Sequence[tuple[str, bytes]], *, parse_special: bool) -> Prompt:
-        """Split `text` at its media markers and put `images` there, in order; raises `ImageError`."""
-        if text.count(MEDIA_MARKER) != len(images):
+    @staticmethod
+    def mark(content: str, n_images: int) -> str:
+        """A turn's content with its `n_images` public markers made private (a turn without images keeps its text)."""
+        if n_images == 0:
+            return content
+        if content.count(MEDIA_MARKER) != n_images:
             raise ImageError(
-                f"the prompt has {text.count(MEDIA_MARKER)} image markers ({MEDIA_MARKER}) but {len(images)} images"
+                f"a turn has {content.count(MEDIA_MARKER)} image markers ({MEDIA_MARKER}) for {n_images} images"
             )
-        bitmaps = [self._bitmap(name, data) for name, data in images]
+        return content.replace(MEDIA_MARKER, PRIVATE_MARKER)
+
+    def tokenize(self, text: str, images: Sequence[tuple[str, bytes]], *, parse_special: bool) -> Prompt:
+        """Split `text` at its private markers and put `images` there, in order; raises `ImageError`."""
+        if text.count(PRIVATE_MARKER) != len(images):
+            raise ImageError(f"the prompt has {text.count(PRIVATE_MARKER)} image positions for {len(images)} images")
+        if "\x00" in text:
+            raise ImageError("a prompt with images must not contain NUL characters (mtmd reads it as a C string)")
+        bitmaps: list[int] = []
         try:
+            for name, data in images:
+                bitmaps.append(self._bitmap(name, data))
             return self._chunks(text, bitmaps, [_digest(data) for _, data in images], parse_special)
         finally:
             for bitmap in bitmaps:
@@ -66,6 +83,12 @@ class Vision:
         bitmap = M.mtmd_helper_bitmap_init_from_buf(self._mtmd, buf, len(data), False)
         if not bitmap:
             raise ImageError(f"image {name!r} could not be decoded (not a PNG, JPEG, BMP or GIF, or corrupt)")
+        width, height = int(M.mtmd_bitmap_get_nx(bitmap)), int(M.mtmd_bitmap_get_ny(bitmap))
+        if width * height > self._max_pixels:
+            M.mtmd_bitmap_free(bitmap)
+            raise ImageError(
+                f"image {name!r} is {width}x{height} pixels, more than LlamaLoad.max_image_pixels ({self._max_pixels})"
+            )
         return int(bitmap)
 
     def _chunks(self, text: str, bitmaps: list[int], digests: list[int], parse_special: bool) -> Prompt:

@@ -1,0 +1,118 @@
+"""The completion ledger: one future and one event per prompt, and the fan-out of tokens.
+
+Every prompt id the parent hands out is opened here and completed exactly
+once; completing it again is a no-op, so a late reply from the worker can
+never produce a second event. The last `keep` events stay answerable by
+`wait_for_completion` after the fact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+
+from . import _protocol as protocol
+from ._events import CompletionEvent, CompletionTimings, FinishReason
+from ._queue import PromptRecord
+from ._streams import EventStream, TokenStream
+
+
+class CompletionLedger:
+    """Futures of unfinished prompts, the most recent events, and the streams they go to."""
+
+    def __init__(self, *, keep: int, stream: TokenStream, completions: EventStream[CompletionEvent]) -> None:
+        self._keep = keep
+        self._stream = stream
+        self._completions = completions
+        self._futures: dict[str, asyncio.Future[CompletionEvent]] = {}
+        self._events: collections.OrderedDict[str, CompletionEvent] = collections.OrderedDict()
+
+    def open(self, record: PromptRecord) -> None:
+        """Start tracking a prompt (on the running loop)."""
+        self._futures[record.id] = asyncio.get_running_loop().create_future()
+
+    def is_open(self, prompt_id: str) -> bool:
+        """True until the prompt's event was emitted."""
+        return prompt_id in self._futures
+
+    @property
+    def open_count(self) -> int:
+        """Prompts without an event yet."""
+        return len(self._futures)
+
+    def token(self, record: PromptRecord, text: str) -> None:
+        """One piece of a prompt's text: kept for its event, and sent to the streams."""
+        if record.first_token is None:
+            record.first_token = time.monotonic()
+        record.pieces.append(text)
+        self._stream._emit(text)
+        if record.scope is not None:
+            record.scope.stream._emit(text)
+
+    def complete(
+        self,
+        record: PromptRecord,
+        reason: FinishReason,
+        error: str | None = None,
+        stats: protocol.Finished | None = None,
+    ) -> CompletionEvent | None:
+        """Emit the prompt's event, once; returns it, or None if it was already completed."""
+        future = self._futures.pop(record.id, None)
+        if future is None:
+            return None
+        event = _event(record, reason, error, stats)
+        self._events[record.id] = event
+        while len(self._events) > self._keep:
+            self._events.popitem(last=False)
+        if not future.done():
+            future.set_result(event)
+        self._completions._emit(event)
+        if record.scope is not None:
+            record.scope.completions._emit(event)
+        return event
+
+    async def wait(self, prompt_id: str) -> CompletionEvent:
+        """The prompt's event, now or once it comes; `KeyError` for an id unknown or forgotten."""
+        event = self._events.get(prompt_id)
+        if event is not None:
+            return event
+        future = self._futures.get(prompt_id)
+        if future is None:
+            raise KeyError(
+                f"unknown prompt id {prompt_id!r} (never sent, or older than the last keep_completed events)"
+            )
+        return await asyncio.shield(future)
+
+    async def wait_all(self, prompt_ids: list[str]) -> None:
+        """Return once every one of these prompts has its event (shielded from cancellation)."""
+        futures = [self._futures[pid] for pid in prompt_ids if pid in self._futures]
+        if futures:
+            await asyncio.shield(asyncio.gather(*futures))
+
+
+def _event(
+    record: PromptRecord, reason: FinishReason, error: str | None, stats: protocol.Finished | None
+) -> CompletionEvent:
+    now = time.monotonic()
+    stats = stats or protocol.Finished(prompt_id=record.id, finish_reason=reason)
+    generation_s = stats.generation_s
+    return CompletionEvent(
+        prompt_id=record.id,
+        success=reason != "error",
+        error=error if reason == "error" else None,
+        text=record.reply,
+        finish_reason=reason,
+        scope_id=None if record.scope is None else record.scope.id,
+        prompt_tokens=stats.prompt_tokens,
+        cached_tokens=stats.cached_tokens,
+        dropped_turns=stats.dropped_turns,
+        completion_tokens=stats.completion_tokens,
+        timings=CompletionTimings(
+            queued_s=(record.started or now) - record.submitted,
+            first_token_s=None if record.first_token is None else record.first_token - record.submitted,
+            total_s=now - record.submitted,
+            prompt_eval_s=stats.prompt_eval_s,
+            tokens_per_second=stats.completion_tokens / generation_s if generation_s > 0 else 0.0,
+        ),
+    )

@@ -1,0 +1,128 @@
+"""The prompts a parent knows of, and which may start next.
+
+`PromptQueue` is pure bookkeeping (no I/O, no event loop): prompts wait in
+send order; one starts when a slot is free and its conversation has nothing
+running (it needs that reply in its history), so prompts of other
+conversations may pass a waiting one.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ._errors import LlamaQueueFull
+from ._events import CompletionEvent
+from ._images import LlamaImage
+from ._params import SamplerParams
+from ._streams import EventStream, TokenStream
+
+
+class Conversation(Protocol):
+    """What a prompt needs of the scope it was sent through (`LlamaScope` is one)."""
+
+    id: str
+    messages: list[dict[str, Any]]
+    stream: TokenStream
+    completions: EventStream[CompletionEvent]
+
+
+@dataclass(eq=False)
+class PromptRecord:
+    """The parent's record of one prompt, from send to completion event."""
+
+    id: str
+    scope: Conversation | None
+    text: str
+    sampler: SamplerParams
+    max_tokens: int
+    images: tuple[LlamaImage, ...] = ()
+    submitted: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    first_token: float | None = None
+    pieces: list[str] = field(default_factory=list)
+    history_len: int | None = None  # len(history) before our user turn, once dispatched
+
+    @property
+    def reply(self) -> str:
+        """The text generated so far."""
+        return "".join(self.pieces)
+
+    @property
+    def scope_key(self) -> str:
+        """The conversation's key in the worker ("" for the parent's own)."""
+        return "" if self.scope is None else self.scope.id
+
+
+class PromptQueue:
+    """Waiting prompts in send order, and the running ones (at most `slots`).
+
+    Example::
+
+        queue = PromptQueue(slots=1, max_queue=None)
+        queue.push(record)
+        started = queue.pop_next()  # record, now running
+        queue.finish(started.id)
+    """
+
+    def __init__(self, *, slots: int, max_queue: int | None) -> None:
+        self._slots = slots
+        self._max_queue = max_queue
+        self._waiting: collections.deque[PromptRecord] = collections.deque()
+        self.running: dict[str, PromptRecord] = {}
+
+    def __len__(self) -> int:
+        """Prompts waiting to start."""
+        return len(self._waiting)
+
+    def __iter__(self) -> Iterator[PromptRecord]:
+        """Every prompt not finished: the waiting ones in order, then the running ones."""
+        yield from list(self._waiting)
+        yield from list(self.running.values())
+
+    def push(self, record: PromptRecord) -> None:
+        """Queue `record` last; raises `LlamaQueueFull` (and queues nothing) beyond `max_queue`."""
+        if self._max_queue is not None and len(self._waiting) >= self._max_queue:
+            raise LlamaQueueFull(f"{len(self._waiting)} prompts are waiting (max_queue={self._max_queue})")
+        self._waiting.append(record)
+
+    def pop_next(self) -> PromptRecord | None:
+        """The first waiting prompt that may start now, moved to the running ones; None if none may."""
+        if len(self.running) >= self._slots:
+            return None
+        busy = {record.scope_key for record in self.running.values()}
+        for record in self._waiting:
+            if record.scope_key not in busy:
+                self._waiting.remove(record)
+                self.running[record.id] = record
+                return record
+        return None
+
+    def finish(self, prompt_id: str) -> PromptRecord | None:
+        """Forget a running prompt; returns it, or None if it was not running."""
+        return self.running.pop(prompt_id, None)
+
+    def remove_waiting(self, which: Callable[[PromptRecord], bool]) -> list[PromptRecord]:
+        """Take the waiting prompts `which` selects out of the queue, in order."""
+        taken = [record for record in self._waiting if which(record)]
+        for record in taken:
+            self._waiting.remove(record)
+        return taken
+
+    def running_of(self, scope_key: str) -> list[PromptRecord]:
+        """The running prompts of one conversation."""
+        return [record for record in self.running.values() if record.scope_key == scope_key]
+
+    def has_scope(self, scope_key: str) -> bool:
+        """True while the conversation has a prompt waiting or running."""
+        return any(record.scope_key == scope_key for record in self)
+
+    def drain(self) -> list[PromptRecord]:
+        """Every unfinished prompt (waiting first, in order), all forgotten."""
+        records = list(self)
+        self._waiting.clear()
+        self.running.clear()
+        return records

@@ -1,0 +1,120 @@
+"""Batch building: which tokens of which sequences go into the next `llama_decode`.
+
+Generating sequences come first, one token each; then chunks of prompts
+still being read, in admission order, up to `n_batch` tokens. While anything
+generates, a prompt is read in short chunks, so the others' next tokens are
+never more than one short chunk away.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import llama_cpp as C
+
+from .. import _protocol as protocol
+from .cache import Slot
+from .prompt import ImageChunk, Item, Prompt
+from .sampling import Sampler
+from .text import Detokenizer
+
+# While other sequences generate, a new prompt is read in chunks this small.
+PROMPT_CHUNK_WHILE_GENERATING = 64
+
+Entry = tuple[int, int, int, bool]  # token, position, sequence id, wants logits
+
+
+@dataclass(eq=False)
+class Running:
+    """One prompt being processed in one slot."""
+
+    request: protocol.Submit
+    slot: Slot
+    prompt: Prompt  # owns the mtmd chunks that image items point into
+    pending: collections.deque[Item]  # prompt tokens and images not decoded yet
+    n_prompt: int  # prompt positions to process (after the cached prefix)
+    n_cached: int  # prompt tokens reused from the slot's cache
+    n_dropped: int  # oldest messages left out to fit the context
+    sampler: Sampler
+    detok: Detokenizer
+    generated: int = 0
+    next_token: int | None = None  # sampled, to be decoded next step
+    started: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+    # this step's share of the batch:
+    batch_tokens: list[int] = field(default_factory=list)
+    logits_index: int = -1
+
+    @property
+    def n_past(self) -> int:
+        return len(self.slot.tokens)
+
+
+class Batch:
+    """One reusable `llama_batch` of up to `capacity` tokens."""
+
+    def __init__(self, capacity: int, n_batch: int) -> None:
+        self.handle = C.llama_batch_init(capacity, 0, 1)
+        self._n_batch = n_batch
+
+    def fill(self, entries: list[Entry]) -> None:
+        """Make the batch hold exactly `entries`."""
+        batch = self.handle
+        for i, (token, pos, seq_id, logits) in enumerate(entries):
+            batch.token[i] = token
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq_id
+            batch.logits[i] = logits
+        batch.n_tokens = len(entries)
+
+    def schedule(self, running: Iterable[Running]) -> list[Running]:
+        """Fill the batch for one step; returns the sequences in it (each knows its share)."""
+        runs = list(running)
+        entries: list[Entry] = []
+        scheduled: list[Running] = []
+        generating = [r for r in runs if r.next_token is not None]
+        for run in generating:
+            assert run.next_token is not None
+            run.batch_tokens, run.logits_index = [run.next_token], len(entries)
+            entries.append((run.next_token, run.n_past, run.slot.seq_id, True))
+            scheduled.append(run)
+        budget = self._n_batch - len(entries)
+        if generating:
+            budget = min(budget, PROMPT_CHUNK_WHILE_GENERATING)
+        for run in runs:
+            if run.next_token is not None or not run.pending or budget <= 0:
+                continue
+            chunk = leading_tokens(run.pending, budget)
+            if not chunk:
+                continue  # an image comes next: evaluated at the start of the next step
+            done = len(chunk) == len(run.pending)
+            start = run.n_past
+            entries.extend((tok, start + i, run.slot.seq_id, False) for i, tok in enumerate(chunk))
+            if done:
+                entries[-1] = (*entries[-1][:3], True)
+            run.batch_tokens, run.logits_index = chunk, len(entries) - 1 if done else -1
+            budget -= len(chunk)
+            scheduled.append(run)
+        self.fill(entries)
+        return scheduled
+
+    def free(self) -> None:
+        """Release the batch; idempotent."""
+        if self.handle is not None:
+            C.llama_batch_free(self.handle)
+            self.handle = None
+
+
+def leading_tokens(pending: collections.deque[Item], limit: int) -> list[int]:
+    """Up to `limit` text tokens from the front of `pending`, stopping at an image."""
+    tokens: list[int] = []
+    for item in itertools.islice(pending, limit):
+        if isinstance(item, ImageChunk):
+            break
+        tokens.append(item)
+    return tokens
