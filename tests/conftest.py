@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psutil
 import pytest
+from PIL import Image
 
 from llama_isolate import (
     ContextParams,
     EventStream,
+    LlamaImage,
     LlamaLoad,
     LlamaParent,
     SamplerParams,
     default_model_path,
 )
+from llama_isolate.testing import make_tiny_vlm
 
 GREEDY = SamplerParams(greedy=True)
 
@@ -71,3 +75,32 @@ async def embedding_parent(model_path: Path) -> AsyncIterator[LlamaParent]:
         yield p
     finally:
         await p.dispose()
+
+
+def picture(color: tuple[int, int, int], fmt: str = "PNG", size: tuple[int, int] = (48, 36)) -> LlamaImage:
+    image = Image.new("RGB", size, color)
+    for x in range(size[0]):  # a diagonal, so that the picture is not flat
+        image.putpixel((x, x % size[1]), (255 - color[0], 255 - color[1], 128))
+    data = io.BytesIO()
+    image.save(data, fmt)
+    return LlamaImage.from_bytes(data.getvalue(), name=f"{fmt.lower()}-{color}")
+
+
+RED, BLUE = picture((200, 20, 20)), picture((20, 20, 200))
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_tiny_vlm(tmp_path_factory.mktemp("vlm"))
+
+
+def vlm_load(tiny_vlm: tuple[Path, Path], *, max_image_pixels: int = 2**25, **context: int) -> LlamaLoad:
+    """The tiny vision model (no chat template) with greedy sampling."""
+    model, mmproj = tiny_vlm
+    return LlamaLoad(
+        path=model,
+        mmproj_path=mmproj,
+        sampler_params=GREEDY,
+        context_params=ContextParams(n_ctx=512, **context),
+        max_image_pixels=max_image_pixels,
+    )

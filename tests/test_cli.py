@@ -15,7 +15,7 @@ import pytest
 
 from llama_isolate._cli import ProgressBar
 
-from .test_images import RED
+from .conftest import RED
 
 CLI = [sys.executable, "-m", "llama_isolate"]
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from llama_isolate import (
     MEDIA_MARKER,
@@ -22,33 +20,9 @@ from llama_isolate import (
 )
 from llama_isolate.testing import TinyVisionShape, make_tiny_vlm
 
-from .conftest import GREEDY
+from .conftest import BLUE, GREEDY, RED, picture, vlm_load
 
 IMAGE_TOKENS = TinyVisionShape().n_patches
-
-
-def picture(color: tuple[int, int, int], fmt: str = "PNG", size: tuple[int, int] = (48, 36)) -> LlamaImage:
-    image = Image.new("RGB", size, color)
-    for x in range(size[0]):  # a diagonal, so that the picture is not flat
-        image.putpixel((x, x % size[1]), (255 - color[0], 255 - color[1], 128))
-    data = io.BytesIO()
-    image.save(data, fmt)
-    return LlamaImage.from_bytes(data.getvalue(), name=f"{fmt.lower()}-{color}")
-
-
-RED, BLUE = picture((200, 20, 20)), picture((20, 20, 200))
-
-
-@pytest.fixture(scope="session")
-def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return make_tiny_vlm(tmp_path_factory.mktemp("vlm"))
-
-
-def vlm_load(tiny_vlm: tuple[Path, Path], **context: int) -> LlamaLoad:
-    model, mmproj = tiny_vlm
-    return LlamaLoad(
-        path=model, mmproj_path=mmproj, sampler_params=GREEDY, context_params=ContextParams(n_ctx=512, **context)
-    )
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import collections.abc
 import contextlib
 import logging
 import os
@@ -45,6 +46,8 @@ _EXIT_AFTER_EOF_S = 1.0
 # Lines of a dying worker's stderr that say why (an assertion, a C++ exception,
 # a Python traceback's last line), as opposed to the noise around them.
 _SALIENT = re.compile(r"GGML_ASSERT|error|terminate called|what\(\)|exception|abort|fault", re.IGNORECASE)
+# What a debugger attached by ggml's backtrace prints (without GGML_NO_BACKTRACE).
+_NOISE = re.compile(r"^#\d+ +0x|^\[Inferior|No such file or directory|^\[New LWP|^\[Thread debugging")
 
 
 class _FrameReader(asyncio.Protocol):
@@ -174,9 +177,7 @@ class WorkerProcess:
             what = f"the worker process was killed by {name}{hint}"
         else:
             what = f"the worker process exited with code {code}"
-        lines = [line.strip() for line in self._stderr_tail if line.strip()]
-        salient = [line for line in lines if _SALIENT.search(line)] or lines
-        last = salient[-3:]
+        last = telling_lines(self._stderr_tail)
         return what + ("; its last output: " + " | ".join(last) if last else "")
 
     async def close(self, *, grace: float = 2.0) -> None:
@@ -244,6 +245,13 @@ class WorkerProcess:
         on_exit, self._on_exit = self._on_exit, None
         if on_exit is not None:
             on_exit(self.describe_exit())
+
+
+def telling_lines(lines: collections.abc.Iterable[str], keep: int = 3) -> list[str]:
+    """The last `keep` lines of a dying worker's stderr that say why it died (else its last lines)."""
+    kept = [line.strip() for line in lines if line.strip()]
+    salient = [line for line in kept if _SALIENT.search(line) and not _NOISE.search(line)]
+    return (salient or kept)[-keep:]
 
 
 def _start_process(fd: int, verbose: bool) -> subprocess.Popen[bytes]:

@@ -154,7 +154,8 @@ def make_tiny_model(
 
     About 0.3 MB with the default shape; byte-level SentencePiece vocabulary
     (any text tokenizes); no chat template, so prompts are plain text
-    completion. The same `seed` writes the same file.
+    completion. The same `seed` writes the same file. `directory` is created
+    if it does not exist.
 
     Example::
 
@@ -162,6 +163,7 @@ def make_tiny_model(
     """
     gguf, np = _require()
     shape = shape or TinyTextShape()
+    Path(directory).mkdir(parents=True, exist_ok=True)
     path = Path(directory) / name
     tokens, scores, types = _vocab()
     writer = gguf.GGUFWriter(str(path), "llama")

@@ -1,0 +1,229 @@
+"""Hostile input is normal input: whatever a caller sends, the worker keeps serving.
+
+Each case here once killed the worker or wedged the parent. Now the request
+that was wrong gets a clear, typed error naming what was wrong, the worker's
+pid does not change, and every other request carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+from llama_isolate import (
+    MEDIA_MARKER,
+    LlamaImage,
+    LlamaParent,
+    LlamaStateError,
+    LlamaStatus,
+    SamplerParams,
+)
+
+from .conftest import RED, first_token, greedy_load, vlm_load
+
+UNSATISFIABLE = r"root ::= [^\x00-\U0010FFFF]"
+
+
+def png_header(width: int, height: int, rows: int = 0) -> bytes:
+    """A grayscale PNG that says it is `width` x `height`, with `rows` real rows of pixels (0: just the header)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    compressor = zlib.compressobj(9)
+    row = b"\x00" + bytes(width)
+    pixels = b"".join(compressor.compress(row) for _ in range(rows)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+async def still_serving(parent: LlamaParent, pid: int | None) -> None:
+    """The same worker answers a fresh prompt."""
+    assert parent.worker_pid == pid
+    event = await parent.wait_for_completion(await parent.get_scope().send_prompt("Hi", max_tokens=3))
+    assert event.success, event.error
+    assert parent.status is LlamaStatus.READY
+
+
+# ---------------------------------------------------------------- malformed conversations
+
+
+@pytest.mark.parametrize(
+    ("entry", "named"),
+    [
+        ({"content": "no role"}, "has no 'role'"),
+        ({"role": "user"}, "has no 'content'"),
+        ({"role": 3, "content": "x"}, r"\['role'\] must be a str"),
+        ({"role": "user", "content": "x", "images": "nope"}, r"\['images'\] must be a sequence"),
+        ({"role": "user", "content": "x", "images": [b"png"]}, r"\['images'\]\[0\] must be a LlamaImage"),
+        ("just text", "must be a dict"),
+    ],
+)
+async def test_a_malformed_message_is_a_value_error_naming_it(parent: LlamaParent, entry: object, named: str) -> None:
+    pid = parent.worker_pid
+    scope = parent.get_scope()
+    scope.messages.append(entry)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=named):
+        await scope.send_prompt("Hello")
+    assert parent.queue_length == 0 and not parent.is_generating
+    await still_serving(parent, pid)
+
+
+async def test_a_conversation_broken_while_its_prompt_waits_fails_that_prompt_alone(parent: LlamaParent) -> None:
+    pid = parent.worker_pid
+    busy, broken = parent.get_scope(), parent.get_scope()
+    running = await busy.send_prompt("Count to twenty.", max_tokens=30)
+    waiting = await broken.send_prompt("Hello")  # queued behind the running one (one slot)
+    broken.messages.insert(0, {"role": "user"})  # edited into something malformed before it starts
+    after = await busy.send_prompt("And again.", max_tokens=4)
+    events = {p: await parent.wait_for_completion(p) for p in (running, waiting, after)}
+    assert events[running].success and events[after].success
+    assert not events[waiting].success
+    assert "has no 'content'" in (events[waiting].error or "")
+    await still_serving(parent, pid)
+
+
+async def test_a_saved_state_with_a_malformed_message_is_refused_naming_it(parent: LlamaParent) -> None:
+    scope = parent.get_scope()
+    await parent.wait_for_completion(await scope.send_prompt("Hi", max_tokens=2))
+    data = await scope.save_state()
+    broken = data.replace(b'"role": "assistant"', b'"rolx": "assistant"')  # same length: only the field is wrong
+    assert broken != data
+    with pytest.raises(LlamaStateError, match=r"messages\[1\] has no 'role'") as info:
+        await parent.get_scope().load_state(broken)
+    assert isinstance(info.value, ValueError)
+
+
+# ---------------------------------------------------------------- callbacks that misbehave
+
+
+async def test_a_listener_raising_cancelled_error_does_not_stop_the_parent(parent: LlamaParent) -> None:
+    def hostile(_: object) -> None:
+        raise asyncio.CancelledError
+
+    parent.stream.listen(hostile)
+    parent.completions.listen(hostile)
+    first = await parent.wait_for_completion(await parent.send_prompt("Hi", max_tokens=4))
+    second = await parent.wait_for_completion(await parent.send_prompt("Again", max_tokens=4))
+    assert first.success and second.success
+    assert parent.status is LlamaStatus.READY
+
+
+async def test_if_the_channel_breaks_anyway_every_pending_prompt_fails_and_the_status_says_error(
+    parent: LlamaParent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llama_isolate import _transport
+
+    running = await parent.send_prompt("Write a long story.", max_tokens=500)
+    queued = await parent.send_prompt("And another.", max_tokens=5)
+    await first_token(parent)
+
+    def corrupt(_: object) -> object:
+        raise ValueError("a corrupt frame")
+
+    monkeypatch.setattr(_transport.protocol, "decode", corrupt)
+    events = [await parent.wait_for_completion(p) for p in (running, queued)]
+    assert [e.success for e in events] == [False, False]
+    assert "corrupt" in (events[0].error or "")
+    assert parent.status is LlamaStatus.ERROR
+
+
+# ---------------------------------------------------------------- text that has no UTF-8 form
+
+
+async def test_a_lone_surrogate_is_a_value_error_at_send_time(model_path: Path) -> None:
+    async with LlamaParent(greedy_load(model_path, n_ctx=1024, n_parallel=2, embeddings=True)) as parent:
+        pid = parent.worker_pid
+        other = parent.get_scope()
+        running = await other.send_prompt("Count to ten.", max_tokens=20)
+        with pytest.raises(ValueError, match=r"prompt is not valid text.*surrogate"):
+            await parent.send_prompt("caf\udce9")  # what surrogateescape makes of a Latin-1 byte
+        scope = parent.get_scope()
+        scope.messages.append({"role": "system", "content": "be \ud800 nice"})
+        with pytest.raises(ValueError, match=r"messages\[0\]\['content'\] is not valid text"):
+            await scope.send_prompt("Hi")
+        with pytest.raises(ValueError, match="text is not valid text"):
+            await parent.get_embeddings("\ud800")
+        with pytest.raises(ValueError, match=r"SamplerParams\.stop is not valid text"):
+            SamplerParams(stop=("\udfff",))
+        event = await parent.wait_for_completion(running)
+        assert event.success
+        assert event.finish_reason in ("stop", "length")
+        assert parent.worker_pid == pid
+
+
+# ---------------------------------------------------------------- grammars
+
+
+async def test_an_unsatisfiable_grammar_fails_its_prompt_alone(model_path: Path) -> None:
+    async with LlamaParent(greedy_load(model_path, n_ctx=1024, n_parallel=2)) as parent:
+        pid = parent.worker_pid
+        beside = await parent.get_scope().send_prompt("Count to ten.", max_tokens=20)
+        never = await parent.get_scope().send_prompt("Hi", sampler_params=SamplerParams(grammar=UNSATISFIABLE))
+        refused = await parent.wait_for_completion(never)
+        assert not refused.success
+        assert "accepts no first token" in (refused.error or "")
+        assert (await parent.wait_for_completion(beside)).success
+        await still_serving(parent, pid)
+
+
+async def test_a_grammar_that_dead_ends_after_some_output_fails_its_prompt_alone(parent: LlamaParent) -> None:
+    pid = parent.worker_pid
+    dead_end = SamplerParams(greedy=True, grammar=r'root ::= "Yes" [^\x00-\U0010FFFF]')
+    event = await parent.wait_for_completion(await parent.send_prompt("Hi", sampler_params=dead_end))
+    assert not event.success
+    assert "grammar allows no token" in (event.error or "")
+    await still_serving(parent, pid)
+
+
+# ---------------------------------------------------------------- images
+
+
+async def test_a_prompt_ending_with_the_image_marker_is_refused_on_a_model_without_template(
+    tiny_vlm: tuple[Path, Path],
+) -> None:
+    async with LlamaParent(vlm_load(tiny_vlm)) as parent:
+        pid = parent.worker_pid
+        with pytest.raises(ValueError, match="must not end with an image"):
+            await parent.send_prompt_with_images(f"Look: {MEDIA_MARKER}", [RED])
+        scope = parent.get_scope()  # the same, reached by editing the history instead
+        scope.messages.append({"role": "user", "content": f"Look: {MEDIA_MARKER}", "images": (RED,)})
+        event = await parent.wait_for_completion(await scope.send_prompt(""))
+        assert not event.success
+        assert "ends with an image" in (event.error or "")
+        assert parent.worker_pid == pid
+        answer = await parent.wait_for_completion(await parent.send_prompt_with_images("What is it?", [RED]))
+        assert answer.success
+
+
+async def test_an_image_too_large_is_refused_before_it_is_decoded(tiny_vlm: tuple[Path, Path]) -> None:
+    huge = LlamaImage.from_bytes(png_header(20000, 20000), name="huge.png")
+    assert (huge.width, huge.height) == (20000, 20000)
+    async with LlamaParent(vlm_load(tiny_vlm)) as parent:
+        with pytest.raises(ValueError, match=r"huge.png.*20000x20000.*max_image_pixels"):
+            await parent.send_prompt_with_images("What is it?", [huge])
+        assert parent.queue_length == 0
+
+
+async def test_an_image_is_decoded_off_the_step_so_others_generate_and_stop_is_quick(
+    tiny_vlm: tuple[Path, Path],
+) -> None:
+    big = LlamaImage.from_bytes(png_header(10000, 10000, rows=10000), name="big.png")
+    async with LlamaParent(vlm_load(tiny_vlm, n_parallel=2, max_image_pixels=10**9)) as parent:
+        looking, talking = parent.get_scope(), parent.get_scope()
+        await looking.send_prompt_with_images("What is it?", [big], max_tokens=4)
+        sent = time.perf_counter()
+        chat = await parent.wait_for_completion(await talking.send_prompt("Hello there", max_tokens=8))
+        chatted = time.perf_counter() - sent
+        stop_sent = time.perf_counter()
+        await looking.stop()
+        stopped = time.perf_counter() - stop_sent
+        assert chat.success
+        assert chatted < 0.5, f"the other conversation waited {chatted:.2f} s for the image"
+        assert stopped < 0.5, f"stop() took {stopped:.2f} s"
+        assert (await parent.wait_for_completion(await talking.send_prompt("More", max_tokens=4))).success
