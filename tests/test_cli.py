@@ -9,6 +9,7 @@ import pty
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,10 +73,72 @@ def test_bad_arguments_are_usage_errors() -> None:
     assert result.returncode == 2
     assert "invalid int value" in result.stderr
     result = cli("run", "hi", "--temperature", "-1")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip() == (
         "llama-isolate: error: SamplerParams.temperature must be >= 0.0 and <= 100.0, got -1.0"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("run", "hi", "--max-tokens", "0"), "--max-tokens must be >= 1, got 0"),
+        (("run", "hi", "--threads", "0"), "ContextParams.n_threads must be between 1 and 1024, got 0"),
+        (("tui", "--n-parallel", "0"), "ContextParams.n_parallel must be between 1 and 64, got 0"),
+        (("chat", "--top-p", "0"), "SamplerParams.top_p must be > 0.0"),
+        (("bench", "nonsense"), "unknown benchmark section(s) nonsense"),
+    ],
+)
+def test_bad_option_values_exit_2_before_the_model_loads(args: tuple[str, ...], message: str) -> None:
+    started = time.monotonic()
+    result = cli(*args, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 10  # refused at once, not after loading a model
+
+
+def streaming(*args: str) -> subprocess.Popen[str]:
+    """`llama-isolate run` writing a long answer into a pipe we read."""
+    process = subprocess.Popen(
+        [*CLI, "run", "Write a very long story about the sea.", "--max-tokens", "400", "--greedy", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stdout.read(20)  # the answer is streaming
+    return process
+
+
+def test_a_closed_stdout_ends_the_answer_quietly_and_at_once() -> None:
+    process = streaming()
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # what `| head -1` does after its line
+    started = time.monotonic()
+    process.wait(timeout=30)
+    assert time.monotonic() - started < 10
+    assert process.returncode == 141
+    assert process.stderr.read() == ""
+
+
+def test_ctrl_c_stops_run_with_exit_130_and_a_newline() -> None:
+    process = streaming()
+    os.kill(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert err.endswith("[stopped]\n")
+
+
+def test_two_quick_ctrl_c_exit_without_noise() -> None:
+    process = streaming()
+    os.kill(process.pid, signal.SIGINT)
+    time.sleep(0.02)  # a person pressing twice; the second lands while the first is handled
+    os.kill(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in err
+    assert "destroyed" not in err and "never awaited" not in err
 
 
 def test_run_with_an_image_and_a_projector(tmp_path: Path) -> None:

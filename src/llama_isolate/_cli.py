@@ -1,11 +1,14 @@
 """The `llama-isolate` command: run, chat, embed, bench, tui.
 
-Errors are one line on stderr and a non-zero exit, never a traceback.
+Errors are one line on stderr and a non-zero exit, never a traceback:
+1 for a failure, 2 for a bad argument (checked before the model loads),
+130 after Ctrl-C, 141 when stdout was closed (``| head -1``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import functools
 import json
@@ -24,6 +27,11 @@ from ._sync import SyncLlamaParent
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, as a program killed by a closed pipe reports
+
+
+class PipeClosed(Exception):
+    """Whoever read stdout went away (``llama-isolate run ... | head -1``)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,8 +74,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace, *, embeddings: bool = False, n_parallel: int = 1) -> LlamaLoad:
+    """The load the options describe; ValueError (a usage error) names a bad value."""
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     context: dict[str, object] = {"n_ctx": args.n_ctx, "embeddings": embeddings, "n_parallel": n_parallel}
-    if args.threads:
+    if args.threads is not None:
         context |= {"n_threads": args.threads, "n_threads_batch": args.threads}
     sampler = SamplerParams(
         temperature=args.temperature,
@@ -127,9 +138,32 @@ def _ready(load: LlamaLoad) -> Iterator[SyncLlamaParent]:
         parent.dispose()
 
 
-def _answer(parent: SyncLlamaParent, send: Callable[[], str]) -> None:
-    """Send one prompt and stream its answer; Ctrl-C stops the answer, not the program."""
-    subscription = parent.stream.listen(_write)
+class _Output:
+    """Writes tokens to stdout as they come (on the parent's loop thread); a closed pipe stops the answer."""
+
+    def __init__(self, parent: SyncLlamaParent) -> None:
+        self._parent = parent
+        self.closed = False
+
+    def write(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            self.closed = True
+            asyncio.get_running_loop().create_task(self._parent.parent.stop())
+
+
+def _answer(parent: SyncLlamaParent, send: Callable[[], str]) -> bool:
+    """Send one prompt and stream its answer; returns False if Ctrl-C stopped it.
+
+    Raises `PipeClosed` when stdout went away, `LlamaError` when the prompt failed.
+    """
+    output = _Output(parent)
+    subscription = parent.stream.listen(output.write)
+    completed = True
     try:
         prompt_id = send()
         try:
@@ -137,32 +171,29 @@ def _answer(parent: SyncLlamaParent, send: Callable[[], str]) -> None:
         except KeyboardInterrupt:
             parent.stop()
             event = parent.wait_for_completion(prompt_id)
-            sys.stderr.write("\n[stopped]")
+            sys.stderr.write("\n[stopped]\n")
+            completed = False
     finally:
         subscription.cancel()
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+    output.write("\n")
+    if output.closed:
+        raise PipeClosed
     if not event.success:
         raise LlamaError(event.error or "the prompt failed")
+    return completed
 
 
-def _write(token: str) -> None:
-    sys.stdout.write(token)
-    sys.stdout.flush()
-
-
-def _run(args: argparse.Namespace) -> None:
-    load = _load(args)
+def _run(args: argparse.Namespace, load: LlamaLoad) -> int:
     images = [LlamaImage.from_file(path) for path in args.image]
     with _ready(load) as parent:
         if images:
-            _answer(parent, lambda: parent.send_prompt_with_images(args.prompt, images, max_tokens=args.max_tokens))
+            send = functools.partial(parent.send_prompt_with_images, args.prompt, images, max_tokens=args.max_tokens)
         else:
-            _answer(parent, lambda: parent.send_prompt(args.prompt, max_tokens=args.max_tokens))
+            send = functools.partial(parent.send_prompt, args.prompt, max_tokens=args.max_tokens)
+        return 0 if _answer(parent, send) else EXIT_INTERRUPTED
 
 
-def _chat(args: argparse.Namespace) -> None:
-    load = _load(args)
+def _chat(args: argparse.Namespace, load: LlamaLoad) -> None:
     interactive = sys.stdin.isatty()
     with _ready(load) as parent:
         if args.system:
@@ -189,43 +220,69 @@ def _read_line(interactive: bool) -> str | None:
         return None
 
 
-def _embed(args: argparse.Namespace) -> None:
-    with _ready(_load(args, embeddings=True)) as parent:
+def _embed(args: argparse.Namespace, load: LlamaLoad) -> None:
+    with _ready(load) as parent:
         print(json.dumps(parent.get_embeddings(args.text, normalize=args.normalize)))
 
 
-def _bench(args: argparse.Namespace) -> None:
+def _bench(args: argparse.Namespace, load: None) -> None:
     from ._bench.run import main as bench
 
     bench(args.sections)
 
 
-def _tui(args: argparse.Namespace) -> None:
+def _tui(args: argparse.Namespace, load: LlamaLoad) -> None:
     try:
         from ._tui import ChatApp
     except ImportError as exc:
         raise LlamaError("the tui needs textual: pip install 'llama-isolate[tui]'") from exc
-    ChatApp(_load(args, n_parallel=args.n_parallel), max_tokens=args.max_tokens).run()
+    ChatApp(load, max_tokens=args.max_tokens).run()
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "run": _run,
-    "chat": _chat,
-    "embed": _embed,
-    "bench": _bench,
-    "tui": _tui,
+def _check_bench(args: argparse.Namespace) -> None:
+    from ._bench.run import SECTIONS
+
+    unknown = [name for name in args.sections if name not in SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown benchmark section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+
+
+# Each command: what it does with the parsed options and the load they describe, and that load
+# (built, and so checked, before anything starts).
+COMMANDS: dict[str, tuple[Callable[..., int | None], Callable[[argparse.Namespace], LlamaLoad | None]]] = {
+    "run": (_run, _load),
+    "chat": (_chat, _load),
+    "embed": (_embed, functools.partial(_load, embeddings=True)),
+    "bench": (_bench, _check_bench),
+    "tui": (_tui, lambda args: _load(args, n_parallel=args.n_parallel)),
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `llama-isolate` and `python -m llama_isolate`; returns the exit code."""
     args = _parser().parse_args(argv)
+    command, describe = COMMANDS[args.command]
     try:
-        COMMANDS[args.command](args)
+        load = describe(args)
+    except ValueError as exc:
+        sys.stderr.write(f"llama-isolate: error: {exc}\n")
+        return EXIT_USAGE
+    try:
+        code = command(args, load)
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         return EXIT_INTERRUPTED
+    except PipeClosed:
+        _silence_stdout()
+        return EXIT_PIPE_CLOSED
     except (LlamaError, OSError, ValueError) as exc:
         sys.stderr.write(f"llama-isolate: error: {exc}\n")
         return EXIT_ERROR
-    return 0
+    return code or 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not fail on the closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

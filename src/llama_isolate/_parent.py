@@ -153,6 +153,11 @@ class LlamaParent:
         return self._status
 
     @property
+    def error(self) -> str | None:
+        """Why the status is ERROR (the worker's death, or the failed load); None in any other status."""
+        return self._error if self._status is LlamaStatus.ERROR else None
+
+    @property
     def is_generating(self) -> bool:
         """True while any prompt is being decoded."""
         return bool(self._queue.running)

@@ -264,6 +264,11 @@ class SyncLlamaParent:
         return self._parent.status
 
     @property
+    def error(self) -> str | None:
+        """Why the status is ERROR; see `LlamaParent.error`."""
+        return self._parent.error
+
+    @property
     def is_generating(self) -> bool:
         """True while any prompt is being decoded."""
         return self._parent.is_generating

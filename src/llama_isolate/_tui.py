@@ -1,10 +1,12 @@
 """`llama-isolate tui`: two conversations side by side, streaming at the same time.
 
 Each pane is a `LlamaScope` on one `LlamaParent` (n_parallel=2, so both decode
-together), with its own input and Stop button. The status line shows the
-worker's status, the queue and the tokens per second. The app runs on
-Textual's asyncio loop and calls the library directly: the model works in the
-worker process, so typing and scrolling never wait for it.
+together), with its own input and Stop button; its transcript wraps long
+lines. The status line shows the worker's status, the queue and the tokens
+per second. The app runs on Textual's asyncio loop and calls the library
+directly: the model works in the worker process, so typing and scrolling
+never wait for it. If the worker dies, the status line says why and ctrl+r
+starts a new one; both conversations carry on.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from typing import ClassVar
 from textual.app import App, ComposeResult
 from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, Input, Label, Log, Static
+from textual.widgets import Button, Input, Label, Static, TextArea
 
+from ._errors import LlamaError
 from ._events import CompletionEvent, LlamaStatus
 from ._params import LlamaLoad
 from ._parent import LlamaParent
@@ -31,7 +34,7 @@ class ConversationPane(Vertical):
 
     DEFAULT_CSS = """
     ConversationPane { width: 1fr; border: round $primary; }
-    ConversationPane Log { height: 1fr; }
+    ConversationPane TextArea { height: 1fr; }
     ConversationPane Horizontal { height: auto; }
     ConversationPane Input { width: 1fr; }
     ConversationPane Button { min-width: 8; width: 8; }
@@ -45,18 +48,25 @@ class ConversationPane(Vertical):
         self.events: list[CompletionEvent] = []
 
     def compose(self) -> ComposeResult:
-        yield Log(id=f"{self.id}-log", highlight=False)
+        yield TextArea(id=f"{self.id}-log", read_only=True, soft_wrap=True, show_line_numbers=False)
         with Horizontal():
             yield Input(placeholder="Ask something…", id=f"{self.id}-input")
             yield Button("Stop", id=f"{self.id}-stop", variant="error")
 
     @property
-    def log_widget(self) -> Log:
-        return self.query_one(Log)
+    def transcript(self) -> TextArea:
+        """The conversation as shown (long lines wrap at the pane's edge)."""
+        return self.query_one(TextArea)
+
+    def write(self, text: str) -> None:
+        """Append text to the transcript and keep its end in view."""
+        transcript = self.transcript
+        transcript.insert(text, transcript.document.end)
+        transcript.scroll_end(animate=False)
 
     def attach(self, scope: LlamaScope, max_tokens: int | None) -> None:
         self.scope, self.max_tokens = scope, max_tokens
-        scope.stream.listen(self.log_widget.write)
+        scope.stream.listen(self.write)
         scope.completions.listen(self._finished)
 
     def _finished(self, event: CompletionEvent) -> None:
@@ -64,15 +74,18 @@ class ConversationPane(Vertical):
         note = "" if event.finish_reason in ("stop", "length") else f" [{event.finish_reason}]"
         if not event.success:
             note = f" [error: {event.error}]"
-        self.log_widget.write(f"{note}\n\n")
+        self.write(f"{note}\n\n")
 
     async def on_input_submitted(self, message: Input.Submitted) -> None:
         text = message.value.strip()
         message.input.value = ""
         if not text or self.scope is None:
             return
-        self.log_widget.write(f"> {text}\n")
-        await self.scope.send_prompt(text, max_tokens=self.max_tokens)
+        self.write(f"> {text}\n")
+        try:
+            await self.scope.send_prompt(text, max_tokens=self.max_tokens)
+        except LlamaError as exc:  # the worker died, or the parent refused the prompt
+            self.write(f"[not sent: {exc}]\n\n")
 
     async def on_button_pressed(self, message: Button.Pressed) -> None:
         if self.scope is not None:
@@ -92,7 +105,7 @@ class ChatApp(App[None]):
     #status { dock: bottom; height: 1; background: $panel; padding: 0 1; }
     #panes { height: 1fr; }
     """
-    BINDINGS: ClassVar[list[BindingType]] = [("ctrl+q", "quit", "Quit")]
+    BINDINGS: ClassVar[list[BindingType]] = [("ctrl+q", "quit", "Quit"), ("ctrl+r", "restart", "Restart the worker")]
 
     def __init__(self, load: LlamaLoad, *, max_tokens: int | None = None) -> None:
         super().__init__()
@@ -122,6 +135,16 @@ class ChatApp(App[None]):
         self.query_one("#left-input", Input).focus()
         self._refresh_status()
 
+    async def action_restart(self) -> None:
+        """Start a new worker after the old one died (ctrl+r); the conversations carry on."""
+        if self.llama.status is not LlamaStatus.ERROR or self._failure is not None:
+            return
+        try:
+            await self.llama.restart()
+        except LlamaError as exc:
+            self.notify(f"the worker did not start: {exc}", severity="error")
+        self._refresh_status()
+
     def _on_progress(self, fraction: float) -> None:
         self._load_fraction = fraction
         self._refresh_status()
@@ -135,6 +158,8 @@ class ChatApp(App[None]):
             text = self._failure
         elif status is LlamaStatus.LOADING:
             text = f"loading the model… {self._load_fraction:.0%}"
+        elif status is LlamaStatus.ERROR:
+            text = f"{self.llama.error} | ctrl+r restarts the worker"
         else:
             rate = len(self._token_times) / _RATE_WINDOW_S
             pid = self.llama.worker_pid
