@@ -22,11 +22,17 @@ def model_path() -> str:
     return str(default_model_path())
 
 
-def load(*, n_parallel: int = 1, n_ctx: int = 2048, plain: bool = False) -> LlamaLoad:
+def load(
+    *, n_parallel: int = 1, n_ctx: int = 2048, plain: bool = False, adapt: bool = True, threads: int = N_THREADS
+) -> LlamaLoad:
     return LlamaLoad(
         path=model_path(),
         context_params=ContextParams(
-            n_ctx=n_ctx, n_parallel=n_parallel, n_threads=N_THREADS, n_threads_batch=N_THREADS
+            n_ctx=n_ctx,
+            n_parallel=n_parallel,
+            n_threads=threads,
+            n_threads_batch=threads,
+            adapt_threads=adapt,
         ),
         sampler_params=SamplerParams(greedy=True),
         chat_template=PLAIN_TEMPLATE if plain else None,

@@ -12,7 +12,7 @@ import os
 import platform
 import sys
 
-from . import decode, soak, stall, stop, throughput, ttft
+from . import contention, decode, parent_cpu, soak, stall, stop, throughput, ttft
 from .common import Report
 
 SECTIONS = {
@@ -21,9 +21,11 @@ SECTIONS = {
     "stall": stall.run,
     "stop": stop.run,
     "ttft": ttft.run,
+    "contention": contention.run,
+    "parent_cpu": parent_cpu.run,
     "soak": soak.run,
 }
-DEFAULT = ["decode", "throughput", "stall", "stop", "ttft"]
+DEFAULT = ["decode", "throughput", "stall", "parent_cpu", "contention", "stop", "ttft"]
 
 
 def machine() -> str:

@@ -104,7 +104,11 @@ class Engine:
         )
         self._vision = vision
         self._tuner = ThreadTuner(
-            ctx, n_threads=cp.n_threads, n_threads_batch=cp.n_threads_batch, adaptive=cp.adapt_threads
+            ctx,
+            n_threads=cp.n_threads,
+            n_threads_batch=cp.n_threads_batch,
+            adaptive=cp.adapt_threads,
+            abort=self._abort,
         )
         self._running: dict[int, Running] = {}  # by seq_id
         self._waiting: collections.deque[protocol.Submit | Prepared] = collections.deque()
@@ -196,8 +200,13 @@ class Engine:
         except EmbeddingRefused as exc:
             raise RequestFailure("feature" if exc.feature else "request", str(exc)) from None
 
+    def rest(self) -> None:
+        """Nothing to do until the next command."""
+        self._tuner.rest()
+
     def close(self) -> None:
         """Free everything, without reporting anything: the parent settles what was still running."""
+        self._tuner.close()
         self._preparer.close()
         for run in list(self._running.values()):
             run.sampler.free()
@@ -236,7 +245,8 @@ class Engine:
         scheduled = self._batch.schedule(self._running.values())  # 4
         self._tuner.before_decode()  # 5
         rc = int(C.llama_decode(self._handles.ctx, self._batch.handle))
-        if rc == _DECODE_ABORTED:
+        self._tuner.after_decode(rc == _DECODE_ABORTED)
+        if rc == _DECODE_ABORTED:  # a stop, or too many threads for a busy machine: redone next step
             self._roll_back(scheduled)
         elif rc != 0:
             self._roll_back(scheduled)
@@ -302,6 +312,7 @@ class Engine:
                     n_batch=self._n_batch,
                     last=False,
                 )
+                self._tuner.after_decode(rc == _DECODE_ABORTED)
                 if rc != 0:
                     self._slots.cut(run.slot, run.n_past)
                     if rc == _DECODE_ABORTED:

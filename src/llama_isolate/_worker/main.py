@@ -193,6 +193,8 @@ def _serve(channel: Channel, engine: Engine, inbox: Inbox) -> None:
     threading.Thread(target=_read_loop, args=(channel, inbox, engine), name="reader", daemon=True).start()
     while True:
         engine.abort_flag.clear()  # 1
+        if not engine.busy:
+            engine.rest()
         commands = [inbox.get()] if not engine.busy else []  # 2
         while True:
             try:

@@ -3,31 +3,42 @@
 ggml's threads meet at a barrier after every operation of the graph (about
 500 per token for a 135M model). When another process takes one of their
 CPUs, the thread that was preempted holds up all the others at every barrier:
-on 2 cores with one busy process beside it, 2 threads decode at a third of
-their idle speed, and at a lower priority they nearly stop (0.2 tokens/s
-measured). One thread keeps 0.7x of the idle speed.
+on 2 cores beside one busy process, 2 threads decoded at a third of their
+idle speed, and at the worker's lower priority they nearly stopped (0.2
+tokens/s). One thread keeps about 0.65x of the idle speed.
 
-So the engine estimates, every quarter of a second of work, how much CPU the
-*other* processes use: the machine's busy time (from /proc/stat) minus this
-process's own CPU time. It decodes with as many threads as there are CPUs
-left, between 1 and the configured `n_threads`; `llama_set_n_threads`
-changes the count between two decodes at no cost. With nothing else running
-the count stays at `n_threads`.
+So a watch thread estimates, every 50 ms while the engine works, how much CPU
+the *other* processes used over the last tenth of a second: the machine's busy
+time (from /proc/stat) minus this process's own CPU time. Decodes use as
+many threads as there are CPUs left, between 1 and the configured
+`n_threads`; `llama_set_n_threads` changes the count between two decodes at
+no cost. With nothing else running the count stays at `n_threads`.
+
+When a busy process appears while a decode runs, that decode would crawl
+until it ends (over a second was measured); the watch thread aborts it
+through the abort flag instead, and the engine redoes the step with fewer
+threads, as it redoes a step aborted by a stop.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass
 
 import llama_cpp as C
 
+from .abort import AbortFlag
+
 logger = logging.getLogger("llama_isolate.worker")
 
-WINDOW_S = 0.25
+WINDOW_S = 0.1  # the estimate covers this much of the recent past
+SAMPLE_S = 0.05  # how often the watch thread samples while the engine works
+CUT_AFTER_S = 0.05  # a decode running this long when others appear is aborted and redone
 # Another process using less than this share of a CPU does not cost us a thread.
 _SPARE_MARGIN = 0.4
 
@@ -71,36 +82,94 @@ def threads_for(others: float, cpus: int, ceiling: int) -> int:
 class ThreadTuner:
     """Sets the context's thread counts from what the rest of the machine uses.
 
+    The engine calls `before_decode()` and `after_decode()` around every
+    decode, `rest()` when it has nothing to do, and `close()` at the end.
+
     Example::
 
-        tuner = ThreadTuner(ctx, n_threads=2, n_threads_batch=2, adaptive=True)
-        tuner.before_decode()  # before every llama_decode
+        tuner = ThreadTuner(ctx, n_threads=2, n_threads_batch=2, adaptive=True, abort=flag)
+        tuner.before_decode()
+        llama_decode(ctx, batch)
+        tuner.after_decode(aborted=False)
     """
 
-    def __init__(self, ctx: int, *, n_threads: int, n_threads_batch: int, adaptive: bool) -> None:
+    def __init__(self, ctx: int, *, n_threads: int, n_threads_batch: int, adaptive: bool, abort: AbortFlag) -> None:
         self._ctx = ctx
         self._ceiling = n_threads
         self._ceiling_batch = n_threads_batch
         self._cpus = os.cpu_count() or 1
-        self._adaptive = adaptive and ctx != 0
+        self._abort = abort
         self.current = n_threads
-        self._last = Reading.now()
+        self._wanted = (n_threads, n_threads_batch)
+        self._decode_started: float | None = None
+        self.cut = False
+        self._working = threading.Event()
+        self._closed = False
+        self._readings: collections.deque[Reading] = collections.deque([Reading.now()])
+        if adaptive and ctx and self._readings[0].busy is not None:
+            threading.Thread(target=self._watch, name="threads", daemon=True).start()
 
     def before_decode(self) -> None:
-        """Re-estimate at most once per window; change the thread count if the machine changed."""
-        if not self._adaptive:
-            return
-        now = Reading.now()
-        elapsed = now.wall - self._last.wall
-        if elapsed < WINDOW_S:
-            return
-        if now.busy is None or self._last.busy is None:
-            self._adaptive = False  # no /proc/stat: keep the configured counts
-            return
-        others = max(0.0, (now.busy - self._last.busy) - (now.ours - self._last.ours)) / elapsed
-        self._last = now
-        wanted = threads_for(others, self._cpus, self._ceiling)
+        """Apply the count the watch thread wants, and start timing the decode."""
+        self._working.set()
+        if self.cut:  # a cut that came after its decode had ended: it must not abort this one
+            self.cut = False
+            self._abort.clear()
+        wanted, wanted_batch = self._wanted
         if wanted != self.current:
-            logger.debug("other processes use %.2f CPUs: decoding with %d threads", others, wanted)
+            logger.debug("decoding with %d threads", wanted)
             self.current = wanted
-            C.llama_set_n_threads(self._ctx, wanted, threads_for(others, self._cpus, self._ceiling_batch))
+            C.llama_set_n_threads(self._ctx, wanted, wanted_batch)
+        self._decode_started = time.monotonic()
+
+    def after_decode(self, aborted: bool) -> None:
+        """The decode ended; if it was aborted because it was cut short, lower the flag again.
+
+        A stop that came at the same moment is not lost: its command is
+        applied before the next step, flag or no flag.
+        """
+        self._decode_started = None
+        if aborted and self.cut:
+            self.cut = False
+            self._abort.clear()
+
+    def rest(self) -> None:
+        """The engine has nothing to do: the watch thread sleeps until the next decode."""
+        self._working.clear()
+
+    def close(self) -> None:
+        self._closed = True
+        self._working.set()
+
+    def _watch(self) -> None:
+        while True:
+            if not self._working.is_set():
+                self._working.wait()
+                # What others did while the engine rested is stale (another
+                # worker's answer, say): start a fresh window.
+                self._readings = collections.deque([Reading.now()])
+            if self._closed:
+                return
+            time.sleep(SAMPLE_S)
+            self._sample()
+
+    def _sample(self) -> None:
+        now = Reading.now()
+        readings = self._readings
+        readings.append(now)
+        while len(readings) > 2 and now.wall - readings[1].wall >= WINDOW_S:
+            readings.popleft()
+        oldest = readings[0]
+        elapsed = now.wall - oldest.wall
+        if elapsed < SAMPLE_S or now.busy is None or oldest.busy is None:
+            return
+        others = max(0.0, (now.busy - oldest.busy) - (now.ours - oldest.ours)) / elapsed
+        wanted = threads_for(others, self._cpus, self._ceiling)
+        self._wanted = (wanted, threads_for(others, self._cpus, self._ceiling_batch))
+        started = self._decode_started
+        if wanted < self.current and started is not None and now.wall - started >= CUT_AFTER_S:
+            logger.debug(
+                "other processes use %.2f CPUs: cutting a decode short to redo it with %d threads", others, wanted
+            )
+            self.cut = True
+            self._abort.set()

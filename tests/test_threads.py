@@ -1,0 +1,73 @@
+"""The engine decodes with as many threads as the other processes leave CPUs free."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from llama_isolate import ContextParams, LlamaLoad, SamplerParams
+from llama_isolate import _protocol as protocol
+from llama_isolate._worker.engine import Engine
+from llama_isolate._worker.threads import threads_for
+
+
+def test_threads_are_the_cpus_the_others_leave_free() -> None:
+    assert threads_for(0.0, cpus=2, ceiling=2) == 2
+    assert threads_for(0.3, cpus=2, ceiling=2) == 2  # a little background work costs no thread
+    assert threads_for(1.0, cpus=2, ceiling=2) == 1
+    assert threads_for(0.7, cpus=2, ceiling=2) == 1  # a busy process that got only part of its CPU
+    assert threads_for(2.0, cpus=2, ceiling=2) == 1  # never fewer than one
+    assert threads_for(1.0, cpus=8, ceiling=4) == 4  # never more than asked for
+    assert threads_for(5.0, cpus=8, ceiling=8) == 3
+
+
+@contextmanager
+def busy(n: int) -> Iterator[None]:
+    spinners = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+def answer(engine: Engine, tokens: int = 48) -> None:
+    engine.submit(
+        protocol.Submit("p", "s", (("user", "Write a story about the sea."),), SamplerParams(greedy=True), tokens)
+    )
+    while engine.busy:
+        engine.step()
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two CPUs")
+def test_the_engine_uses_fewer_threads_beside_busy_processes_and_all_again_after(model_path: Path) -> None:
+    others = (os.cpu_count() or 2) - 1  # leave one CPU free
+    load = LlamaLoad(path=model_path, context_params=ContextParams(n_ctx=512, n_threads=2, n_threads_batch=2))
+    engine = Engine(load, lambda _: None)
+    try:
+        answer(engine)
+        assert engine.threads == 2
+        with busy(others):
+            answer(engine)
+            assert engine.threads == 1
+        answer(engine)
+        assert engine.threads == 2
+    finally:
+        engine.close()
+
+
+def test_fixed_threads_stay_fixed(model_path: Path) -> None:
+    context = ContextParams(n_ctx=512, n_threads=2, n_threads_batch=2, adapt_threads=False)
+    engine = Engine(LlamaLoad(path=model_path, context_params=context), lambda _: None)
+    try:
+        with busy((os.cpu_count() or 2) - 1):
+            answer(engine, tokens=4)
+            assert engine.threads == 2
+    finally:
+        engine.close()
