@@ -14,6 +14,9 @@ from llama_isolate._params import CACHE_TYPES, POOLING_TYPES
 from llama_isolate._state import ScopeSnapshot, pack, unpack
 
 text = st.text(max_size=200)
+# What parameters may hold: text with a UTF-8 form, and no NUL where llama.cpp takes a C string.
+valid_text = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=200)
+c_text = st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=200)
 finite = st.floats(allow_nan=False, allow_infinity=False, width=32)
 
 samplers = st.builds(
@@ -28,8 +31,8 @@ samplers = st.builds(
     mirostat=st.sampled_from([0, 1, 2]),
     seed=st.none() | st.integers(0, 2**32 - 2),
     greedy=st.booleans(),
-    stop=st.lists(st.text(min_size=1, max_size=10), max_size=4).map(tuple),
-    grammar=st.none() | st.text(min_size=1).filter(str.strip),
+    stop=st.lists(valid_text.filter(bool).map(lambda t: t[:10]), max_size=4).map(tuple),
+    grammar=st.none() | c_text.filter(str.strip),
 )
 contexts = st.builds(
     ContextParams,
@@ -46,11 +49,11 @@ contexts = st.builds(
 )
 loads = st.builds(
     LlamaLoad,
-    path=st.text(min_size=1, max_size=50).filter(lambda p: "\x00" not in p),
+    path=c_text.filter(bool).map(lambda p: p[:50]),
     model_params=st.builds(ModelParams, n_gpu_layers=st.integers(-1, 200), use_mmap=st.booleans()),
     context_params=contexts,
     sampler_params=samplers,
-    chat_template=st.none() | st.text(min_size=1).filter(str.strip),
+    chat_template=st.none() | valid_text.filter(str.strip),
     verbose=st.booleans(),
 )
 messages = st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]), text), min_size=1, max_size=6).map(

@@ -38,6 +38,21 @@ def check_int(value: object, where: str, lo: int) -> int:
     return value
 
 
+def check_images(images: object, max_pixels: int) -> tuple[LlamaImage, ...]:
+    """`images` as a tuple if it is a non-empty sequence of `LlamaImage`, none larger than `max_pixels`."""
+    if isinstance(images, LlamaImage):
+        images = [images]
+    if not isinstance(images, Sequence) or not images or not all(isinstance(i, LlamaImage) for i in images):
+        raise TypeError("images must be a non-empty sequence of LlamaImage")
+    for image in images:
+        if image.pixels is not None and image.pixels > max_pixels:
+            raise ValueError(
+                f"image {image.name!r} is {image.width}x{image.height} = {image.pixels} pixels; "
+                f"at most {max_pixels} are decoded (LlamaLoad.max_image_pixels)"
+            )
+    return tuple(images)
+
+
 def check_message(message: object, where: str) -> None:
     """Raise `ValueError` naming the field unless `message` is a chat message the worker can use.
 

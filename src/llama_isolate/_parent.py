@@ -6,12 +6,12 @@ worker owns everything llama.cpp. A prompt waits in the parent's queue until a
 slot is free; only then is it sent down with its conversation, so a prompt
 queued behind another of the same conversation sees that one's reply.
 
-The parent keeps the status machine and wires its collaborators together:
+The parent keeps the status machine and wires two collaborators together:
 
-- `PromptQueue` (which prompt starts next),
-- `Conversations` (histories and turns),
-- `CompletionLedger` (one event per prompt, token fan-out),
-- `WorkerLink` (the worker process, its requests and its death).
+- `PromptFlow`: a prompt's way from send to event (`PromptQueue` decides
+  what starts, `Conversations` keep the turns, `CompletionLedger` emits one
+  event per prompt);
+- `WorkerLink`: the worker process, its requests, its death and liveness.
 
 Nothing here blocks the event loop: commands are written to the socket's
 buffer, and replies arrive through the link on the loop.
@@ -22,22 +22,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
-import uuid
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
 from . import _protocol as protocol
-from ._checks import check_int, check_text
-from ._conversations import Conversations
+from ._checks import check_images, check_int, check_text
 from ._errors import LlamaError, LlamaFeatureNotEnabled, LlamaStatusError, LlamaWorkerDied
-from ._events import CompletionEvent, FinishReason, LlamaStatus, ModelInfo
+from ._events import CompletionEvent, LlamaStatus, ModelInfo
+from ._flow import PromptFlow, with_markers
 from ._images import MEDIA_MARKER, LlamaImage
-from ._ledger import CompletionLedger
 from ._link import WorkerLink
 from ._params import LlamaLoad, SamplerParams
-from ._queue import PromptQueue, PromptRecord
 from ._scope import LlamaScope
 from ._streams import EventStream, TokenStream
 
@@ -126,17 +122,22 @@ class LlamaParent:
         """Every generated piece of text, from every prompt and scope."""
         self.completions: EventStream[CompletionEvent] = EventStream()
         """One `CompletionEvent` per finished prompt."""
-        self._queue = PromptQueue(slots=load.context_params.n_parallel, max_queue=max_queue)
-        self._conversations = Conversations()
-        self._ledger = CompletionLedger(keep=keep_completed, stream=self.stream, completions=self.completions)
+        self._flow = PromptFlow(
+            load,
+            max_queue=max_queue,
+            keep_completed=keep_completed,
+            stream=self.stream,
+            completions=self.completions,
+            send=lambda command: self._link.send(command),  # noqa: PLW0108 - the link is made next
+        )
         self._link = WorkerLink(
             load,
-            on_started=self._on_started,
-            on_tokens=self._on_tokens,
+            on_started=self._flow.started,
+            on_tokens=self._flow.tokens,
             on_finished=self._on_finished,
             on_fault=self._on_fault,
             on_exit=self._on_exit,
-            has_work=lambda: bool(self._queue.running),
+            has_work=lambda: bool(self._flow.queue.running),
             liveness_timeout=liveness_timeout,
         )
 
@@ -160,7 +161,7 @@ class LlamaParent:
     @property
     def is_generating(self) -> bool:
         """True while any prompt is being decoded."""
-        return bool(self._queue.running)
+        return bool(self._flow.queue.running)
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -171,12 +172,12 @@ class LlamaParent:
         message first); it is checked when a prompt is sent and read when it
         starts.
         """
-        return self._conversations.default
+        return self._flow.conversations.default
 
     @property
     def queue_length(self) -> int:
         """Prompts waiting to start."""
-        return len(self._queue)
+        return len(self._flow.queue)
 
     @property
     def worker_pid(self) -> int | None:
@@ -277,15 +278,14 @@ class LlamaParent:
         self._status = LlamaStatus.DISPOSED
         reason = "the parent was disposed"
         self._link.cancel_start(LlamaStatusError("dispose() was called while init() was loading"))
-        for record in self._queue.remove_waiting(lambda _: True):
-            self._end(record, "cancelled")
+        for record in self._flow.queue.remove_waiting(lambda _: True):
+            self._flow.end(record, "cancelled")
         try:
-            if self._queue.running:
-                self._link.send(protocol.Cancel(tuple(self._queue.running), "cancelled"))
+            if self._flow.queue.running:
+                self._link.send(protocol.Cancel(tuple(self._flow.queue.running), "cancelled"))
             await self._link.close(grace=5.0)
         finally:
-            for record in self._queue.drain():
-                self._end(record, "cancelled")
+            self._flow.end_all("cancelled")
             self._link.fail_requests(LlamaStatusError(reason))
             for scope in list(self._scopes.values()):
                 scope._close()
@@ -327,7 +327,7 @@ class LlamaParent:
 
             pid = await parent.send_prompt("Hello!", max_tokens=64)
         """
-        return self._enqueue(prompt, scope, sampler_params, max_tokens, images=())
+        return self._enqueue(prompt, scope, sampler_params, max_tokens, ())
 
     async def send_prompt_with_images(
         self,
@@ -364,29 +364,15 @@ class LlamaParent:
         """
         if self._load.mmproj_path is None:
             raise LlamaFeatureNotEnabled("image prompts need LlamaLoad(mmproj_path=...) (a multimodal projector)")
-        if isinstance(images, LlamaImage):
-            images = [images]
-        if not images or not all(isinstance(image, LlamaImage) for image in images):
-            raise TypeError("images must be a non-empty sequence of LlamaImage")
-        limit = self._load.max_image_pixels
-        for image in images:
-            if image.pixels is not None and image.pixels > limit:
-                raise ValueError(
-                    f"image {image.name!r} is {image.width}x{image.height} = {image.pixels} pixels; "
-                    f"at most {limit} are decoded (LlamaLoad.max_image_pixels)"
-                )
+        pictures = check_images(images, self._load.max_image_pixels)
         if isinstance(prompt, str):
-            markers = prompt.count(MEDIA_MARKER)
-            if markers == 0:
-                prompt = "".join(f"{MEDIA_MARKER}\n" for _ in images) + prompt
-            elif markers != len(images):
-                raise ValueError(f"the prompt has {markers} image markers ({MEDIA_MARKER}) for {len(images)} images")
+            prompt = with_markers(prompt, len(pictures))
             if self._info is not None and not self._info.has_chat_template and prompt.endswith(MEDIA_MARKER):
                 raise ValueError(
                     "on a model without a chat template the prompt must not end with an image: "
                     "the model needs text after it to answer (put the marker before your question)"
                 )
-        return self._enqueue(prompt, scope, sampler_params, max_tokens, images=tuple(images))
+        return self._enqueue(prompt, scope, sampler_params, max_tokens, pictures)
 
     def _enqueue(
         self,
@@ -397,26 +383,9 @@ class LlamaParent:
         images: tuple[LlamaImage, ...],
     ) -> str:
         self._require_ready("send_prompt", queueing=True)
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-        check_text(prompt, "prompt")
         if scope is not None and (not isinstance(scope, LlamaScope) or scope.parent is not self or scope.disposed):
             raise LlamaStatusError(f"scope {getattr(scope, 'id', scope)!r} is disposed or belongs to another parent")
-        if sampler_params is not None and not isinstance(sampler_params, SamplerParams):
-            raise TypeError(f"sampler_params must be a SamplerParams, got {type(sampler_params).__name__}")
-        if max_tokens is not None:
-            check_int(max_tokens, "max_tokens", 1)
-        self._conversations.check(scope)
-        record = PromptRecord(
-            id=uuid.uuid4().hex,
-            scope=scope,
-            text=prompt,
-            sampler=sampler_params or self._load.sampler_params,
-            max_tokens=max_tokens or self._load.context_params.n_predict,
-            images=images,
-        )
-        self._queue.push(record)
-        self._ledger.open(record)
+        record = self._flow.enqueue(prompt, scope, sampler_params, max_tokens, images)
         self._dispatch()
         return record.id
 
@@ -449,19 +418,11 @@ class LlamaParent:
         raise LlamaStatusError(f"{what}() is not allowed while the parent is {self._status.value}: {hint}")
 
     def _dispatch(self) -> None:
-        """Send queued prompts down while slots are free, in FIFO order (see `PromptQueue`)."""
+        """Start what may start, while a worker is there; the status follows what runs."""
         if self._status not in _ACTIVE:
             return
-        while (record := self._queue.pop_next()) is not None:
-            try:
-                submit = self._conversations.open_turn(record)
-            except ValueError as exc:  # its conversation was edited into something malformed
-                self._queue.finish(record.id)
-                self._end(record, "error", str(exc))
-                continue
-            self._link.send(submit)
-        if self._queue.running:
-            self._status = LlamaStatus.GENERATING
+        self._flow.dispatch()
+        self._status = LlamaStatus.GENERATING if self._flow.queue.running else LlamaStatus.READY
 
     async def stop(self) -> None:
         """Abort every prompt being decoded now, also mid prompt processing.
@@ -477,12 +438,7 @@ class LlamaParent:
             await parent.stop()
         """
         self._check_loop("stop")
-        await self._cancel_running(list(self._queue.running), "stopped")
-
-    async def _cancel_running(self, prompt_ids: list[str], reason: protocol.CancelReason) -> None:
-        if prompt_ids:
-            self._link.send(protocol.Cancel(tuple(prompt_ids), reason))
-            await self._ledger.wait_all(prompt_ids)
+        await self._flow.cancel_running(list(self._flow.queue.running), "stopped")
 
     async def wait_for_completion(self, prompt_id: str) -> CompletionEvent:
         """The `CompletionEvent` of `prompt_id`, also if it finished before this call.
@@ -499,7 +455,7 @@ class LlamaParent:
             event = await parent.wait_for_completion(pid)
         """
         self._check_loop("wait_for_completion")
-        return await self._ledger.wait(prompt_id)
+        return await self._flow.ledger.wait(prompt_id)
 
     async def get_embeddings(self, text: str, *, normalize: bool = False) -> list[float]:
         """The embedding vector of `text` (length: the model's embedding size).
@@ -553,9 +509,7 @@ class LlamaParent:
 
     async def _scope_stop(self, scope: LlamaScope) -> None:
         self._check_loop("stop")
-        for record in self._queue.remove_waiting(lambda r: r.scope is scope):
-            self._end(record, "cancelled")
-        await self._cancel_running([r.id for r in self._queue.running_of(scope.id)], "cancelled")
+        await self._flow.stop_scope(scope)
 
     def _scope_forget(self, scope: LlamaScope, *, disposed: bool) -> None:
         self._link.send(protocol.DropScope(scope.id))
@@ -566,7 +520,7 @@ class LlamaParent:
         self._require_ready(what)
         if scope.disposed:
             raise LlamaStatusError(f"{what}() is not allowed: scope {scope.id} is disposed")
-        if self._queue.has_scope(scope.id):
+        if self._flow.queue.has_scope(scope.id):
             raise LlamaStatusError(f"{what}() needs the scope idle: wait for its prompts or stop() it first")
 
     async def _scope_save_kv(self, scope: LlamaScope) -> tuple[tuple[int, ...], bytes]:
@@ -578,45 +532,13 @@ class LlamaParent:
 
     # ------------------------------------------------------------------ replies (from the link)
 
-    def _on_started(self, prompt_id: str) -> None:
-        record = self._queue.running.get(prompt_id)
-        if record is not None:
-            record.started = time.monotonic()
-
-    def _on_tokens(self, reply: protocol.Tokens) -> None:
-        record = self._queue.running.get(reply.prompt_id)
-        if record is not None:
-            self._ledger.token(record, reply.text)
-
     def _on_finished(self, reply: protocol.Finished) -> None:
-        record = self._queue.finish(reply.prompt_id)
-        if record is None:
-            return
-        self._end(record, reply.finish_reason, reply.error, reply)
-        if not self._queue.running and self._status is LlamaStatus.GENERATING:
-            self._status = LlamaStatus.READY
+        self._flow.finished(reply)
         self._dispatch()
 
     def _on_fault(self, prompt_id: str, error: str) -> None:
-        """Handling one of this prompt's replies raised: fail it alone, and stop it in the worker."""
-        record = self._queue.finish(prompt_id)
-        if record is not None:
-            self._link.send(protocol.Cancel((prompt_id,), "cancelled"))
-            self._end(record, "error", error)
-            self._dispatch()
-
-    def _end(
-        self,
-        record: PromptRecord,
-        reason: FinishReason,
-        error: str | None = None,
-        stats: protocol.Finished | None = None,
-    ) -> None:
-        """The one way a prompt ends: its conversation settles, then its event goes out (once)."""
-        if not self._ledger.is_open(record.id):
-            return
-        self._conversations.settle(record, record.reply, failed=reason == "error")
-        self._ledger.complete(record, reason, error, stats)
+        self._flow.fault(prompt_id, error)
+        self._dispatch()
 
     def _on_exit(self, description: str) -> None:
         if self._status in (LlamaStatus.DISPOSED, LlamaStatus.ERROR, LlamaStatus.LOADING):
@@ -625,10 +547,7 @@ class LlamaParent:
         message = f"the worker process died: {description}"
         self._status = LlamaStatus.ERROR
         self._error = message
-        for prompt_id in list(self._queue.running):
-            record = self._queue.finish(prompt_id)
-            if record is not None:
-                self._end(record, "error", message)
+        self._flow.end_running("error", message)
         if self._restart_on_crash:
             self._restarting = True  # sends are queued from now on
             self._restart_task = asyncio.get_running_loop().create_task(self._restart_after_crash())
@@ -645,6 +564,5 @@ class LlamaParent:
             self._restarting = False
 
     def _fail_unfinished(self, message: str) -> None:
-        for record in self._queue.drain():
-            self._end(record, "error", message)
+        self._flow.end_all("error", message)
         self._link.fail_requests(LlamaWorkerDied(message))

@@ -28,7 +28,7 @@ async def _stop_after(parent: LlamaParent, prompt: str, *, tokens: int, delay: f
     if tokens:
         await seen.wait()
     else:
-        while parent._queue.running[pid].started is None:
+        while parent._flow.queue.running[pid].started is None:
             await asyncio.sleep(0.0005)
         await asyncio.sleep(delay)
     started = time.perf_counter()

@@ -1,0 +1,157 @@
+"""PromptFlow: a prompt's way from `send_prompt` to its completion event.
+
+It ties the pure pieces together: the `PromptQueue` decides what starts,
+`Conversations` open and settle the turns, the `CompletionLedger` emits one
+event per prompt, and commands go to the worker through `send`. It knows
+nothing of the parent's status or of the worker's life: the parent tells it
+when it may dispatch, and what to fail when the worker dies.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+from . import _protocol as protocol
+from ._checks import check_int, check_text
+from ._conversations import Conversations
+from ._events import CompletionEvent, FinishReason
+from ._images import MEDIA_MARKER, LlamaImage
+from ._ledger import CompletionLedger
+from ._params import LlamaLoad, SamplerParams
+from ._queue import Conversation, PromptQueue, PromptRecord
+from ._streams import EventStream, TokenStream
+
+
+class PromptFlow:
+    """The prompts of one parent: queued, running, and ended exactly once."""
+
+    def __init__(
+        self,
+        load: LlamaLoad,
+        *,
+        max_queue: int | None,
+        keep_completed: int,
+        stream: TokenStream,
+        completions: EventStream[CompletionEvent],
+        send: Callable[[protocol.Command], None],
+    ) -> None:
+        self._load = load
+        self._send = send
+        self.queue = PromptQueue(slots=load.context_params.n_parallel, max_queue=max_queue)
+        self.conversations = Conversations()
+        self.ledger = CompletionLedger(keep=keep_completed, stream=stream, completions=completions)
+
+    def enqueue(
+        self,
+        prompt: str,
+        scope: Conversation | None,
+        sampler_params: SamplerParams | None,
+        max_tokens: int | None,
+        images: tuple[LlamaImage, ...] = (),
+    ) -> PromptRecord:
+        """Check a prompt and queue it; `ValueError`/`TypeError` name a bad argument, nothing is queued then."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        check_text(prompt, "prompt")
+        if sampler_params is not None and not isinstance(sampler_params, SamplerParams):
+            raise TypeError(f"sampler_params must be a SamplerParams, got {type(sampler_params).__name__}")
+        if max_tokens is not None:
+            check_int(max_tokens, "max_tokens", 1)
+        self.conversations.check(scope)
+        record = PromptRecord(
+            id=uuid.uuid4().hex,
+            scope=scope,
+            text=prompt,
+            sampler=sampler_params or self._load.sampler_params,
+            max_tokens=max_tokens or self._load.context_params.n_predict,
+            images=images,
+        )
+        self.queue.push(record)
+        self.ledger.open(record)
+        return record
+
+    def dispatch(self) -> None:
+        """Send queued prompts down while slots are free, in FIFO order (see `PromptQueue`)."""
+        while (record := self.queue.pop_next()) is not None:
+            try:
+                submit = self.conversations.open_turn(record)
+            except ValueError as exc:  # its conversation was edited into something malformed
+                self.queue.finish(record.id)
+                self.end(record, "error", str(exc))
+                continue
+            self._send(submit)
+
+    # ------------------------------------------------------------------ replies
+
+    def started(self, prompt_id: str) -> None:
+        record = self.queue.running.get(prompt_id)
+        if record is not None:
+            record.started = time.monotonic()
+
+    def tokens(self, reply: protocol.Tokens) -> None:
+        record = self.queue.running.get(reply.prompt_id)
+        if record is not None:
+            self.ledger.token(record, reply.text)
+
+    def finished(self, reply: protocol.Finished) -> None:
+        record = self.queue.finish(reply.prompt_id)
+        if record is not None:
+            self.end(record, reply.finish_reason, reply.error, reply)
+
+    def fault(self, prompt_id: str, error: str) -> None:
+        """Handling one of this prompt's replies raised: fail it alone, and stop it in the worker."""
+        record = self.queue.finish(prompt_id)
+        if record is not None:
+            self._send(protocol.Cancel((prompt_id,), "cancelled"))
+            self.end(record, "error", error)
+
+    def end(
+        self,
+        record: PromptRecord,
+        reason: FinishReason,
+        error: str | None = None,
+        stats: protocol.Finished | None = None,
+    ) -> None:
+        """The one way a prompt ends: its conversation settles, then its event goes out (once)."""
+        if not self.ledger.is_open(record.id):
+            return
+        self.conversations.settle(record, record.reply, failed=reason == "error")
+        self.ledger.complete(record, reason, error, stats)
+
+    # ------------------------------------------------------------------ ending many
+
+    async def cancel_running(self, prompt_ids: list[str], reason: protocol.CancelReason) -> None:
+        """Ask the worker to end these prompts; returns once their events were emitted."""
+        if prompt_ids:
+            self._send(protocol.Cancel(tuple(prompt_ids), reason))
+            await self.ledger.wait_all(prompt_ids)
+
+    async def stop_scope(self, scope: Conversation) -> None:
+        """Cancel a conversation's waiting and running prompts."""
+        for record in self.queue.remove_waiting(lambda r: r.scope is scope):
+            self.end(record, "cancelled")
+        await self.cancel_running([r.id for r in self.queue.running_of(scope.id)], "cancelled")
+
+    def end_running(self, reason: FinishReason, error: str | None = None) -> None:
+        """End every running prompt here (the worker is gone); waiting ones stay queued."""
+        for prompt_id in list(self.queue.running):
+            record = self.queue.finish(prompt_id)
+            if record is not None:
+                self.end(record, reason, error)
+
+    def end_all(self, reason: FinishReason, error: str | None = None) -> None:
+        """End every prompt not finished, waiting or running."""
+        for record in self.queue.drain():
+            self.end(record, reason, error)
+
+
+def with_markers(prompt: str, count: int) -> str:
+    """An image prompt's text with one `MEDIA_MARKER` per image (before the text when it has none)."""
+    markers = prompt.count(MEDIA_MARKER)
+    if markers == 0:
+        return "".join(f"{MEDIA_MARKER}\n" for _ in range(count)) + prompt
+    if markers != count:
+        raise ValueError(f"the prompt has {markers} image markers ({MEDIA_MARKER}) for {count} images")
+    return prompt
