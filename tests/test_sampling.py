@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
+
 from llama_isolate import LlamaParent, SamplerParams
 
 PROMPT = "Write one sentence about the sea."
 
 
-async def reply(parent: LlamaParent, sampler: SamplerParams | None = None, max_tokens: int = 24) -> tuple[str, str]:
+async def reply(
+    parent: LlamaParent, sampler: SamplerParams | None = None, max_tokens: int = 24, prompt: str = PROMPT
+) -> tuple[str, str]:
     scope = parent.get_scope()  # a fresh conversation each time
     event = await parent.wait_for_completion(
-        await scope.send_prompt(PROMPT, sampler_params=sampler, max_tokens=max_tokens)
+        await scope.send_prompt(prompt, sampler_params=sampler, max_tokens=max_tokens)
     )
     assert event.success, event.error
     return event.text, event.finish_reason
@@ -71,18 +75,39 @@ async def test_an_invalid_grammar_fails_only_that_prompt(parent: LlamaParent) ->
     assert good.success
 
 
-async def test_penalties_dry_xtc_typical_and_mirostat_run_and_change_output(parent: LlamaParent) -> None:
+async def test_penalties_change_greedy_output(parent: LlamaParent) -> None:
     base, _ = await reply(parent, SamplerParams(greedy=True), max_tokens=40)
     penalized, _ = await reply(
         parent, SamplerParams(greedy=True, repeat_penalty=1.8, frequency_penalty=1.0, presence_penalty=1.0), 40
     )
     assert penalized != base
-    for params in (
-        SamplerParams(dry_multiplier=0.8, seed=1),
-        SamplerParams(xtc_probability=0.5, xtc_threshold=0.1, seed=1),
-        SamplerParams(typical_p=0.5, seed=1),
-        SamplerParams(mirostat=1, seed=1),
-        SamplerParams(mirostat=2, seed=1),
-    ):
-        text, _ = await reply(parent, params, max_tokens=8)
-        assert text, params
+
+
+async def test_dry_breaks_a_repetition_that_greedy_decoding_falls_into(parent: LlamaParent) -> None:
+    repeat = "Write the word 'hello' fifty times."
+    plain, _ = await reply(parent, SamplerParams(greedy=True), max_tokens=40, prompt=repeat)
+    dry_params = SamplerParams(greedy=True, dry_multiplier=2.0, dry_base=2.0, dry_allowed_length=1)
+    dry, _ = await reply(parent, dry_params, max_tokens=40, prompt=repeat)
+    assert plain.lower().count("hello") > 5  # greedy decoding repeats
+    assert dry.lower().count("hello") < plain.lower().count("hello")
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        {"xtc_probability": 1.0, "xtc_threshold": 0.05},
+        {"typical_p": 0.2},
+        {"mirostat": 1},
+        {"mirostat": 2},
+    ],
+    ids=["xtc", "typical", "mirostat", "mirostat2"],
+)
+async def test_each_sampling_stage_changes_what_the_same_seed_draws(parent: LlamaParent, stage: dict) -> None:
+    async def draw(seed: int, **extra: object) -> str:
+        text, _ = await reply(
+            parent, SamplerParams(seed=seed, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, **extra), 24
+        )
+        return text
+
+    changed = [await draw(seed) != await draw(seed, **stage) for seed in (1, 2, 3)]
+    assert any(changed), stage

@@ -52,12 +52,13 @@ async def test_async_iteration_ends_when_the_stream_closes() -> None:
     stream: EventStream[int] = EventStream()
     got: list[int] = []
 
+    iterator = aiter(stream)  # subscribed from here on
+
     async def consume() -> None:
-        async for item in stream:
+        async for item in iterator:
             got.append(item)
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0)  # let the consumer subscribe
     for i in range(3):
         stream._emit(i)
     stream._close()
@@ -91,7 +92,8 @@ async def test_cancelling_a_waiting_iteration_unsubscribes_it() -> None:
             pass
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0)
+    while not stream._iterators:  # until the consumer waits inside the iteration
+        await asyncio.sleep(0)
     assert len(stream._iterators) == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
