@@ -195,6 +195,7 @@ async def test_stop_on_a_stopped_worker_returns(model_path: Path) -> None:
         event = await parent.wait_for_completion(running)
         assert not event.success
         assert parent.status is LlamaStatus.ERROR
+        assert "did not answer a liveness ping within 1 s" in (parent.error or "")
     assert not children()
 
 
