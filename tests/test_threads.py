@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from llama_isolate import ContextParams, LlamaLoad, SamplerParams
 from llama_isolate import _protocol as protocol
+from llama_isolate._bench.floors import busy
 from llama_isolate._worker.engine import Engine
 from llama_isolate._worker.threads import threads_for
 
@@ -24,17 +22,6 @@ def test_threads_are_the_cpus_the_others_leave_free() -> None:
     assert threads_for(2.0, cpus=2, ceiling=2) == 1  # never fewer than one
     assert threads_for(1.0, cpus=8, ceiling=4) == 4  # never more than asked for
     assert threads_for(5.0, cpus=8, ceiling=8) == 3
-
-
-@contextmanager
-def busy(n: int) -> Iterator[None]:
-    spinners = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(n)]
-    try:
-        yield
-    finally:
-        for spinner in spinners:
-            spinner.kill()
-            spinner.wait()
 
 
 def answer(engine: Engine, tokens: int = 48) -> None:

@@ -144,6 +144,7 @@ class _Output:
     def __init__(self, parent: SyncLlamaParent) -> None:
         self._parent = parent
         self.closed = False
+        self._stopping: asyncio.Task[None] | None = None  # held, so that the loop cannot drop it
 
     def write(self, text: str) -> None:
         if self.closed:
@@ -153,7 +154,7 @@ class _Output:
             sys.stdout.flush()
         except BrokenPipeError:
             self.closed = True
-            asyncio.get_running_loop().create_task(self._parent.parent.stop())
+            self._stopping = asyncio.get_running_loop().create_task(self._parent.parent.stop())
 
 
 def _answer(parent: SyncLlamaParent, send: Callable[[], str]) -> bool:

@@ -205,9 +205,14 @@ class Engine:
         self._tuner.rest()
 
     def close(self) -> None:
-        """Free everything, without reporting anything: the parent settles what was still running."""
+        """Free everything, without reporting anything: the parent settles what was still running.
+
+        While an image is still being prepared on its thread, llama.cpp's
+        handles stay allocated (the process is ending; freeing them under
+        that thread would crash it).
+        """
         self._tuner.close()
-        self._preparer.close()
+        idle = self._preparer.close()
         for run in list(self._running.values()):
             run.sampler.free()
             run.prompt.free()
@@ -219,7 +224,8 @@ class Engine:
         if self._batch is not None:
             self._batch.free()
             self._batch = None
-        self._handles.close()
+        if idle:
+            self._handles.close()
 
     def fail_running(self, error: str) -> None:
         """End every running prompt with `error` (after a failure no single prompt can be blamed for)."""

@@ -109,12 +109,17 @@ class Preparer:
         """Drop what is remembered of a conversation (how many old turns it leaves out)."""
         self._fitter.forget(scope_key)
 
-    def close(self) -> None:
-        """Abandon every preparation and end the thread (without waiting for a decode in progress)."""
+    def close(self) -> bool:
+        """Abandon every preparation and end the thread, without waiting; False if one is still running.
+
+        A running one may be inside mtmd: the projector must not be freed under it.
+        """
+        running = [future for _, future in self._in_flight.values() if not future.done()]
         for prompt_id in list(self._in_flight):
             self.cancel(prompt_id)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        return not any(future.running() for future in running)
 
     def _check(self, prompt: Prompt) -> None:
         if len(prompt) >= self._n_ctx:
