@@ -547,7 +547,7 @@ class LlamaParent:
         message = f"the worker process died: {description}"
         self._status = LlamaStatus.ERROR
         self._error = message
-        self._flow.end_running("error", message)
+        self._flow.end_running("error", message, "worker_died")
         if self._restart_on_crash:
             self._restarting = True  # sends are queued from now on
             self._restart_task = asyncio.get_running_loop().create_task(self._restart_after_crash())
@@ -564,5 +564,5 @@ class LlamaParent:
             self._restarting = False
 
     def _fail_unfinished(self, message: str) -> None:
-        self._flow.end_all("error", message)
+        self._flow.end_all("error", message, "worker_died")
         self._link.fail_requests(LlamaWorkerDied(message))

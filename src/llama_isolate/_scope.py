@@ -144,9 +144,11 @@ class LlamaScope:
         await self.parent._scope_stop(self)
 
     async def clear(self) -> None:
-        """`stop()`, then forget the conversation: empty `messages` and free its KV cache.
+        """`stop()`, then forget the conversation: empty `messages`, and its KV cache is no longer its own.
 
-        The scope stays usable; its next prompt starts a new conversation.
+        The scope stays usable; its next prompt starts a new conversation. The
+        cache stays in the worker, owned by no one, for any prompt that starts
+        with the same tokens, until a slot needs the room.
 
         Example::
 
