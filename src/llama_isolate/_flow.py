@@ -50,6 +50,8 @@ class PromptFlow:
         sampler_params: SamplerParams | None,
         max_tokens: int | None,
         images: tuple[LlamaImage, ...] = (),
+        *,
+        raw: bool = False,
     ) -> PromptRecord:
         """Check a prompt and queue it; `ValueError`/`TypeError` name a bad argument, nothing is queued then."""
         if not isinstance(prompt, str):
@@ -67,6 +69,7 @@ class PromptFlow:
             sampler=sampler_params or self._load.sampler_params,
             max_tokens=max_tokens or self._load.context_params.n_predict,
             images=images,
+            raw=bool(raw),
         )
         self.queue.push(record)
         self.ledger.open(record)

@@ -69,6 +69,7 @@ class Submit:
     # Per message, the (name, encoded bytes) of the images at its media markers;
     # empty when the conversation has no images at all.
     images: tuple[tuple[tuple[str, bytes], ...], ...] = ()
+    raw: bool = False  # the turns' text as it is, without the chat template
 
 
 @dataclass(frozen=True)

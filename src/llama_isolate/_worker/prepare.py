@@ -23,7 +23,7 @@ from .. import _protocol as protocol
 from .._events import ErrorCode
 from .chat import ChatTemplateError
 from .fit import ContextFitter, Encode
-from .prompt import ImageChunk, Prompt
+from .prompt import ImageChunk, Item, Prompt
 from .vision import ImageError, Vision
 from .vocab import Vocab
 
@@ -146,6 +146,10 @@ class Preparer:
 
         def encode(kept: list[int]) -> Prompt:
             messages = tuple(request.messages[i] for i in kept)
+            if request.raw:
+                text = "".join(content for _, content in messages)
+                items: list[Item] = [*self._vocab.tokenize(text, add_special=True, parse_special=True)]
+                return Prompt(items)
             if not request.images:
                 return Prompt(list(self._vocab.prompt_tokens(messages)))
             if self._vision is None:
