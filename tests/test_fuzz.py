@@ -10,16 +10,24 @@ After every case:
 - each prompt that was accepted got exactly one completion event;
 - the worker's pid is unchanged (nothing killed it);
 - the parent still answers a plain prompt.
+
+The same goes for generated HTTP requests to the server (JSON of any shape,
+malformed messages and content parts, bad images, out-of-range options,
+bytes that are not JSON): each gets a 200 or a 400 with OpenAI's error
+object, never a 5xx, and the server keeps serving with nothing left running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -35,8 +43,11 @@ from llama_isolate import (
     LlamaStatus,
     SamplerParams,
 )
+from llama_isolate.server import create_app
 
 from .conftest import BLUE, GREEDY, RED
+from .server_tools import metric, wait_until
+from .serving import serving
 from .test_hostile import png_header
 
 WAIT_S = 30.0
@@ -179,3 +190,100 @@ def test_no_input_kills_the_worker_or_loses_a_prompt(
         assert parent.status is LlamaStatus.READY
 
     loop.run_until_complete(case())
+
+
+# ---------------------------------------------------------------------------------------------- over HTTP
+
+RED_URI = "data:image/png;base64," + base64.b64encode(RED.data).decode()
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), texts),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=8,
+)
+http_texts = st.one_of(
+    st.text(max_size=20), st.sampled_from(["", "<s>", "</s>", "\x00", "🦙", MEDIA_MARKER, "a" * 300])
+)
+parts = st.one_of(
+    st.fixed_dictionaries({"type": st.just("text"), "text": st.one_of(http_texts, json_values)}),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("image_url"),
+            "image_url": st.one_of(
+                st.fixed_dictionaries(
+                    {"url": st.sampled_from([RED_URI, "data:image/png;base64,!!!", "http://x/y.png", "data:,"])}
+                ),
+                json_values,
+            ),
+        }
+    ),
+    json_values,
+)
+http_messages = st.lists(
+    st.one_of(
+        st.fixed_dictionaries(
+            {
+                "role": st.one_of(st.sampled_from(["user", "assistant", "system", "developer", "tool"]), json_values),
+                "content": st.one_of(http_texts, st.lists(parts, max_size=3), st.none(), json_values),
+            }
+        ),
+        json_values,
+    ),
+    max_size=4,
+)
+options = {
+    "max_tokens": st.one_of(st.integers(-2, 6), json_values),
+    "max_completion_tokens": st.integers(-1, 6),
+    "temperature": st.one_of(st.floats(-1, 3, allow_nan=False), json_values),
+    "top_p": st.floats(-0.5, 1.5, allow_nan=False),
+    "seed": st.integers(-(2**65), 2**65),
+    "stop": st.one_of(http_texts, st.lists(http_texts, max_size=20), json_values),
+    "stream": st.one_of(st.booleans(), json_values),
+    "stream_options": st.one_of(st.fixed_dictionaries({"include_usage": st.booleans()}), json_values),
+    "presence_penalty": st.floats(-3, 3, allow_nan=False),
+    "frequency_penalty": st.floats(-3, 3, allow_nan=False),
+    "n": st.integers(-1, 3),
+    "model": json_values,
+    "encoding_format": st.sampled_from(["float", "base64", "hex"]),
+    "prompt": st.one_of(http_texts, st.lists(http_texts, max_size=2), json_values),
+    "input": st.one_of(http_texts, st.lists(http_texts, max_size=3), json_values),
+}
+bodies = st.one_of(
+    json_values,
+    st.fixed_dictionaries({"messages": http_messages}, optional=options),
+    st.fixed_dictionaries({}, optional=options),
+)
+ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+
+
+@pytest.fixture(scope="module")
+def http_server(tiny_vlm: tuple[Path, Path]) -> Iterator[str]:
+    model, mmproj = tiny_vlm
+    load = LlamaLoad(
+        path=model,
+        mmproj_path=mmproj,
+        context_params=ContextParams(n_ctx=512, n_parallel=2, embeddings=True, n_predict=8),
+        chat_template=TEMPLATE,
+    )
+    with serving(create_app(load, max_body_bytes=1 << 20)) as url:
+        yield url
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(st.sampled_from(ENDPOINTS), st.one_of(bodies.map(lambda b: json.dumps(b).encode()), st.binary(max_size=40)))
+def test_no_http_request_gets_a_5xx_or_stops_the_server(http_server: str, endpoint: str, body: bytes) -> None:
+    headers = {"content-type": "application/json"}
+    with httpx.stream("POST", http_server + endpoint, content=body, headers=headers, timeout=WAIT_S) as response:
+        content = b"".join(response.iter_bytes())
+    assert response.status_code in (200, 400), (response.status_code, content[:300])
+    if response.headers["content-type"].startswith("text/event-stream"):
+        assert content.endswith(b"data: [DONE]\n\n"), content[-300:]
+    else:
+        answer = json.loads(content)
+        if response.status_code == 400:
+            assert set(answer) == {"error"} and answer["error"]["message"], answer
+    assert httpx.get(http_server + "/health", timeout=WAIT_S).status_code == 200
+    wait_until(lambda: metric(http_server, "llama_isolate_prompts_running") == 0, WAIT_S, "every prompt to end")
