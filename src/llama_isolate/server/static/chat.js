@@ -53,7 +53,7 @@
   // Reads a non-2xx response: OpenAI's {"error": {"message", "type", "param", "code"}}, or whatever else
   // came back (a proxy's HTML page, FastAPI's {"detail": ...}), so that the user always sees something.
   async function httpError(res) {
-    const status = `HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ""}`;
+    const status = `HTTP ${res.status}`;
     let text = "";
     try {
       text = await res.text();
@@ -74,7 +74,8 @@
       return new ApiError(`${status}: ${detail}`, res.status);
     }
     const snippet = text.trim().slice(0, 300);
-    return new ApiError(snippet ? `${status}: ${snippet}` : status, res.status);
+    if (snippet) return new ApiError(`${status}: ${snippet}`, res.status);
+    return new ApiError(res.statusText ? `${status} ${res.statusText}` : status, res.status);
   }
 
   function describe(err) {
