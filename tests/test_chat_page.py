@@ -6,6 +6,7 @@ in a thread of its own (tests/serving.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -41,6 +42,16 @@ def base_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def keyed_url() -> Iterator[str]:
+    """A second server, which wants an API key, with a small context."""
+    from llama_isolate.server import create_app
+
+    load = LlamaLoad(path=default_model_path(), context_params=ContextParams(n_parallel=1, n_ctx=512))
+    with serving(create_app(load, api_key="sekrit")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: these tests drive Debian's chromium, which .ci/run installs (apt-get)")
@@ -52,31 +63,43 @@ def browser() -> Iterator[Browser]:
             b.close()
 
 
-@pytest.fixture
-def page(browser: Browser, base_url: str) -> Iterator[Page]:
-    """The chat page, loaded, with its model known; fails the test on any uncaught script error."""
+@contextlib.contextmanager
+def browsing(browser: Browser) -> Iterator[Page]:
+    """A page in a fresh context (its own localStorage); an uncaught script error in it fails the test."""
     context = browser.new_context(viewport={"width": 1280, "height": 800})
-    p = context.new_page()
+    page = context.new_page()
     errors: list[str] = []
-    p.on("pageerror", lambda e: errors.append(str(e)))
-    p.goto(base_url + "/")
-    expect(p.get_by_test_id("model")).not_to_have_text(re.compile(r"^(loading…|no model)?$"))
+    page.on("pageerror", lambda e: errors.append(str(e)))
     try:
-        yield p
+        yield page
     finally:
         context.close()
     assert not errors, f"uncaught errors in the page: {errors}"
 
 
-def running(base_url: str) -> float:
-    """The server's gauge of prompts being decoded, from GET /metrics."""
+@pytest.fixture
+def page(browser: Browser, base_url: str) -> Iterator[Page]:
+    """The chat page from the real server, loaded, with its model known."""
+    with browsing(browser) as p:
+        p.goto(base_url + "/")
+        expect(p.get_by_test_id("model")).to_have_text(default_model_path().stem)
+        yield p
+
+
+def metric(base_url: str, name: str) -> float:
+    """One unlabelled sample from the server's GET /metrics (Prometheus text)."""
     text = httpx.get(base_url + "/metrics", timeout=10).text
-    match = re.search(r"^llama_isolate_prompts_running (\S+)$", text, re.MULTILINE)
-    assert match, f"no llama_isolate_prompts_running gauge in /metrics:\n{text}"
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert match, f"no {name} in /metrics:\n{text}"
     return float(match.group(1))
 
 
-def wait_running(base_url: str, value: float, timeout: float = 30) -> None:
+def running(base_url: str) -> float:
+    """The server's gauge of prompts being decoded."""
+    return metric(base_url, "llama_isolate_prompts_running")
+
+
+def wait_running(base_url: str, value: float, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     seen = running(base_url)
     while seen != value:
@@ -96,6 +119,7 @@ def ask(page: Page, pane: int, question: str) -> None:
 
 
 def test_stop_mid_answer_keeps_the_partial_text_and_frees_the_server(page: Page, base_url: str) -> None:
+    generated = metric(base_url, "llama_isolate_tokens_generated_total")
     page.get_by_test_id("max-tokens").fill("400")
     ask(page, 0, "Write a long story about a dragon who learns to sing.")
 
@@ -111,8 +135,14 @@ def test_stop_mid_answer_keeps_the_partial_text_and_frees_the_server(page: Page,
     partial = text.text_content()
     assert partial
     assert partial.strip()
-    wait_running(base_url, 0)  # the dropped connection cancelled the prompt on the server
-    assert text.text_content() == partial  # nothing more was drawn into the page after Stop
+    wait_running(base_url, 0)  # the dropped connection cancelled the prompt on the server...
+    assert text.text_content() == partial  # ...and nothing more was drawn into the page after Stop
+    # ...before it could run on: the tokens the server generated are the ones shown, and the few decoded while
+    # Stop travelled, far from the 400 the story would have reached.
+    shown = re.match(r"(\d+) tokens", answer(page, 0).locator(".meta").text_content() or "")
+    assert shown, "the stopped answer does not say how many tokens it got"
+    extra = metric(base_url, "llama_isolate_tokens_generated_total") - generated - int(shown.group(1))
+    assert 0 <= extra <= 32, f"the server generated {extra} tokens after those the page showed"
     expect(page.get_by_test_id("send-0")).to_be_enabled()
     expect(page.get_by_test_id("stop-0")).to_be_disabled()
 
@@ -157,6 +187,36 @@ def test_both_panes_stream_at_once_and_show_their_speed(page: Page, base_url: st
     expect(page.get_by_test_id("pane-0")).to_have_attribute("data-state", "idle", timeout=SLOW)
     expect(answer(page, 0)).to_have_attribute("data-state", "done")
     expect(page.get_by_test_id("transcript-1").locator(".msg")).to_have_count(2)  # the other pane is its own
+
+
+def test_the_key_and_an_error_from_the_real_server(browser: Browser, keyed_url: str) -> None:
+    with browsing(browser) as page:
+        page.goto(keyed_url + "/")  # the page itself needs no key...
+        expect(page.get_by_test_id("status")).to_contain_text("HTTP 401")  # ...the API does, and the page asks for it
+        expect(page.get_by_test_id("key-form")).to_be_visible()
+        page.get_by_test_id("api-key").fill("wrong")
+        page.get_by_test_id("save-key").click()
+        expect(page.get_by_test_id("status")).to_contain_text("wrong API key")
+        page.get_by_test_id("api-key").fill("sekrit")
+        page.get_by_test_id("save-key").click()
+        expect(page.get_by_test_id("model")).to_have_text(default_model_path().stem)
+        expect(page.get_by_test_id("status")).to_have_text("")
+
+        page.get_by_test_id("max-tokens").fill("8")
+        too_long = "word " * 600
+        ask(page, 0, too_long)
+        expect(page.get_by_test_id("error-0")).to_have_text(
+            re.compile(r"^HTTP 400: .*\b512\b")
+        )  # the context is too small
+        expect(page.get_by_test_id("input-0")).to_have_value(too_long.strip())
+
+        page.get_by_test_id("input-0").fill("Hi")
+        with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as sent:
+            page.get_by_test_id("send-0").click()
+        assert sent.value.headers["authorization"] == "Bearer sekrit"
+        assert [m["content"] for m in json.loads(sent.value.post_data or "{}")["messages"]] == ["Hi"]
+        expect(answer(page, 0)).to_have_attribute("data-state", "done", timeout=SLOW)
+        expect(page.get_by_test_id("error-0")).to_be_hidden()
 
 
 # --- The page against a scripted API -----------------------------------------------------------------------------
@@ -237,15 +297,8 @@ class ScriptedApi:
 
 @pytest.fixture
 def blank(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    p = context.new_page()
-    errors: list[str] = []
-    p.on("pageerror", lambda e: errors.append(str(e)))
-    try:
+    with browsing(browser) as p:
         yield p
-    finally:
-        context.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
 
 
 def test_model_text_is_shown_as_text_and_usage_is_read(blank: Page) -> None:
