@@ -133,16 +133,15 @@ def test_stop_mid_answer_keeps_the_partial_text_and_frees_the_server(page: Page,
     expect(answer(page, 0)).to_have_attribute("data-state", "stopped")
     expect(answer(page, 0).locator(".meta")).to_contain_text("stopped")
     partial = text.text_content()
-    assert partial
-    assert partial.strip()
+    assert partial is not None and partial.strip()
     wait_running(base_url, 0)  # the dropped connection cancelled the prompt on the server...
     assert text.text_content() == partial  # ...and nothing more was drawn into the page after Stop
-    # ...before it could run on: the tokens the server generated are the ones shown, and the few decoded while
-    # Stop travelled, far from the 400 the story would have reached.
+    # ...before it could run on: the server generated the tokens shown and the few decoded while Stop travelled,
+    # far from the 400 this story reaches when left to run (so a fast server that lets it run on fails here too).
     shown = re.match(r"(\d+) tokens", answer(page, 0).locator(".meta").text_content() or "")
     assert shown, "the stopped answer does not say how many tokens it got"
-    extra = metric(base_url, "llama_isolate_tokens_generated_total") - generated - int(shown.group(1))
-    assert 0 <= extra <= 32, f"the server generated {extra} tokens after those the page showed"
+    total = metric(base_url, "llama_isolate_tokens_generated_total") - generated
+    assert int(shown.group(1)) <= total < 200, f"the server generated {total} tokens, the page showed {shown.group(1)}"
     expect(page.get_by_test_id("send-0")).to_be_enabled()
     expect(page.get_by_test_id("stop-0")).to_be_disabled()
 
