@@ -42,14 +42,28 @@ Item = str | CompletionEvent
 class Generation:
     """A prompt sent through its own scope; `next()` gives its text pieces, then its `CompletionEvent`."""
 
-    def __init__(self, parent: LlamaParent, on_close: Callable[[Generation], object] = lambda _: None) -> None:
+    def __init__(
+        self,
+        parent: LlamaParent,
+        on_close: Callable[[Generation], object] = lambda _: None,
+        on_first: Callable[[], object] = lambda: None,
+    ) -> None:
         self._on_close = on_close
+        self._on_first = on_first
         self._scope = parent.get_scope()
         self._items: asyncio.Queue[Item] = asyncio.Queue()
-        self._scope.stream.listen(self._items.put_nowait)
+        self._scope.stream.listen(self._piece)
         self._scope.completions.listen(self._items.put_nowait)
         self.event: CompletionEvent | None = None
+        self.generating = False
+        """True from the first piece of text on."""
         self._closed = False
+
+    def _piece(self, text: str) -> None:
+        if not self.generating:
+            self.generating = True
+            self._on_first()
+        self._items.put_nowait(text)
 
     @classmethod
     async def start(
@@ -61,12 +75,14 @@ class Generation:
         *,
         raw: bool = False,
         on_close: Callable[[Generation], object] = lambda _: None,
+        on_first: Callable[[], object] = lambda: None,
     ) -> Generation:
         """Queue the prompt; `ApiError` if it cannot be (429 queue full, 503 not ready, 400 bad input).
 
-        `on_close(generation)` runs once the scope is disposed (its `event` is set if the prompt ended).
+        `on_first()` runs at its first piece of text; `on_close(generation)`
+        once the scope is disposed (its `event` is set if the prompt ended).
         """
-        generation = cls(parent, on_close)
+        generation = cls(parent, on_close, on_first)
         try:
             generation._scope.messages[:] = turn.history
             if turn.images:
@@ -162,13 +178,15 @@ class EventStreamResponse(StreamingResponse):
         self.disconnected = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        finished = False
         try:
             async with anyio.create_task_group() as group:
 
                 async def watch() -> None:
                     await until_disconnected(receive)
-                    self.disconnected = True
-                    scope["llama_isolate.client_gone"] = True  # for the request counter
+                    if not finished:  # after the last byte the server reports a disconnect too
+                        self.disconnected = True
+                        scope["llama_isolate.client_gone"] = True  # for the request counter
                     group.cancel_scope.cancel()
 
                 group.start_soon(watch)
@@ -176,6 +194,7 @@ class EventStreamResponse(StreamingResponse):
                 with contextlib.suppress(OSError):  # the client went away while we wrote
                     async for chunk in self._events:
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    finished = True
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                 group.cancel_scope.cancel()
         finally:

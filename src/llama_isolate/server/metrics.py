@@ -15,7 +15,8 @@ class Metrics:
 
     Example::
 
-        metrics = Metrics(lambda: parent)
+        metrics = Metrics()
+        metrics.watch(parent)
         metrics.request("/v1/chat/completions", 200)
         text = metrics.exposition()
     """
@@ -23,6 +24,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.in_flight = 0  # prompts sent and not ended
+        self.generating = 0  # of which have produced text
         self._parent: LlamaParent | None = None
         Gauge(f"{PREFIX}_queue_length", "Prompts waiting for a slot.", registry=self.registry).set_function(
             self._queued
@@ -30,6 +32,11 @@ class Metrics:
         Gauge(
             f"{PREFIX}_prompts_running", "Prompts reading their prompt or generating.", registry=self.registry
         ).set_function(lambda: max(0, self.in_flight - self._queued()))
+        Gauge(
+            f"{PREFIX}_prompts_generating",
+            "Prompts past their first token (the others running still read their prompt).",
+            registry=self.registry,
+        ).set_function(lambda: self.generating)
         self._generated = Counter(f"{PREFIX}_tokens_generated", "Tokens generated.", registry=self.registry)
         self._processed = Counter(
             f"{PREFIX}_prompt_tokens_processed",

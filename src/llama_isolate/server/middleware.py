@@ -77,31 +77,25 @@ class BodyLimitMiddleware:
             await _send_error(send, too_large)
             return
         received = 0
-        started = False
+        answered = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, answered
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self._limit:
-                    raise _TooLarge
+                if received > self._limit and not answered:
+                    answered = True
+                    await _send_error(send, too_large)
+            if answered:  # the app stops reading; whatever it answers is dropped
+                return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def guarded_send(message: Message) -> None:
+            if not answered:
+                await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _send_error(send, too_large)
-
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, limited_receive, guarded_send)
 
 
 class RequestCounter:

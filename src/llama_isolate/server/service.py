@@ -74,10 +74,17 @@ class ModelService:
         """Queue a prompt in a scope of its own (see `Generation`)."""
         parent = self.ready()
         self.metrics.in_flight += 1
-        return await Generation.start(parent, turn, sampler, max_tokens, raw=raw, on_close=self._closed)
+        return await Generation.start(
+            parent, turn, sampler, max_tokens, raw=raw, on_close=self._closed, on_first=self._first
+        )
+
+    def _first(self) -> None:
+        self.metrics.generating += 1
 
     def _closed(self, generation: Generation) -> None:
         self.metrics.in_flight -= 1
+        if generation.generating:
+            self.metrics.generating -= 1
         if generation.event is not None:
             self.metrics.prompt_ended(generation.event)
 

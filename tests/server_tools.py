@@ -1,0 +1,38 @@
+"""Helpers for the server tests: metrics, and waiting for a condition with a deadline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+
+
+def metric(base_url: str, name: str, **labels: str) -> float:
+    """One sample of the server's /metrics (0 when absent)."""
+    wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+    for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        if _canonical(key) == wanted:
+            return float(value)
+    return 0.0
+
+
+def _canonical(key: str) -> str:
+    if "{" not in key:
+        return key
+    name, _, rest = key.partition("{")
+    parts = sorted(rest.rstrip("}").split(","))
+    return name + "{" + ",".join(parts) + "}"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "the condition") -> float:
+    """Poll `condition` until it holds; returns the seconds it took, fails the test after `timeout`."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.005)
+    return time.monotonic() - start

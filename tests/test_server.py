@@ -1,0 +1,284 @@
+"""The OpenAI-compatible server, through the real `openai` SDK and raw HTTP, on the default model."""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from llama_isolate import ContextParams, LlamaLoad, SamplerParams
+from llama_isolate.server import create_app
+
+from .server_tools import metric, wait_until
+from .serving import serving
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+# Greedy, the model goes on counting until max_tokens: a generation that is sure to be long.
+COUNTING = {"prompt": "1, 2, 3, 4, 5, 6, 7,", "max_tokens": 1000, "stream": True}
+
+
+def server_load(model_path: Path, *, n_parallel: int = 2, n_ctx: int = 1024) -> LlamaLoad:
+    return LlamaLoad(
+        path=model_path,
+        context_params=ContextParams(n_ctx=n_ctx, n_parallel=n_parallel, embeddings=True),
+        sampler_params=SamplerParams(greedy=True),
+    )
+
+
+@pytest.fixture(scope="module")
+def base_url(model_path: Path) -> Iterator[str]:
+    with serving(create_app(server_load(model_path), model_name="smol")) as url:
+        yield url
+
+
+@pytest.fixture
+def client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+# ------------------------------------------------------------------ the happy paths
+
+
+def test_models_lists_the_one_model(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list().data] == ["smol"]
+
+
+def test_chat_answer_with_usage(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(model="gpt-4o", messages=ask("Name a fruit."), max_tokens=6)
+    assert answer.id.startswith("chatcmpl-")
+    assert answer.model == "smol"  # any model name is accepted: there is one
+    choice = answer.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason == "length"
+    assert answer.usage is not None
+    assert answer.usage.completion_tokens == 6
+    assert answer.usage.prompt_tokens > 10
+    assert answer.usage.total_tokens == answer.usage.prompt_tokens + 6
+    assert answer.usage.prompt_tokens_details is not None
+    assert answer.usage.prompt_tokens_details.cached_tokens is not None
+
+
+def test_streaming_chunks_look_as_the_sdk_expects(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(model="m", messages=ask("Describe rain."), max_tokens=12)
+    chunks = list(
+        client.chat.completions.create(
+            model="m",
+            messages=ask("Describe rain."),
+            max_tokens=12,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert len({c.id for c in chunks}) == 1 and len({c.created for c in chunks}) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(c.choices[0].delta.role is None for c in chunks[1:-1])
+    *content, last_choice, usage_chunk = chunks
+    assert last_choice.choices[0].finish_reason == "length" and not last_choice.choices[0].delta.content
+    assert all(c.choices[0].finish_reason is None for c in content)
+    assert usage_chunk.choices == [] and usage_chunk.usage is not None
+    assert usage_chunk.usage.completion_tokens == 12
+    assert "".join(c.choices[0].delta.content or "" for c in content) == whole.choices[0].message.content
+
+
+def test_without_include_usage_the_stream_has_no_usage_chunk(base_url: str) -> None:
+    body = {"messages": ask("Hi"), "max_tokens": 3, "stream": True}
+    with httpx.stream("POST", base_url + CHAT, json=body, timeout=60) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert lines[-1] == "data: [DONE]"
+    assert '"usage"' not in "".join(lines)
+
+
+def test_stop_sequences_end_the_answer_before_them_streamed_or_not(client: openai.OpenAI) -> None:
+    full = client.chat.completions.create(model="m", messages=ask("Count from one to ten in words."), max_tokens=40)
+    text = full.choices[0].message.content or ""
+    stop = text[len(text) // 2 :][:4]
+    assert stop.strip(), text
+    cut = client.chat.completions.create(
+        model="m", messages=ask("Count from one to ten in words."), max_tokens=40, stop=[stop, "never-there"]
+    )
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == text[: text.index(stop)]
+    streamed = client.chat.completions.create(
+        model="m", messages=ask("Count from one to ten in words."), max_tokens=40, stop=stop, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == text[: text.index(stop)]
+
+
+def test_text_completions_continue_the_prompt_as_written(client: openai.OpenAI) -> None:
+    answer = client.completions.create(model="m", prompt="The capital of France is", max_tokens=4)
+    assert answer.object == "text_completion"
+    assert "Paris" in answer.choices[0].text
+    assert answer.usage is not None and answer.usage.prompt_tokens < 10  # no chat template around it
+    streamed = client.completions.create(model="m", prompt="The capital of France is", max_tokens=4, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == answer.choices[0].text
+
+
+def test_embeddings_float_and_base64_agree(client: openai.OpenAI, base_url: str) -> None:
+    sdk = client.embeddings.create(model="m", input=["a cat", "a dog"])  # the SDK asks for base64
+    assert [d.index for d in sdk.data] == [0, 1]
+    assert all(len(d.embedding) == 576 for d in sdk.data)
+    assert math.isclose(sum(x * x for x in sdk.data[0].embedding), 1.0, rel_tol=1e-3)
+    raw = httpx.post(f"{base_url}/v1/embeddings", json={"input": "a cat"}, timeout=60).json()
+    floats = raw["data"][0]["embedding"]
+    b64 = httpx.post(
+        f"{base_url}/v1/embeddings", json={"input": "a cat", "encoding_format": "base64"}, timeout=60
+    ).json()["data"][0]["embedding"]
+    decoded = struct.unpack("<576f", base64.b64decode(b64))
+    assert all(math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-7) for x, y in zip(floats, decoded, strict=True))
+    assert all(
+        math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-7) for x, y in zip(floats, sdk.data[0].embedding, strict=True)
+    )
+
+
+def test_the_next_turn_of_a_conversation_reuses_the_cache(client: openai.OpenAI) -> None:
+    messages = [{"role": "system", "content": "You are terse."}, *ask("Tell me about otters.")]
+    first = client.chat.completions.create(model="m", messages=messages, max_tokens=16)  # type: ignore[arg-type]
+    assert first.usage is not None
+    messages += [{"role": "assistant", "content": first.choices[0].message.content or ""}, *ask("Where do they live?")]
+    second = client.chat.completions.create(model="m", messages=messages, max_tokens=4)  # type: ignore[arg-type]
+    assert second.usage is not None and second.usage.prompt_tokens_details is not None
+    cached = second.usage.prompt_tokens_details.cached_tokens or 0
+    assert cached >= first.usage.prompt_tokens + first.usage.completion_tokens - 4
+
+
+def test_concurrent_clients_each_get_their_own_answer(client: openai.OpenAI) -> None:
+    prompts = ["Name a colour.", "Name a fruit.", "Name an animal.", "Name a city."]
+    alone = [client.chat.completions.create(model="m", messages=ask(p), max_tokens=8) for p in prompts]
+    results: dict[int, str] = {}
+
+    def run(i: int) -> None:
+        stream = client.chat.completions.create(model="m", messages=ask(prompts[i]), max_tokens=8, stream=True)
+        results[i] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert [results.get(i) for i in range(len(prompts))] == [a.choices[0].message.content for a in alone]
+
+
+# ------------------------------------------------------------------ errors
+
+
+def error_of(response: httpx.Response) -> dict[str, object]:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert body["error"]["message"]
+    return dict(body["error"])
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+        ({"messages": ask("hi"), "temperature": 5}, "temperature"),
+        ({"messages": ask("hi"), "max_tokens": 0}, "max_tokens"),
+        ({"messages": ask("hi"), "stop": 3}, "stop"),
+        ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages[0].role"),
+        ({"messages": ask("hi"), "n": 2}, "n"),
+        ({"messages": ask("hi"), "response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, None),
+    ],
+)
+def test_malformed_requests_are_400_with_the_param(base_url: str, body: dict[str, object], param: str | None) -> None:
+    response = httpx.post(base_url + CHAT, json=body, timeout=30)
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["type"] == "invalid_request_error"
+    if param is not None:
+        assert str(error["param"]).startswith(param), error
+
+
+def test_a_body_that_is_not_json_is_400(base_url: str) -> None:
+    response = httpx.post(base_url + CHAT, content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "invalid_json"
+
+
+def test_a_prompt_longer_than_the_context_is_400_before_any_stream(base_url: str) -> None:
+    for stream in (False, True):
+        body = {"messages": ask("word " * 1500), "max_tokens": 4, "stream": stream}
+        response = httpx.post(base_url + CHAT, json=body, timeout=60)
+        assert response.status_code == 400
+        assert response.headers["content-type"].startswith("application/json")
+        assert error_of(response)["code"] == "context_length_exceeded"
+
+
+def test_unknown_routes_and_methods_get_openai_errors(base_url: str) -> None:
+    assert httpx.get(f"{base_url}/v1/nothing").status_code == 404
+    error_of(httpx.get(f"{base_url}/v1/nothing"))
+    response = httpx.get(base_url + CHAT)
+    assert response.status_code == 405
+    error_of(response)
+
+
+def test_a_body_over_the_cap_is_413(model_path: Path) -> None:
+    with serving(create_app(server_load(model_path, n_parallel=1), max_body_bytes=2000)) as url:
+        response = httpx.post(url + CHAT, json={"messages": ask("x" * 5000)}, timeout=30)
+        assert response.status_code == 413
+        assert error_of(response)["code"] == "request_too_large"
+        chunked = httpx.post(url + CHAT, content=iter([b"{" + b" " * 3000 + b"}"]), timeout=30)  # no Content-Length
+        assert chunked.status_code == 413
+        assert httpx.post(url + CHAT, json={"messages": ask("hi"), "max_tokens": 2}, timeout=60).status_code == 200
+
+
+def test_api_key_is_required_except_for_health_and_the_page(model_path: Path) -> None:
+    with serving(create_app(server_load(model_path, n_parallel=1), api_key="s3cret")) as url:
+        assert httpx.get(f"{url}/health").status_code == 200
+        assert httpx.get(f"{url}/").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            response = httpx.get(f"{url}/v1/models", headers=headers)
+            assert response.status_code == 401
+            assert error_of(response)["code"] == "invalid_api_key"
+        assert httpx.get(f"{url}/metrics").status_code == 401
+        good = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0)
+        assert good.chat.completions.create(model="m", messages=ask("hi"), max_tokens=2).choices
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{url}/v1", api_key="nope", max_retries=0).models.list()
+
+
+def test_cors_only_for_the_origins_given(model_path: Path, base_url: str) -> None:
+    preflight = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
+    assert "access-control-allow-origin" not in httpx.options(base_url + CHAT, headers=preflight).headers
+    with serving(create_app(server_load(model_path, n_parallel=1), cors_origins=["http://app.example"])) as url:
+        allowed = httpx.options(url + CHAT, headers=preflight)
+        assert allowed.headers["access-control-allow-origin"] == "http://app.example"
+        other = httpx.options(url + CHAT, headers={**preflight, "Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_a_full_queue_is_429_with_retry_after(model_path: Path) -> None:
+    with serving(create_app(server_load(model_path, n_parallel=1), max_queue=1)) as url:
+        statuses: list[int] = []
+        short = {"messages": ask("Hi"), "max_tokens": 2}
+        queued = threading.Thread(
+            target=lambda: statuses.append(httpx.post(url + CHAT, json=short, timeout=60).status_code)
+        )
+        with httpx.stream("POST", url + COMPLETIONS, json=COUNTING, timeout=60) as running:
+            lines = running.iter_lines()  # kept: a dropped iterator closes the connection
+            next(lines)  # it runs
+            queued.start()
+            wait_until(lambda: metric(url, "llama_isolate_queue_length") == 1, what="a queued prompt")
+            refused = httpx.post(url + CHAT, json=short, timeout=60)
+            assert refused.status_code == 429
+            assert refused.headers["retry-after"] == "1"
+            assert error_of(refused)["code"] == "queue_full"
+        queued.join(timeout=60)  # the running stream's client left: the queued one ran
+        assert statuses == [200]

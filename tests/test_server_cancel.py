@@ -1,0 +1,157 @@
+"""A client that goes away stops its work, whatever state it was in; the others carry on; crashes end cleanly."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from llama_isolate.server import create_app
+
+from .conftest import children
+from .server_tools import metric, wait_until
+from .serving import serving
+from .test_server import CHAT, COMPLETIONS, COUNTING, ask, server_load
+
+RUNNING = "llama_isolate_prompts_running"
+GENERATING = "llama_isolate_prompts_generating"
+QUEUED = "llama_isolate_queue_length"
+
+
+@pytest.fixture(scope="module")
+def base_url(model_path: Path) -> Iterator[str]:
+    with serving(create_app(server_load(model_path, n_parallel=2, n_ctx=2048))) as url:
+        yield url
+
+
+def gone(base_url: str, endpoint: str) -> float:
+    return metric(base_url, "llama_isolate_requests_total", endpoint=endpoint, status="499")
+
+
+def raw_request(base_url: str, path: str, body: dict[str, object]) -> socket.socket:
+    """An HTTP request sent on a plain socket, left open: closing the socket is the client leaving."""
+    url = urlparse(base_url)
+    sock = socket.create_connection((url.hostname, url.port))
+    data = json.dumps(body).encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    sock.sendall(head.encode() + data)
+    return sock
+
+
+class Neighbour:
+    """Another client streaming at the same time, read to its end on a thread."""
+
+    def __init__(self, base_url: str, max_tokens: int) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._run, args=(base_url, max_tokens))
+        self._thread.start()
+
+    def _run(self, base_url: str, max_tokens: int) -> None:
+        with httpx.stream(
+            "POST", base_url + COMPLETIONS, json={**COUNTING, "max_tokens": max_tokens}, timeout=120
+        ) as r:
+            self.lines = [line for line in r.iter_lines() if line]
+
+    def result(self) -> list[str]:
+        self._thread.join(timeout=120)
+        return self.lines
+
+
+def assert_finished_whole(lines: list[str], tokens: int) -> None:
+    assert lines[-1] == "data: [DONE]"
+    last = json.loads(lines[-2][len("data: ") :])
+    assert last["choices"][0]["finish_reason"] == "length"
+    assert len(lines) - 2 == tokens  # one chunk per token, all of them
+
+
+def test_a_streaming_client_leaving_mid_answer_stops_it_and_not_its_neighbour(base_url: str) -> None:
+    generated = metric(base_url, "llama_isolate_tokens_generated_total")
+    left = gone(base_url, COMPLETIONS)
+    with httpx.stream("POST", base_url + COMPLETIONS, json=COUNTING, timeout=60) as leaving:
+        lines = leaving.iter_lines()
+        next(lines)
+        neighbour = Neighbour(base_url, 60)
+        wait_until(lambda: metric(base_url, GENERATING) == 2, what="both generating")
+    took = wait_until(lambda: metric(base_url, GENERATING) == 1, timeout=5, what="the stream to stop")
+    assert took < 1.0  # ~1000 more tokens would take many seconds
+    assert_finished_whole(neighbour.result(), 60)
+    wait_until(lambda: metric(base_url, RUNNING) == 0, what="both ended")
+    assert gone(base_url, COMPLETIONS) == left + 1
+    assert metric(base_url, "llama_isolate_tokens_generated_total") - generated < 400
+
+
+def test_a_non_streaming_client_leaving_mid_answer_stops_it(base_url: str) -> None:
+    generated = metric(base_url, "llama_isolate_tokens_generated_total")
+    sock = raw_request(base_url, COMPLETIONS, {**COUNTING, "stream": False})
+    wait_until(lambda: metric(base_url, GENERATING) == 1, what="it generates")
+    sock.close()
+    took = wait_until(lambda: metric(base_url, RUNNING) == 0, timeout=5, what="the prompt to stop")
+    assert took < 1.0
+    assert metric(base_url, "llama_isolate_tokens_generated_total") - generated < 400
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_leaving_while_reading_its_prompt_aborts_the_prompt(base_url: str, stream: bool) -> None:
+    processed = metric(base_url, "llama_isolate_prompt_tokens_processed_total")
+    long_prompt = " ".join(f"Note {i}: the jar is in cupboard {i}." for i in range(120))  # ~1600 tokens
+    sock = raw_request(base_url, CHAT, {"messages": ask(long_prompt), "max_tokens": 8, "stream": stream})
+    wait_until(lambda: metric(base_url, RUNNING) == 1, what="it runs")
+    assert metric(base_url, GENERATING) == 0  # still reading the prompt (that takes seconds here)
+    sock.close()
+    took = wait_until(lambda: metric(base_url, RUNNING) == 0, timeout=5, what="the prompt to stop")
+    assert took < 1.0
+    assert metric(base_url, "llama_isolate_prompt_tokens_processed_total") - processed < 1500  # cut part-way
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_leaving_while_queued_never_starts(base_url: str, stream: bool) -> None:
+    endpoint = CHAT
+    left = gone(base_url, endpoint)
+    with (
+        httpx.stream("POST", base_url + COMPLETIONS, json=COUNTING, timeout=60) as first,
+        httpx.stream("POST", base_url + COMPLETIONS, json=COUNTING, timeout=60) as second,
+    ):
+        first_lines, second_lines = first.iter_lines(), second.iter_lines()
+        next(first_lines), next(second_lines)  # both slots busy
+        sock = raw_request(base_url, endpoint, {"messages": ask("Hello"), "max_tokens": 4, "stream": stream})
+        wait_until(lambda: metric(base_url, QUEUED) == 1, what="it queued")
+        sock.close()
+        wait_until(lambda: metric(base_url, QUEUED) == 0, timeout=5, what="it left the queue")
+        assert metric(base_url, RUNNING) == 2  # it never started; the two others go on
+        assert next(first_lines) is not None and next(second_lines) is not None  # still streaming
+    wait_until(lambda: gone(base_url, endpoint) == left + 1, what="it was counted as gone")
+    wait_until(lambda: metric(base_url, RUNNING) == 0, what="all ended")
+
+
+def test_a_worker_crash_ends_streams_with_an_error_then_503_until_it_is_back(model_path: Path) -> None:
+    with serving(create_app(server_load(model_path, n_parallel=2))) as url:
+        with httpx.stream("POST", url + COMPLETIONS, json=COUNTING, timeout=60) as running:
+            lines = running.iter_lines()
+            next(lines)
+            for worker in children():
+                worker.kill()
+            rest = [line for line in lines if line]
+        assert rest[-1] == "data: [DONE]"
+        error = json.loads(rest[-2][len("data: ") :])["error"]
+        assert "died" in error["message"] and error["code"] == "worker_died"
+        seen_503 = False
+        deadline = time.monotonic() + 60
+        while True:
+            response = httpx.post(url + CHAT, json={"messages": ask("Hi"), "max_tokens": 2}, timeout=60)
+            if response.status_code == 200:
+                break
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == "1"
+            assert response.json()["error"]["type"] == "service_unavailable_error"
+            seen_503 = True
+            assert time.monotonic() < deadline, "the worker did not come back"
+            wait_until(lambda: httpx.get(url + "/health").status_code == 200, what="the restart")
+        assert seen_503
+        assert httpx.get(url + "/health").json() == {"status": "ok"}
