@@ -282,3 +282,20 @@ def test_a_full_queue_is_429_with_retry_after(model_path: Path) -> None:
             assert error_of(refused)["code"] == "queue_full"
         queued.join(timeout=60)  # the running stream's client left: the queued one ran
         assert statuses == [200]
+
+
+def test_mounted_under_a_prefix_of_another_app(model_path: Path) -> None:
+    from fastapi import FastAPI
+
+    llm = create_app(server_load(model_path, n_parallel=1), api_key="k")
+    host = FastAPI(lifespan=llm.router.lifespan_context)
+    host.mount("/llm", llm)
+    with serving(host) as url:
+        assert httpx.get(f"{url}/llm/").status_code == 200  # the page, public
+        assert httpx.get(f"{url}/llm/static/chat.js").status_code == 200
+        assert httpx.get(f"{url}/llm/v1/models").status_code == 401
+        sdk = openai.OpenAI(base_url=f"{url}/llm/v1", api_key="k", max_retries=0)
+        assert sdk.chat.completions.create(model="m", messages=ask("hi"), max_tokens=2).choices
+        auth = {"Authorization": "Bearer k"}
+        text = httpx.get(f"{url}/llm/metrics", headers=auth).text
+        assert 'llama_isolate_requests_total{endpoint="/v1/chat/completions",status="200"} 1.0' in text

@@ -49,12 +49,21 @@ def create_app(
         max_body_bytes: larger request bodies get 413.
         init_timeout: how long the model may take to load (default: `default_init_timeout`).
 
+    Mounted inside another app, the model loads with the host's lifespan,
+    which Starlette does not do for mounted apps by itself: pass the inner
+    app's ``router.lifespan_context`` (see docs/server.md).
+
     Example::
 
         import uvicorn
         from llama_isolate.server import create_app
 
         uvicorn.run(create_app(), host="127.0.0.1", port=8080)
+
+        # or under a prefix of your own service:
+        llm = create_app()
+        host = FastAPI(lifespan=llm.router.lifespan_context)
+        host.mount("/llm", llm)
     """
     load = load or default_load()
     service = ModelService(load, name=model_name or model_name_of(load), max_queue=max_queue, init_timeout=init_timeout)

@@ -52,6 +52,7 @@ def chat_turn(body: ChatCompletionRequest, *, images_allowed: bool) -> Turn:
             400,
             f"the last message must be the user's (it is {last.role!r}): the model answers it",
             param=f"messages[{len(messages) - 1}].role",
+            code="invalid_value",
         )
     history = [_message(m, i, images_allowed) for i, m in enumerate(messages[:-1])]
     prompt = _message(last, len(messages) - 1, images_allowed)

@@ -36,7 +36,7 @@ class ApiKeyMiddleware:
         self._key = key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] == "OPTIONS" or _public(scope["path"]):
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or _public(route_path(scope)):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
@@ -52,6 +52,15 @@ class ApiKeyMiddleware:
             )
             return
         await self.app(scope, receive, send)
+
+
+def route_path(scope: Scope) -> str:
+    """The request's path inside this app (without the prefix it is mounted under)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
 
 
 def _public(path: str) -> bool:
@@ -107,7 +116,8 @@ class RequestCounter:
         self._endpoints = endpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self._endpoints:
+        path = route_path(scope) if scope["type"] == "http" else ""
+        if path not in self._endpoints:
             await self.app(scope, receive, send)
             return
         status = 0
@@ -122,7 +132,7 @@ class RequestCounter:
             await self.app(scope, receive, counting_send)
         finally:
             gone = scope.get(CLIENT_GONE_KEY)
-            self._count(scope["path"], CLIENT_GONE_STATUS if gone else status or 500)
+            self._count(path, CLIENT_GONE_STATUS if gone else status or 500)
 
 
 __all__ = ["ApiKeyMiddleware", "BodyLimitMiddleware", "RequestCounter", "error_body"]
