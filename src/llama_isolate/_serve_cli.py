@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 from typing import Any
 
 from ._errors import LlamaError
@@ -81,7 +82,7 @@ def describe(args: argparse.Namespace) -> LlamaLoad:
 
 
 def run(args: argparse.Namespace, load: LlamaLoad) -> int:
-    """Serve until Ctrl-C or SIGTERM."""
+    """Serve until SIGTERM (exit 0) or Ctrl-C (exit 130); the worker is stopped either way."""
     try:
         import uvicorn
 
@@ -97,5 +98,9 @@ def run(args: argparse.Namespace, load: LlamaLoad) -> int:
         max_queue=args.max_queue,
         max_body_bytes=args.max_body_bytes,
     )
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again
+    # under the handler that was there before it: this one, so the process
+    # exits 0 (Ctrl-C still ends as KeyboardInterrupt, exit 130).
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
     return 0
