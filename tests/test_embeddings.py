@@ -52,3 +52,11 @@ async def test_empty_and_too_long_texts_are_request_errors(embedding_parent: Lla
 async def test_embeddings_are_refused_without_embeddings_enabled(parent: LlamaParent) -> None:
     with pytest.raises(LlamaFeatureNotEnabled, match="embeddings=True"):
         await parent.get_embeddings("hello")
+
+
+async def test_embed_gives_the_vector_and_the_tokens_the_text_took(embedding_parent: LlamaParent) -> None:
+    short = await embedding_parent.embed("cat", normalize=True)
+    longer = await embedding_parent.embed("a cat sat on the mat and looked at the dog", normalize=True)
+    assert short.vector == await embedding_parent.get_embeddings("cat", normalize=True)
+    assert 1 <= short.tokens < longer.tokens
+    assert longer.tokens >= 10

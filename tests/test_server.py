@@ -129,6 +129,7 @@ def test_text_completions_continue_the_prompt_as_written(client: openai.OpenAI) 
 def test_embeddings_float_and_base64_agree(client: openai.OpenAI, base_url: str) -> None:
     sdk = client.embeddings.create(model="m", input=["a cat", "a dog"])  # the SDK asks for base64
     assert [d.index for d in sdk.data] == [0, 1]
+    assert sdk.usage.prompt_tokens == sdk.usage.total_tokens >= 4  # each text and its BOS
     assert all(len(d.embedding) == 576 for d in sdk.data)
     assert math.isclose(sum(x * x for x in sdk.data[0].embedding), 1.0, rel_tol=1e-3)
     raw = httpx.post(f"{base_url}/v1/embeddings", json={"input": "a cat"}, timeout=60).json()

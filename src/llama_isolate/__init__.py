@@ -41,7 +41,7 @@ from ._errors import (
     LlamaWorkerDied,
     LlamaWorkerDiedOnLoad,
 )
-from ._events import CompletionEvent, CompletionTimings, LlamaStatus, ModelInfo
+from ._events import CompletionEvent, CompletionTimings, Embedding, LlamaStatus, ModelInfo
 from ._images import MEDIA_MARKER, LlamaImage
 from ._model_path import default_model_path
 from ._params import ContextParams, LlamaLoad, ModelParams, SamplerParams
@@ -83,6 +83,7 @@ __all__ = [
     "CompletionEvent",
     "CompletionTimings",
     "ContextParams",
+    "Embedding",
     "EventStream",
     "LlamaContextLengthExceeded",
     "LlamaError",

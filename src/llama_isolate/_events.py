@@ -143,3 +143,17 @@ class ModelInfo:
     n_embd: int
     n_vocab: int
     has_chat_template: bool
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """An embedding vector and the number of tokens its text took (`LlamaParent.embed`).
+
+    Example::
+
+        result = await parent.embed("a sentence")
+        assert len(result.vector) == parent.model_info.n_embd
+    """
+
+    vector: list[float]
+    tokens: int

@@ -29,7 +29,7 @@ from typing import Any
 from . import _protocol as protocol
 from ._checks import check_images, check_int, check_text
 from ._errors import LlamaError, LlamaFeatureNotEnabled, LlamaStatusError, LlamaWorkerDied
-from ._events import CompletionEvent, LlamaStatus, ModelInfo
+from ._events import CompletionEvent, Embedding, LlamaStatus, ModelInfo
 from ._flow import PromptFlow, with_markers
 from ._images import MEDIA_MARKER, LlamaImage
 from ._link import WorkerLink
@@ -464,6 +464,17 @@ class LlamaParent:
         self._check_loop("wait_for_completion")
         return await self._flow.ledger.wait(prompt_id)
 
+    async def embed(self, text: str, *, normalize: bool = False) -> Embedding:
+        """Like `get_embeddings`, with the number of tokens the text took.
+
+        Example::
+
+            result = await parent.embed("a sentence", normalize=True)
+            print(len(result.vector), result.tokens)
+        """
+        answer = await self._embed(text, normalize, "embed")
+        return Embedding(list(answer.vector), answer.tokens)
+
     async def get_embeddings(self, text: str, *, normalize: bool = False) -> list[float]:
         """The embedding vector of `text` (length: the model's embedding size).
 
@@ -487,16 +498,16 @@ class LlamaParent:
 
             vector = await parent.get_embeddings("a sentence", normalize=True)
         """
-        self._require_ready("get_embeddings")
+        return list((await self._embed(text, normalize, "get_embeddings")).vector)
+
+    async def _embed(self, text: str, normalize: bool, what: str) -> protocol.Embedding:
+        self._require_ready(what)
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         check_text(text, "text")
         if not self._load.context_params.embeddings or self._load.model_params.vocab_only:
-            raise LlamaFeatureNotEnabled(
-                "get_embeddings() needs LlamaLoad(context_params=ContextParams(embeddings=True))"
-            )
-        answer = await self._link.request(lambda rid: protocol.Embed(rid, text, normalize), protocol.Embedding)
-        return list(answer.vector)
+            raise LlamaFeatureNotEnabled(f"{what}() needs LlamaLoad(context_params=ContextParams(embeddings=True))")
+        return await self._link.request(lambda rid: protocol.Embed(rid, text, normalize), protocol.Embedding)
 
     def get_scope(self) -> LlamaScope:
         """A new conversation on this parent, with its own history and streams.

@@ -213,6 +213,7 @@ class Embedding:
 
     request_id: int
     vector: tuple[float, ...]
+    tokens: int = 0
 
 
 @dataclass(frozen=True)

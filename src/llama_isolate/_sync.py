@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._errors import LlamaStatusError
-from ._events import CompletionEvent, LlamaStatus, ModelInfo
+from ._events import CompletionEvent, Embedding, LlamaStatus, ModelInfo
 from ._images import LlamaImage
 from ._params import LlamaLoad, SamplerParams
 from ._parent import LlamaParent
@@ -356,6 +356,10 @@ class SyncLlamaParent:
     def get_embeddings(self, text: str, *, normalize: bool = False) -> list[float]:
         """The embedding of `text` (needs `ContextParams(embeddings=True)`)."""
         return self._loop.call(self._parent.get_embeddings(text, normalize=normalize))
+
+    def embed(self, text: str, *, normalize: bool = False) -> Embedding:
+        """The embedding of `text` and its token count (see `LlamaParent.embed`)."""
+        return self._loop.call(self._parent.embed(text, normalize=normalize))
 
     def get_scope(self) -> SyncLlamaScope:
         """A new conversation."""

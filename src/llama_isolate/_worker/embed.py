@@ -35,8 +35,8 @@ class Embedder:
         self._limit = limit  # tokens one decode can pool: min(n_ubatch, n_ctx)
         self._memory = C.llama_get_memory(handles.ctx) if handles.ctx else None
 
-    def embed(self, text: str, normalize: bool) -> tuple[float, ...]:
-        """The pooled embedding of `text`; raises `EmbeddingRefused`."""
+    def embed(self, text: str, normalize: bool) -> tuple[tuple[float, ...], int]:
+        """The pooled embedding of `text` and its token count; raises `EmbeddingRefused`."""
         if not self._handles.pooling or self._batch is None:
             raise EmbeddingRefused(
                 "embeddings need LlamaLoad(context_params=ContextParams(embeddings=True))", "feature"
@@ -63,7 +63,7 @@ class Embedder:
             C.llama_memory_seq_rm(self._memory, self._seq, -1, -1)
         if not values:
             raise EmbeddingRefused(f"llama.cpp returned no embedding (decode returned {rc})")
-        return _normalized(values) if normalize else values
+        return (_normalized(values) if normalize else values), len(tokens)
 
     def _decode_unaborted(self) -> int:
         # A stop meant for a prompt must not abort an embedding; the flag is

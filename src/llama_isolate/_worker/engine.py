@@ -193,8 +193,8 @@ class Engine:
             )
             raise RequestFailure("state", f"llama.cpp refused the saved KV state{hint}")
 
-    def embed(self, text: str, normalize: bool) -> tuple[float, ...]:
-        """The pooled embedding of `text`; raises `RequestFailure`."""
+    def embed(self, text: str, normalize: bool) -> tuple[tuple[float, ...], int]:
+        """The pooled embedding of `text` and its token count; raises `RequestFailure`."""
         try:
             return self._embedder.embed(text, normalize)
         except EmbeddingRefused as exc:

@@ -116,7 +116,7 @@ def _apply(command: protocol.Command | _Wake, engine: Engine, channel: Channel) 
             case protocol.DropScope(scope_key=key):
                 engine.drop_scope(key)
             case protocol.Embed(request_id=rid, text=text, normalize=normalize):
-                _answer(channel, rid, lambda: protocol.Embedding(rid, engine.embed(text, normalize)))
+                _answer(channel, rid, lambda: protocol.Embedding(rid, *engine.embed(text, normalize)))
             case protocol.SaveScope(request_id=rid, scope_key=key):
                 _answer(channel, rid, lambda: _with_id(engine.save_scope(key), rid))
             case protocol.LoadScope(request_id=rid, scope_key=key, tokens=tokens, data=data):

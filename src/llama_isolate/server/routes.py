@@ -94,12 +94,13 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]
     service = service_of(request)
     texts = [body.input] if isinstance(body.input, str) else body.input
     data = []
+    tokens = 0
     for i, text in enumerate(texts):
         param = "input" if isinstance(body.input, str) else f"input[{i}]"
         if not text:
             raise ApiError(400, "cannot embed an empty text", param=param)
         try:
-            vector = await unless_disconnected(request.receive, service.embed(text))
+            result = await unless_disconnected(request.receive, service.embed(text))
         except LlamaContextLengthExceeded as exc:
             raise ApiError(400, str(exc), param=param, code="context_length_exceeded") from None
         except LlamaFeatureNotEnabled as exc:
@@ -108,13 +109,20 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]
             raise ApiError(400, str(exc), param=param) from None
         except ValueError as exc:
             raise ApiError(400, str(exc), param=param, code="invalid_value") from None
+        vector = result.vector
+        tokens += result.tokens
         if body.dimensions is not None and body.dimensions != len(vector):
             raise ApiError(400, f"this model's embeddings have {len(vector)} dimensions", param="dimensions")
         encoded: Any = vector
         if body.encoding_format == "base64":
             encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
         data.append({"object": "embedding", "index": i, "embedding": encoded})
-    return {"object": "list", "data": data, "model": service.name, "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+    return {
+        "object": "list",
+        "data": data,
+        "model": service.name,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 @router.get("/health")

@@ -5,7 +5,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from llama_isolate import ContextParams, LlamaLoad, LlamaParent, LlamaStatus, SamplerParams, default_model_path
+from llama_isolate import (
+    ContextParams,
+    Embedding,
+    LlamaLoad,
+    LlamaParent,
+    LlamaStatus,
+    SamplerParams,
+    default_model_path,
+)
 
 from .convert import Turn
 from .errors import ApiError
@@ -88,5 +96,5 @@ class ModelService:
         if generation.event is not None:
             self.metrics.prompt_ended(generation.event)
 
-    async def embed(self, text: str) -> list[float]:
-        return await self.ready().get_embeddings(text, normalize=True)
+    async def embed(self, text: str) -> Embedding:
+        return await self.ready().embed(text, normalize=True)
