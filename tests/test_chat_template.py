@@ -6,6 +6,8 @@ from pathlib import Path
 
 from llama_isolate import LlamaLoad, LlamaParent, ModelParams, SamplerParams
 
+from .conftest import greedy_load
+
 # Plain "Q:/A:" turns: far fewer tokens than the model's ChatML with its system prompt.
 QA_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'user' %}"
@@ -42,3 +44,15 @@ async def test_a_vocab_only_load_cannot_generate_but_says_why(model_path: Path) 
         event = await parent.wait_for_completion(await parent.send_prompt("hi"))
     assert not event.success
     assert event.error is not None and "vocab_only" in event.error
+
+
+async def test_a_raw_prompt_is_completed_as_written_without_the_template(model_path: Path) -> None:
+    async with LlamaParent(greedy_load(model_path, n_ctx=512)) as parent:
+        chat = await parent.wait_for_completion(await parent.send_prompt("The capital of France is", max_tokens=4))
+        scope = parent.get_scope()
+        raw = await parent.wait_for_completion(
+            await scope.send_prompt("The capital of France is", max_tokens=4, raw=True)
+        )
+    # The chat prompt is wrapped in the template (system prompt, role markers); the raw one is not.
+    assert raw.prompt_tokens + raw.cached_tokens < 10 < chat.prompt_tokens + chat.cached_tokens
+    assert raw.success and raw.completion_tokens > 0

@@ -32,6 +32,7 @@ async def test_sigkill_mid_generation_fails_running_and_queued_prompts(model_pat
         assert [e.success for e in events] == [False] * 4
         assert all(e.finish_reason == "error" for e in events)
         assert all(e.error is not None and "SIGKILL" in e.error for e in events)
+        assert all(e.error_code == "worker_died" for e in events)
         assert parent.status is LlamaStatus.ERROR
         assert parent.messages == []
         with pytest.raises(LlamaStatusError, match="restart"):

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from llama_isolate import LlamaFeatureNotEnabled, LlamaParent, LlamaRequestError
+from llama_isolate import LlamaContextLengthExceeded, LlamaFeatureNotEnabled, LlamaParent, LlamaRequestError
 
 
 async def test_embedding_has_the_model_width_and_is_deterministic(embedding_parent: LlamaParent) -> None:
@@ -44,7 +44,7 @@ async def test_embeddings_while_a_prompt_generates_do_not_disturb_it(embedding_p
 async def test_empty_and_too_long_texts_are_request_errors(embedding_parent: LlamaParent) -> None:
     with pytest.raises(LlamaRequestError, match="empty"):
         await embedding_parent.get_embeddings("")
-    with pytest.raises(LlamaRequestError, match="tokens"):
+    with pytest.raises(LlamaContextLengthExceeded, match="tokens"):  # a LlamaRequestError
         await embedding_parent.get_embeddings("word " * 3000)
     assert len(await embedding_parent.get_embeddings("still fine")) == 576
 

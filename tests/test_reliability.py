@@ -48,7 +48,9 @@ async def test_a_prompt_too_long_for_the_context_fails_alone_with_the_counts(mod
     assert bad.finish_reason == "error"
     assert bad.error is not None
     assert "needs" in bad.error and "holds 256" in bad.error
+    assert bad.error_code == "context_length_exceeded"
     assert good.success
+    assert good.error_code is None
     assert parent.messages[0] == {"role": "user", "content": "Hello"}
 
 

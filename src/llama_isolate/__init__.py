@@ -25,6 +25,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._errors import (
+    LlamaContextLengthExceeded,
     LlamaError,
     LlamaFeatureNotEnabled,
     LlamaInvalidMmproj,
@@ -83,6 +84,7 @@ __all__ = [
     "CompletionTimings",
     "ContextParams",
     "EventStream",
+    "LlamaContextLengthExceeded",
     "LlamaError",
     "LlamaFeatureNotEnabled",
     "LlamaImage",

@@ -15,7 +15,8 @@ except `ValueError` for parameter values refused at construction time::
      ├── LlamaFeatureNotEnabled      embeddings without embeddings=True, images without mmproj_path
      ├── LlamaQueueFull              max_queue prompts are already waiting
      ├── LlamaRequestError           one request (e.g. an embedding) failed; the worker carries on
-     │    └── LlamaStateError        a saved scope state is damaged or does not fit (also a ValueError)
+     │    ├── LlamaStateError        a saved scope state is damaged or does not fit (also a ValueError)
+     │    └── LlamaContextLengthExceeded  a text has more tokens than can be processed at once
      └── LlamaWorkerDied             the worker process ended unexpectedly
 
 Failures of a single prompt do not raise: they end that prompt with a
@@ -192,4 +193,20 @@ class LlamaStateError(LlamaRequestError, ValueError):
             await scope.load_state(data)
         except LlamaStateError as exc:
             print("cannot restore:", exc)
+    """
+
+
+class LlamaContextLengthExceeded(LlamaRequestError):
+    """A request's text needs more tokens than the model can take at once (for example a text to embed).
+
+    The message says how many tokens it needed and how many fit. (A chat
+    prompt that does not fit does not raise: its `CompletionEvent` has
+    ``error_code="context_length_exceeded"``.)
+
+    Example::
+
+        try:
+            await parent.get_embeddings(book)
+        except LlamaContextLengthExceeded as exc:
+            print("too long:", exc)
     """

@@ -8,6 +8,18 @@ from typing import Literal
 
 FinishReason = Literal["stop", "length", "stopped", "cancelled", "error"]
 
+ErrorCode = Literal["context_length_exceeded", "invalid_prompt", "engine_error", "worker_died", "internal_error"]
+"""Why a prompt failed, for programs (`CompletionEvent.error_code`); `error` says it for people.
+
+- ``"context_length_exceeded"``: the prompt (after leaving out old turns) does not fit the context;
+- ``"invalid_prompt"``: the prompt itself cannot run: the chat template refused the conversation,
+  an image did not decode or is misplaced, a grammar is invalid or reached a dead end, or the
+  conversation's `messages` were edited into a malformed shape;
+- ``"engine_error"``: llama.cpp failed while decoding (for example a full KV cache);
+- ``"worker_died"``: the worker process crashed or froze while the prompt was pending;
+- ``"internal_error"``: the parent failed to handle one of the prompt's replies (a bug).
+"""
+
 
 class LlamaStatus(enum.Enum):
     """The life of a `LlamaParent`.
@@ -84,6 +96,9 @@ class CompletionEvent:
             README's "Long conversations"); `messages` still holds them.
         completion_tokens: tokens generated.
         timings: see `CompletionTimings`.
+        error_code: why it failed, as an `ErrorCode` (None unless `success` is False):
+            ``"context_length_exceeded"``, ``"invalid_prompt"``, ``"engine_error"``,
+            ``"worker_died"`` or ``"internal_error"``.
     """
 
     prompt_id: str
@@ -97,6 +112,7 @@ class CompletionEvent:
     dropped_turns: int
     completion_tokens: int
     timings: CompletionTimings
+    error_code: ErrorCode | None = None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from . import _protocol as protocol
 from ._checks import check_int, check_text
 from ._conversations import Conversations
-from ._events import CompletionEvent, FinishReason
+from ._events import CompletionEvent, ErrorCode, FinishReason
 from ._images import MEDIA_MARKER, LlamaImage
 from ._ledger import CompletionLedger
 from ._params import LlamaLoad, SamplerParams
@@ -50,6 +50,8 @@ class PromptFlow:
         sampler_params: SamplerParams | None,
         max_tokens: int | None,
         images: tuple[LlamaImage, ...] = (),
+        *,
+        raw: bool = False,
     ) -> PromptRecord:
         """Check a prompt and queue it; `ValueError`/`TypeError` name a bad argument, nothing is queued then."""
         if not isinstance(prompt, str):
@@ -67,6 +69,7 @@ class PromptFlow:
             sampler=sampler_params or self._load.sampler_params,
             max_tokens=max_tokens or self._load.context_params.n_predict,
             images=images,
+            raw=bool(raw),
         )
         self.queue.push(record)
         self.ledger.open(record)
@@ -79,7 +82,7 @@ class PromptFlow:
                 submit = self.conversations.open_turn(record)
             except ValueError as exc:  # its conversation was edited into something malformed
                 self.queue.finish(record.id)
-                self.end(record, "error", str(exc))
+                self.end(record, "error", str(exc), error_code="invalid_prompt")
                 continue
             self._send(submit)
 
@@ -105,7 +108,7 @@ class PromptFlow:
         record = self.queue.finish(prompt_id)
         if record is not None:
             self._send(protocol.Cancel((prompt_id,), "cancelled"))
-            self.end(record, "error", error)
+            self.end(record, "error", error, error_code="internal_error")
 
     def end(
         self,
@@ -113,12 +116,14 @@ class PromptFlow:
         reason: FinishReason,
         error: str | None = None,
         stats: protocol.Finished | None = None,
+        *,
+        error_code: ErrorCode | None = None,
     ) -> None:
         """The one way a prompt ends: its conversation settles, then its event goes out (once)."""
         if not self.ledger.is_open(record.id):
             return
         self.conversations.settle(record, record.reply, failed=reason == "error")
-        self.ledger.complete(record, reason, error, stats)
+        self.ledger.complete(record, reason, error, stats, error_code)
 
     # ------------------------------------------------------------------ ending many
 
@@ -134,17 +139,17 @@ class PromptFlow:
             self.end(record, "cancelled")
         await self.cancel_running([r.id for r in self.queue.running_of(scope.id)], "cancelled")
 
-    def end_running(self, reason: FinishReason, error: str | None = None) -> None:
+    def end_running(self, reason: FinishReason, error: str | None = None, error_code: ErrorCode | None = None) -> None:
         """End every running prompt here (the worker is gone); waiting ones stay queued."""
         for prompt_id in list(self.queue.running):
             record = self.queue.finish(prompt_id)
             if record is not None:
-                self.end(record, reason, error)
+                self.end(record, reason, error, error_code=error_code)
 
-    def end_all(self, reason: FinishReason, error: str | None = None) -> None:
+    def end_all(self, reason: FinishReason, error: str | None = None, error_code: ErrorCode | None = None) -> None:
         """End every prompt not finished, waiting or running."""
         for record in self.queue.drain():
-            self.end(record, reason, error)
+            self.end(record, reason, error, error_code=error_code)
 
 
 def with_markers(prompt: str, count: int) -> str:

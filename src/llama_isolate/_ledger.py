@@ -13,7 +13,7 @@ import collections
 import time
 
 from . import _protocol as protocol
-from ._events import CompletionEvent, CompletionTimings, FinishReason
+from ._events import CompletionEvent, CompletionTimings, ErrorCode, FinishReason
 from ._queue import PromptRecord
 from ._streams import EventStream, TokenStream
 
@@ -56,12 +56,13 @@ class CompletionLedger:
         reason: FinishReason,
         error: str | None = None,
         stats: protocol.Finished | None = None,
+        error_code: ErrorCode | None = None,
     ) -> CompletionEvent | None:
         """Emit the prompt's event, once; returns it, or None if it was already completed."""
         future = self._futures.pop(record.id, None)
         if future is None:
             return None
-        event = _event(record, reason, error, stats)
+        event = _event(record, reason, error, stats, error_code)
         self._events[record.id] = event
         while len(self._events) > self._keep:
             self._events.popitem(last=False)
@@ -92,7 +93,11 @@ class CompletionLedger:
 
 
 def _event(
-    record: PromptRecord, reason: FinishReason, error: str | None, stats: protocol.Finished | None
+    record: PromptRecord,
+    reason: FinishReason,
+    error: str | None,
+    stats: protocol.Finished | None,
+    error_code: ErrorCode | None,
 ) -> CompletionEvent:
     now = time.monotonic()
     stats = stats or protocol.Finished(prompt_id=record.id, finish_reason=reason)
@@ -115,4 +120,5 @@ def _event(
             prompt_eval_s=stats.prompt_eval_s,
             tokens_per_second=stats.completion_tokens / generation_s if generation_s > 0 else 0.0,
         ),
+        error_code=(stats.error_code or error_code or "internal_error") if reason == "error" else None,
     )

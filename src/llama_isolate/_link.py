@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from . import _protocol as protocol
 from ._errors import (
+    LlamaContextLengthExceeded,
     LlamaError,
     LlamaFeatureNotEnabled,
     LlamaInvalidMmproj,
@@ -49,7 +50,11 @@ _LOAD_ERRORS: dict[str, type[LlamaLoadError]] = {
     "invalid_mmproj": LlamaInvalidMmproj,
     "out_of_memory": LlamaOutOfMemory,
 }
-_REQUEST_ERRORS: dict[str, type[LlamaError]] = {"feature": LlamaFeatureNotEnabled, "state": LlamaStateError}
+_REQUEST_ERRORS: dict[str, type[LlamaError]] = {
+    "feature": LlamaFeatureNotEnabled,
+    "state": LlamaStateError,
+    "too_long": LlamaContextLengthExceeded,
+}
 
 
 class WorkerLink:

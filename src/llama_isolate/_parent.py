@@ -301,6 +301,7 @@ class LlamaParent:
         scope: LlamaScope | None = None,
         sampler_params: SamplerParams | None = None,
         max_tokens: int | None = None,
+        raw: bool = False,
     ) -> str:
         """Queue one chat turn and return its prompt id at once, without waiting for it to start.
 
@@ -312,6 +313,10 @@ class LlamaParent:
             scope: the conversation (default: the parent's own `messages`).
             sampler_params: overrides `LlamaLoad.sampler_params` for this prompt.
             max_tokens: most tokens to generate (default `ContextParams.n_predict`).
+            raw: text completion: the model continues the conversation's text
+                as it is, without the chat template (special tokens written in
+                it, such as ``<|im_start|>``, are read as such). This is what
+                a model without a template always gets.
 
         Raises:
             LlamaStatusError: before `init()`, after `dispose()`, after the worker
@@ -327,7 +332,7 @@ class LlamaParent:
 
             pid = await parent.send_prompt("Hello!", max_tokens=64)
         """
-        return self._enqueue(prompt, scope, sampler_params, max_tokens, ())
+        return self._enqueue(prompt, scope, sampler_params, max_tokens, (), raw=raw)
 
     async def send_prompt_with_images(
         self,
@@ -381,11 +386,13 @@ class LlamaParent:
         sampler_params: SamplerParams | None,
         max_tokens: int | None,
         images: tuple[LlamaImage, ...],
+        *,
+        raw: bool = False,
     ) -> str:
         self._require_ready("send_prompt", queueing=True)
         if scope is not None and (not isinstance(scope, LlamaScope) or scope.parent is not self or scope.disposed):
             raise LlamaStatusError(f"scope {getattr(scope, 'id', scope)!r} is disposed or belongs to another parent")
-        record = self._flow.enqueue(prompt, scope, sampler_params, max_tokens, images)
+        record = self._flow.enqueue(prompt, scope, sampler_params, max_tokens, images, raw=raw)
         self._dispatch()
         return record.id
 
@@ -547,7 +554,7 @@ class LlamaParent:
         message = f"the worker process died: {description}"
         self._status = LlamaStatus.ERROR
         self._error = message
-        self._flow.end_running("error", message)
+        self._flow.end_running("error", message, "worker_died")
         if self._restart_on_crash:
             self._restarting = True  # sends are queued from now on
             self._restart_task = asyncio.get_running_loop().create_task(self._restart_after_crash())
@@ -564,5 +571,5 @@ class LlamaParent:
             self._restarting = False
 
     def _fail_unfinished(self, message: str) -> None:
-        self._flow.end_all("error", message)
+        self._flow.end_all("error", message, "worker_died")
         self._link.fail_requests(LlamaWorkerDied(message))

@@ -24,7 +24,7 @@ import struct
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from ._events import FinishReason, ModelInfo
+from ._events import ErrorCode, FinishReason, ModelInfo
 from ._params import ContextParams, LlamaLoad, ModelParams, SamplerParams
 
 ErrorKind = Literal[
@@ -34,7 +34,8 @@ ErrorKind = Literal[
     "invalid_template",  # the chat template does not compile
     "invalid_mmproj",  # mmproj_path is not a projector mtmd can load for this model
     "feature",  # the load did not enable what the request needs
-    "request",  # the request itself is bad (too long, empty, ...)
+    "request",  # the request itself is bad (empty, ...)
+    "too_long",  # the request needs more tokens than fit
     "state",  # a saved conversation state does not fit this worker
     "internal",  # an unexpected exception in the worker
 ]
@@ -68,6 +69,7 @@ class Submit:
     # Per message, the (name, encoded bytes) of the images at its media markers;
     # empty when the conversation has no images at all.
     images: tuple[tuple[tuple[str, bytes], ...], ...] = ()
+    raw: bool = False  # the turns' text as it is, without the chat template
 
 
 @dataclass(frozen=True)
@@ -192,11 +194,12 @@ class Finished:
     completion_tokens: int = 0
     prompt_eval_s: float = 0.0
     generation_s: float = 0.0
+    error_code: ErrorCode | None = None  # set when `error` is
 
     @classmethod
-    def failed(cls, prompt_id: str, error: str) -> Finished:
+    def failed(cls, prompt_id: str, error: str, error_code: ErrorCode = "invalid_prompt") -> Finished:
         """The prompt failed before it generated anything."""
-        return cls(prompt_id=prompt_id, finish_reason="error", error=error)
+        return cls(prompt_id=prompt_id, finish_reason="error", error=error, error_code=error_code)
 
     @classmethod
     def unstarted(cls, prompt_id: str, reason: CancelReason) -> Finished:

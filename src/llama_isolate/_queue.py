@@ -40,6 +40,7 @@ class PromptRecord:
     sampler: SamplerParams
     max_tokens: int
     images: tuple[LlamaImage, ...] = ()
+    raw: bool = False  # text completion, without the chat template
     submitted: float = field(default_factory=time.monotonic)
     started: float | None = None
     first_token: float | None = None

@@ -41,6 +41,7 @@ class ScopeHost(Protocol):
         scope: LlamaScope | None = None,
         sampler_params: SamplerParams | None = None,
         max_tokens: int | None = None,
+        raw: bool = False,
     ) -> str: ...
 
     async def send_prompt_with_images(
@@ -101,6 +102,7 @@ class LlamaScope:
         *,
         sampler_params: SamplerParams | None = None,
         max_tokens: int | None = None,
+        raw: bool = False,
     ) -> str:
         """``parent.send_prompt(prompt, scope=self, ...)``.
 
@@ -108,7 +110,9 @@ class LlamaScope:
 
             pid = await scope.send_prompt("And then?")
         """
-        return await self.parent.send_prompt(prompt, scope=self, sampler_params=sampler_params, max_tokens=max_tokens)
+        return await self.parent.send_prompt(
+            prompt, scope=self, sampler_params=sampler_params, max_tokens=max_tokens, raw=raw
+        )
 
     async def send_prompt_with_images(
         self,
@@ -144,9 +148,11 @@ class LlamaScope:
         await self.parent._scope_stop(self)
 
     async def clear(self) -> None:
-        """`stop()`, then forget the conversation: empty `messages` and free its KV cache.
+        """`stop()`, then forget the conversation: empty `messages`, and its KV cache is no longer its own.
 
-        The scope stays usable; its next prompt starts a new conversation.
+        The scope stays usable; its next prompt starts a new conversation. The
+        cache stays in the worker, owned by no one, for any prompt that starts
+        with the same tokens, until a slot needs the room.
 
         Example::
 

@@ -158,10 +158,17 @@ class SyncLlamaScope:
         return self._scope.messages
 
     def send_prompt(
-        self, prompt: str, *, sampler_params: SamplerParams | None = None, max_tokens: int | None = None
+        self,
+        prompt: str,
+        *,
+        sampler_params: SamplerParams | None = None,
+        max_tokens: int | None = None,
+        raw: bool = False,
     ) -> str:
         """Queue a turn; returns its prompt id at once."""
-        return self._loop.call(self._scope.send_prompt(prompt, sampler_params=sampler_params, max_tokens=max_tokens))
+        return self._loop.call(
+            self._scope.send_prompt(prompt, sampler_params=sampler_params, max_tokens=max_tokens, raw=raw)
+        )
 
     def send_prompt_with_images(
         self,
@@ -313,11 +320,12 @@ class SyncLlamaParent:
         scope: SyncLlamaScope | None = None,
         sampler_params: SamplerParams | None = None,
         max_tokens: int | None = None,
+        raw: bool = False,
     ) -> str:
-        """Queue one chat turn; returns its prompt id at once."""
+        """Queue one chat turn; returns its prompt id at once (see `LlamaParent.send_prompt`)."""
         inner = None if scope is None else scope._scope
         return self._loop.call(
-            self._parent.send_prompt(prompt, scope=inner, sampler_params=sampler_params, max_tokens=max_tokens)
+            self._parent.send_prompt(prompt, scope=inner, sampler_params=sampler_params, max_tokens=max_tokens, raw=raw)
         )
 
     def send_prompt_with_images(

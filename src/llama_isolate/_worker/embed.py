@@ -6,6 +6,7 @@ import math
 
 import llama_cpp as C
 
+from .. import _protocol as protocol
 from .abort import AbortFlag
 from .batch import Batch
 from .llama import LoadedModel
@@ -15,9 +16,9 @@ from .vocab import Vocab
 class EmbeddingRefused(Exception):
     """The text cannot be embedded (empty, too long, or the load has no embeddings)."""
 
-    def __init__(self, message: str, *, feature: bool = False) -> None:
+    def __init__(self, message: str, kind: protocol.ErrorKind = "request") -> None:
         super().__init__(message)
-        self.feature = feature
+        self.kind: protocol.ErrorKind = kind
 
 
 class Embedder:
@@ -38,7 +39,7 @@ class Embedder:
         """The pooled embedding of `text`; raises `EmbeddingRefused`."""
         if not self._handles.pooling or self._batch is None:
             raise EmbeddingRefused(
-                "embeddings need LlamaLoad(context_params=ContextParams(embeddings=True))", feature=True
+                "embeddings need LlamaLoad(context_params=ContextParams(embeddings=True))", "feature"
             )
         tokens = self._vocab.tokenize(text, add_special=True, parse_special=False)
         if not tokens:
@@ -46,7 +47,8 @@ class Embedder:
         if len(tokens) > self._limit:
             raise EmbeddingRefused(
                 f"the text is {len(tokens)} tokens; at most {self._limit} can be embedded at once "
-                "(raise ContextParams.n_batch and n_ubatch)"
+                "(raise ContextParams.n_batch and n_ubatch)",
+                "too_long",
             )
         ctx, model = self._handles.ctx, self._handles.model
         self._batch.fill([(tok, i, self._seq, True) for i, tok in enumerate(tokens)])

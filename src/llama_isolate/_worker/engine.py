@@ -1,9 +1,10 @@
 """The engine: continuous batching over llama.cpp sequence slots.
 
 There are `n_parallel` slots, each one llama.cpp sequence id (`SlotPool`). A
-prompt is prepared (`Preparer`), admitted into a free slot, preferably the
-one that already holds its conversation's KV cache, and only the tokens past
-the shared prefix are decoded.
+prompt is prepared (`Preparer`), admitted into a free slot, the one whose
+KV cache shares the longest prefix with it (its conversation's, or any other
+cache: see `SlotPool.assign`), and only the tokens past the shared prefix are
+decoded.
 
 One `step()`:
 
@@ -32,11 +33,10 @@ from collections.abc import Callable
 import llama_cpp as C
 
 from .. import _protocol as protocol
-from .._events import FinishReason, ModelInfo
+from .._events import ErrorCode, FinishReason, ModelInfo
 from .._params import LlamaLoad
 from .abort import AbortFlag
 from .batch import Batch, Running
-from .cache import Slot
 from .chat import ChatTemplateError
 from .embed import Embedder, EmbeddingRefused
 from .llama import LlamaLog, LoadedModel, LoadFailure, load_model, model_description
@@ -198,7 +198,7 @@ class Engine:
         try:
             return self._embedder.embed(text, normalize)
         except EmbeddingRefused as exc:
-            raise RequestFailure("feature" if exc.feature else "request", str(exc)) from None
+            raise RequestFailure(exc.kind, str(exc)) from None
 
     def rest(self) -> None:
         """Nothing to do until the next command."""
@@ -238,7 +238,7 @@ class Engine:
         """Admit prompts into free slots, then decode one batch and sample."""
         for request, outcome in self._preparer.done():  # 1
             if isinstance(outcome, Refused):
-                self._refuse(request, str(outcome))
+                self._refuse(request, str(outcome), outcome.code)
             else:
                 self._waiting.append(outcome)
         self._admit()  # 2
@@ -261,16 +261,10 @@ class Engine:
             self._advance(scheduled)  # 6
 
     def _admit(self) -> None:
-        while self._waiting:
-            item = self._waiting[0]
-            request = _request(item)
-            slot = self._slots.free_slot(request.scope_key, set(self._running))
-            if slot is None:
-                return
-            self._waiting.popleft()
-            self._start(item, slot)
+        while self._waiting and self._slots.any_free(set(self._running)):
+            self._start(self._waiting.popleft())
 
-    def _start(self, item: protocol.Submit | Prepared, slot: Slot) -> None:
+    def _start(self, item: protocol.Submit | Prepared) -> None:
         request = _request(item)
         self._emit(protocol.Started(request.prompt_id))
         if self._batch is None:
@@ -279,7 +273,7 @@ class Engine:
         try:
             prepared = item if isinstance(item, Prepared) else self._preparer.prepare(request)
         except Refused as exc:
-            self._refuse(request, str(exc))
+            self._refuse(request, str(exc), exc.code)
             return
         try:
             sampler = Sampler(
@@ -289,8 +283,9 @@ class Engine:
             prepared.prompt.free()
             self._refuse(request, str(exc))
             return
-        self._slots.take(slot, request.scope_key)
-        n_cached, pending = self._slots.reuse_prefix(slot, prepared.prompt)
+        positions = prepared.prompt.flat()
+        slot = self._slots.assign(request.scope_key, positions, set(self._running))
+        n_cached, pending = self._slots.reuse_prefix(slot, prepared.prompt, positions)
         self._running[slot.seq_id] = Running(
             request=request,
             slot=slot,
@@ -357,7 +352,7 @@ class Engine:
         try:
             token = run.sampler.sample(self._handles.ctx, run.logits_index)
         except NoCandidate as exc:
-            self._finish(run, "error", error=str(exc))
+            self._finish(run, "error", error=str(exc), code="invalid_prompt")
             return
         if run.first_token is None:
             run.first_token = time.perf_counter()
@@ -375,7 +370,15 @@ class Engine:
         else:
             run.next_token = token
 
-    def _finish(self, run: Running, reason: FinishReason, *, error: str | None = None, flush: bool = True) -> None:
+    def _finish(
+        self,
+        run: Running,
+        reason: FinishReason,
+        *,
+        error: str | None = None,
+        code: ErrorCode = "engine_error",
+        flush: bool = True,
+    ) -> None:
         if flush and error is None:
             rest = run.detok.flush()
             if rest:
@@ -398,11 +401,12 @@ class Engine:
                 completion_tokens=run.generated,
                 prompt_eval_s=first - run.started,
                 generation_s=end - first,
+                error_code=code if error is not None else None,
             )
         )
 
-    def _refuse(self, request: protocol.Submit, error: str) -> None:
-        self._emit(protocol.Finished.failed(request.prompt_id, error))
+    def _refuse(self, request: protocol.Submit, error: str, code: ErrorCode = "invalid_prompt") -> None:
+        self._emit(protocol.Finished.failed(request.prompt_id, error, code))
 
 
 def _request(item: protocol.Submit | Prepared) -> protocol.Submit:

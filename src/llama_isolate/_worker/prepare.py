@@ -20,9 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import _protocol as protocol
+from .._events import ErrorCode
 from .chat import ChatTemplateError
 from .fit import ContextFitter, Encode
-from .prompt import ImageChunk, Prompt
+from .prompt import ImageChunk, Item, Prompt
 from .vision import ImageError, Vision
 from .vocab import Vocab
 
@@ -30,7 +31,11 @@ logger = logging.getLogger("llama_isolate.worker")
 
 
 class Refused(Exception):
-    """The prompt cannot run; the message says why (it becomes the prompt's error)."""
+    """The prompt cannot run; the message says why (it becomes the prompt's error), `code` for programs."""
+
+    def __init__(self, message: str, code: ErrorCode = "invalid_prompt") -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
 
 
 @dataclass(eq=False)
@@ -127,7 +132,8 @@ class Preparer:
             raise Refused(
                 f"the prompt needs {len(prompt) + 1} tokens (with its system messages"
                 + (f" and {images} image tokens" if images else "")
-                + f"; older turns already left out), but the context holds {self._n_ctx} (ContextParams.n_ctx)"
+                + f"; older turns already left out), but the context holds {self._n_ctx} (ContextParams.n_ctx)",
+                "context_length_exceeded",
             )
         if prompt.items and isinstance(prompt.items[-1], ImageChunk):
             raise Refused(
@@ -140,6 +146,10 @@ class Preparer:
 
         def encode(kept: list[int]) -> Prompt:
             messages = tuple(request.messages[i] for i in kept)
+            if request.raw:
+                text = "".join(content for _, content in messages)
+                items: list[Item] = [*self._vocab.tokenize(text, add_special=True, parse_special=True)]
+                return Prompt(items)
             if not request.images:
                 return Prompt(list(self._vocab.prompt_tokens(messages)))
             if self._vision is None:

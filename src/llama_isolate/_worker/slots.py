@@ -1,15 +1,24 @@
-"""The slot pool: which conversation's KV cache each llama.cpp sequence holds.
+"""The slot pool: which KV cache each llama.cpp sequence holds, and which prompt gets which.
 
 A slot is one sequence id. After a prompt ends its slot keeps the
 conversation's cache, so the next turn only processes what it adds. When
 another conversation needs the slot, the owner's state is parked in RAM
 (`HostCache`) and copied back in when it returns.
+
+Caches outlive their conversations: a disposed scope's slot keeps its tokens
+as an orphan, and a prompt of a conversation with no cache of its own starts
+from whichever cache shares the longest prefix with it, in a slot or parked.
+So a client of a stateless API that sends turn N+1 with the whole history
+reuses the KV of turn N, and conversations that share a system prompt
+process it once.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Sequence
+from typing import cast
 
 import llama_cpp as C
 
@@ -18,6 +27,10 @@ from .prompt import ImageChunk, Item, Prompt
 from .seqstate import capture, restore
 
 logger = logging.getLogger("llama_isolate.worker")
+
+
+_ORPHAN = "\0orphan-"  # parked caches that no conversation owns any more
+PARK_MIN = 64  # an orphan cache shorter than this is not worth parking: processing it again is quick
 
 
 class SlotPool:
@@ -30,29 +43,90 @@ class SlotPool:
         self.slots = [Slot(seq_id) for seq_id in range(n)]
         self._parked = HostCache(cache_bytes)
         self._clock = itertools.count(1)
+        self._orphans = itertools.count(1)
 
-    def free_slot(self, owner: str, busy: set[int]) -> Slot | None:
-        """The slot for `owner`: its own, else an empty one, else the least recently used (None: all busy)."""
-        free = [s for s in self.slots if s.seq_id not in busy]
-        if not free:
-            return None
-        own = [s for s in free if s.owner == owner]
-        return own[0] if own else min(free, key=lambda s: (s.owner is not None, s.last_used))
+    def any_free(self, busy: set[int]) -> bool:
+        """True if a slot is not running a prompt."""
+        return any(slot.seq_id not in busy for slot in self.slots)
 
-    def take(self, slot: Slot, owner: str) -> None:
-        """Give the slot to `owner`, parking the previous owner's state in RAM and restoring `owner`'s."""
-        slot.last_used = next(self._clock)
-        if slot.owner == owner:
-            return
-        if slot.owner is not None and slot.tokens:
-            self._parked.put(slot.owner, capture(self._ctx, slot))
-        self.clear(slot)
+    def assign(self, owner: str, wanted: Sequence[int], busy: set[int]) -> Slot:
+        """A free slot for `owner`'s prompt (whose positions are `wanted`), holding the best cache for it.
+
+        In order of preference: the slot `owner` holds; its parked state; the
+        cache, in a free slot or parked, whichever conversation left it, that
+        shares the longest prefix with `wanted` (at least a tenth of it, as
+        llama.cpp's server asks); else an empty slot, or the least recently
+        used. A cache that has to leave its slot is parked first. The slot
+        may hold more than the shared prefix: `reuse_prefix` cuts it.
+        """
+        free = [slot for slot in self.slots if slot.seq_id not in busy]
+        assert free, "assign() needs a free slot (any_free)"
+        slot = next((s for s in free if s.owner == owner), None)
+        if slot is None:
+            parked = self._parked.pop(owner)
+            if parked is not None:
+                slot = self._vacate(free)
+                self._restore(slot, parked)
+            else:
+                slot = self._best_match(wanted, free) or self._vacate(free)
         slot.owner = owner
-        parked = self._parked.pop(owner)
-        if parked is not None and not restore(self._ctx, slot, parked):
-            logger.warning("a parked conversation state did not load; its history is processed again")
+        slot.last_used = next(self._clock)
+        return slot
+
+    def _best_match(self, wanted: Sequence[int], free: list[Slot]) -> Slot | None:
+        """The free slot holding the longest useful prefix of `wanted`, restored from RAM if that is where it is.
+
+        A cache is useful when its shared prefix is at least a tenth of the
+        prompt (as llama.cpp's server asks), and, when the slot holds more
+        than that prefix and an empty slot is free, when the prefix is worth
+        more than what the cut throws away: a long prefix (the cache is then
+        parked first), or a tail a quarter of the prefix at most.
+        """
+        has_empty = any(not slot.tokens for slot in free)
+        best, source = 0, cast("Slot | str | None", None)
+        for slot in free:
+            shared = common_prefix(slot.tokens, wanted)
+            tail = len(slot.tokens) - shared
+            if (tail <= shared // 4 or shared >= PARK_MIN or not has_empty) and (
+                shared > best or (shared == best and shared and isinstance(source, Slot) and slot.owner is None)
+            ):
+                best, source = shared, slot
+        parked: ParkedState | None = None
+        for key, state in self._parked.items():
+            shared = common_prefix(state.tokens, wanted)
+            if shared > best and shared >= PARK_MIN:
+                best, source, parked = shared, key, state
+        if source is None or best * 10 < len(wanted):
+            return None
+        if isinstance(source, Slot):
+            if source.owner is not None or len(source.tokens) - best >= PARK_MIN:
+                self._park(source)  # its owner (or a later client) may want the whole cache back
+            return source
+        assert parked is not None
+        self._parked.touch(source)
+        slot = self._vacate(free)
+        self._restore(slot, parked)
+        return slot
+
+    def _vacate(self, free: list[Slot]) -> Slot:
+        """An empty free slot: one already empty, else the least recently used, its cache parked."""
+        slot = min(free, key=lambda s: (bool(s.tokens), s.owner is not None, s.last_used))
+        if slot.tokens:
+            self._park(slot)
+        self.clear(slot)
+        return slot
+
+    def _park(self, slot: Slot) -> None:
+        """Copy the slot's cache to RAM under its owner (an orphan's under a key of its own, if long enough)."""
+        if slot.owner is not None:
+            self._parked.put(slot.owner, capture(self._ctx, slot))
+        elif len(slot.tokens) >= PARK_MIN:
+            self._parked.put(f"{_ORPHAN}{next(self._orphans)}", capture(self._ctx, slot))
+
+    def _restore(self, slot: Slot, state: ParkedState) -> None:
+        if not restore(self._ctx, slot, state):
+            logger.warning("a parked KV cache did not load; the prompt is processed again")
             self.clear(slot)
-            slot.owner = owner
 
     def clear(self, slot: Slot) -> None:
         """Empty the slot's sequence and forget its owner."""
@@ -68,11 +142,13 @@ class SlotPool:
         del slot.tokens[keep:]
 
     def drop(self, owner: str, busy: set[int]) -> None:
-        """Forget `owner`'s cache, in a slot (unless busy) or parked."""
-        self._parked.pop(owner)
+        """`owner` is gone: its caches stay, as orphans, for prompts that start the same way."""
+        parked = self._parked.pop(owner)
+        if parked is not None and len(parked.tokens) >= PARK_MIN:
+            self._parked.put(f"{_ORPHAN}{next(self._orphans)}", parked)
         for slot in self.slots:
             if slot.owner == owner and slot.seq_id not in busy:
-                self.clear(slot)
+                slot.owner = None
 
     def save(self, owner: str) -> ParkedState:
         """`owner`'s state (empty if it has none), from its slot or from RAM."""
@@ -90,21 +166,26 @@ class SlotPool:
         self.drop(owner, busy)
         if not state.tokens:
             return True
-        slot = self.free_slot(owner, busy)
-        if slot is None:
+        free = [slot for slot in self.slots if slot.seq_id not in busy]
+        if not free:
             self._parked.put(owner, state)  # checked when it is used
             return True
-        self.take(slot, owner)
+        slot = self._vacate(free)
         if restore(self._ctx, slot, state):
+            slot.owner = owner
+            slot.last_used = next(self._clock)
             return True
         self.clear(slot)
         return False
 
-    def reuse_prefix(self, slot: Slot, prompt: Prompt) -> tuple[int, list[Item]]:
-        """Keep the cached positions the prompt starts with; returns how many, and the items left to do."""
+    def reuse_prefix(self, slot: Slot, prompt: Prompt, positions: Sequence[int]) -> tuple[int, list[Item]]:
+        """Keep the cached positions the prompt starts with; returns how many, and the items left to do.
+
+        `positions` is `prompt.flat()`.
+        """
         # At least one position must be decoded to get logits for the reply,
         # and an image is reused whole or not at all.
-        keep = min(common_prefix(slot.tokens, prompt.flat()), len(prompt) - 1)
+        keep = min(common_prefix(slot.tokens, positions), len(prompt) - 1)
         pending: list[Item] = []
         position = 0
         for item in prompt.items:
