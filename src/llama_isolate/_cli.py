@@ -1,4 +1,4 @@
-"""The `llama-isolate` command: run, chat, embed, bench, tui.
+"""The `llama-isolate` command: run, chat, embed, bench, tui, serve.
 
 Errors are one line on stderr and a non-zero exit, never a traceback:
 1 for a failure, 2 for a bad argument (checked before the model loads),
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
-from . import __version__
+from . import __version__, _serve_cli
 from ._errors import LlamaError
 from ._images import LlamaImage
 from ._model_path import default_model_path
@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     sampling.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
 
     parser = argparse.ArgumentParser(
-        prog="llama-isolate", description="A llama.cpp model in a worker process: run, chat, embed, bench, tui."
+        prog="llama-isolate", description="A llama.cpp model in a worker process: run, chat, embed, bench, tui, serve."
     )
     parser.add_argument("--version", action="version", version=f"llama-isolate {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("sections", nargs="*", metavar="SECTION", help="decode, throughput, stall, stop, ttft, soak")
     tui = commands.add_parser("tui", parents=[common], help="two conversations side by side (needs textual)")
     tui.add_argument("--n-parallel", type=int, default=2, metavar="N", help="sequences decoded together (default 2)")
+    _serve_cli.add_parser(commands)
     return parser
 
 
@@ -256,6 +257,7 @@ COMMANDS: dict[str, tuple[Callable[..., int | None], Callable[[argparse.Namespac
     "embed": (_embed, functools.partial(_load, embeddings=True)),
     "bench": (_bench, _check_bench),
     "tui": (_tui, lambda args: _load(args, n_parallel=args.n_parallel)),
+    "serve": (_serve_cli.run, _serve_cli.describe),
 }
 
 

@@ -1,0 +1,101 @@
+"""`llama-isolate serve`: its options, the load they describe, and running uvicorn.
+
+The server itself (FastAPI, uvicorn) is imported only when the command runs,
+so the rest of the command line works without the ``server`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+from ._errors import LlamaError
+from ._model_path import default_model_path
+from ._params import ContextParams, LlamaLoad
+
+API_KEY_ENV = "LLAMA_ISOLATE_API_KEY"
+DEFAULT_PORT = 8080
+
+
+def add_parser(commands: Any) -> None:
+    """The `serve` subcommand and its options."""
+    serve = commands.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP server (needs llama-isolate[server])",
+        description="Serve a model over OpenAI's HTTP API (/v1/chat/completions, /v1/completions, "
+        "/v1/embeddings, /v1/models), with /health, /metrics and a chat page at /. "
+        "See docs/server.md.",
+    )
+    model = serve.add_argument_group("model")
+    model.add_argument("--model", metavar="PATH", help="GGUF model file (default: the embedded SmolLM2-135M)")
+    model.add_argument("--mmproj", metavar="PATH", help="multimodal projector GGUF: enables image content parts")
+    model.add_argument("--model-name", metavar="NAME", help="the id /v1/models shows (default: the file name)")
+    model.add_argument(
+        "--parallel", type=int, default=4, metavar="N", help="conversations decoded together in one batch (default 4)"
+    )
+    model.add_argument("--ctx", type=int, default=4096, metavar="N", help="context of each conversation (default 4096)")
+    model.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: all available)")
+    model.add_argument("--verbose", action="store_true", help="show llama.cpp's own log on stderr")
+    http = serve.add_argument_group("http")
+    http.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    http.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    http.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"require 'Authorization: Bearer KEY' on all but /health and the page (default: ${API_KEY_ENV})",
+    )
+    http.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let browser pages from ORIGIN call the API (repeatable; default: none)",
+    )
+    http.add_argument(
+        "--max-queue", type=int, default=256, metavar="N", help="prompts that may wait for a slot; more get 429"
+    )
+    http.add_argument(
+        "--max-body-bytes", type=int, default=32 * 2**20, metavar="N", help="larger request bodies get 413 (32 MiB)"
+    )
+
+
+def describe(args: argparse.Namespace) -> LlamaLoad:
+    """The load the options describe; ValueError names a bad value (exit 2 before anything loads)."""
+    for name in ("parallel", "max_queue", "max_body_bytes"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be 0..65535, got {args.port}")
+    context: dict[str, Any] = {"n_ctx": args.ctx, "n_parallel": args.parallel, "embeddings": True}
+    if args.threads is not None:
+        context |= {"n_threads": args.threads, "n_threads_batch": args.threads}
+    return LlamaLoad(
+        path=args.model or default_model_path(),
+        mmproj_path=args.mmproj,
+        context_params=ContextParams(**context),
+        verbose=args.verbose,
+    )
+
+
+def run(args: argparse.Namespace, load: LlamaLoad) -> int:
+    """Serve until Ctrl-C or SIGTERM."""
+    try:
+        import uvicorn
+
+        from .server import create_app
+    except ImportError as exc:
+        raise LlamaError(f"serve needs the server extra: pip install 'llama-isolate[server]' ({exc})") from exc
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
+    app = create_app(
+        load,
+        model_name=args.model_name,
+        api_key=args.api_key or None,
+        cors_origins=args.cors_origin,
+        max_queue=args.max_queue,
+        max_body_bytes=args.max_body_bytes,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
+    return 0

@@ -1,0 +1,15 @@
+"""An OpenAI-compatible HTTP server on llama_isolate (install ``llama-isolate[server]``).
+
+``llama-isolate serve`` runs it; `create_app` returns the same ASGI app for
+mounting in your own service. See docs/server.md.
+
+Example::
+
+    from llama_isolate.server import create_app
+
+    app = create_app()  # then: uvicorn module:app
+"""
+
+from .app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,92 @@
+"""`create_app`: the ASGI app of `llama-isolate serve`, for mounting in your own service too."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from llama_isolate import LlamaLoad
+
+from . import errors
+from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestCounter
+from .routes import router
+from .service import ModelService, default_load, model_name_of
+
+STATIC = Path(__file__).parent / "static"
+DEFAULT_MAX_QUEUE = 256
+DEFAULT_MAX_BODY_BYTES = 32 * 2**20  # room for a few images as data: URIs
+COUNTED = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"}
+
+
+def create_app(
+    load: LlamaLoad | None = None,
+    *,
+    model_name: str | None = None,
+    api_key: str | None = None,
+    cors_origins: Sequence[str] = (),
+    max_queue: int | None = DEFAULT_MAX_QUEUE,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    init_timeout: float | None = None,
+) -> FastAPI:
+    """An OpenAI-compatible ASGI app serving one model; the model loads when the app starts (its lifespan).
+
+    Args:
+        load: the model (default: the embedded SmolLM2-135M-Instruct, 4
+            conversations at once, embeddings on). Give it
+            ``ContextParams(embeddings=True)`` for ``/v1/embeddings``.
+        model_name: the id `/v1/models` shows (default: the file name without
+            ``.gguf``). Requests may name any model: there is only this one.
+        api_key: when set, every endpoint but ``/health`` and the chat page
+            needs ``Authorization: Bearer <api_key>``.
+        cors_origins: origins allowed to call the API from a browser (none by default).
+        max_queue: prompts that may wait for a slot; more get 429 (None: no limit).
+        max_body_bytes: larger request bodies get 413.
+        init_timeout: how long the model may take to load (default: `default_init_timeout`).
+
+    Example::
+
+        import uvicorn
+        from llama_isolate.server import create_app
+
+        uvicorn.run(create_app(), host="127.0.0.1", port=8080)
+    """
+    load = load or default_load()
+    service = ModelService(load, name=model_name or model_name_of(load), max_queue=max_queue, init_timeout=init_timeout)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(title="llama-isolate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service
+    errors.install(app)
+    app.include_router(router)
+    if STATIC.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+        @app.get("/", include_in_schema=False)
+        async def page() -> FileResponse:
+            return FileResponse(STATIC / "index.html")
+
+    app.add_middleware(RequestCounter, count=service.metrics.request, endpoints=COUNTED)
+    app.add_middleware(BodyLimitMiddleware, limit=max_body_bytes)
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, key=api_key)
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Api-Key"],
+        )
+    return app

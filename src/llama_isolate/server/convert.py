@@ -1,0 +1,154 @@
+"""OpenAI request bodies become what `LlamaScope.send_prompt` takes: history, prompt, images, sampling.
+
+Choices where OpenAI leaves something open (written down in docs/server.md):
+- ``developer`` messages are system messages;
+- the last message must be the user's (the model answers it);
+- an image is a ``data:`` URI (no downloads); it needs a model loaded with
+  an mmproj;
+- sampling fields that are not given keep the server's `SamplerParams`
+  (``temperature`` 0 means greedy);
+- ``max_completion_tokens`` wins over ``max_tokens``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from llama_isolate import MEDIA_MARKER, LlamaImage, SamplerParams
+
+from .errors import ApiError
+from .schemas import ChatCompletionRequest, ChatMessage, ImagePart, Sampling
+
+_DATA_URI = re.compile(r"data:(?P<mime>[\w.+/-]*)(?P<params>(;[\w=.+-]+)*?);base64,(?P<data>.*)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """The conversation before the prompt, the prompt, and the prompt's images."""
+
+    history: list[dict[str, Any]]
+    prompt: str
+    images: tuple[LlamaImage, ...] = ()
+
+
+def chat_turn(body: ChatCompletionRequest, *, images_allowed: bool) -> Turn:
+    """The scope history and the prompt of a chat request; `ApiError` 400 names what is wrong."""
+    refuse_unsupported(body)
+    if body.response_format is not None and body.response_format.type != "text":
+        raise ApiError(400, "response_format other than 'text' is not supported yet", param="response_format")
+    if body.tools:
+        raise ApiError(400, "tools are not supported yet", param="tools")
+    if body.top_logprobs:
+        raise ApiError(400, "logprobs are not supported yet", param="top_logprobs")
+    messages = body.messages
+    last = messages[-1]
+    if last.role != "user":
+        raise ApiError(
+            400,
+            f"the last message must be the user's (it is {last.role!r}): the model answers it",
+            param=f"messages[{len(messages) - 1}].role",
+        )
+    history = [_message(m, i, images_allowed) for i, m in enumerate(messages[:-1])]
+    prompt = _message(last, len(messages) - 1, images_allowed)
+    return Turn(history, prompt["content"], tuple(prompt.get("images", ())))
+
+
+def refuse_unsupported(body: Sampling) -> None:
+    """400 for fields this server reads but does not do yet, instead of ignoring them."""
+    if body.n not in (None, 1):
+        raise ApiError(400, "n > 1 is not supported yet; send one request per choice", param="n")
+    if body.logprobs not in (None, False, 0):
+        raise ApiError(400, "logprobs are not supported yet", param="logprobs")
+    if body.logit_bias:
+        raise ApiError(400, "logit_bias is not supported yet", param="logit_bias")
+
+
+def _message(message: ChatMessage, index: int, images_allowed: bool) -> dict[str, Any]:
+    where = f"messages[{index}]"
+    if message.role == "tool":
+        raise ApiError(400, "tool messages are not supported yet", param=f"{where}.role")
+    role = "system" if message.role == "developer" else message.role
+    content = message.content
+    if content is None:
+        if role != "assistant":
+            raise ApiError(400, f"{where} has no content", param=f"{where}.content")
+        return {"role": role, "content": ""}
+    if isinstance(content, str):
+        _check_text(content, f"{where}.content")
+        return {"role": role, "content": content}
+    texts: list[str] = []
+    images: list[LlamaImage] = []
+    for j, part in enumerate(content):
+        if isinstance(part, ImagePart):
+            if role != "user":
+                raise ApiError(400, "only user messages may hold images", param=f"{where}.content[{j}]")
+            if not images_allowed:
+                raise ApiError(
+                    400,
+                    "this model takes no images (start the server with --mmproj)",
+                    param=f"{where}.content[{j}]",
+                    code="images_not_supported",
+                )
+            images.append(_image(part.image_url.url, f"{where}.content[{j}].image_url.url"))
+            texts.append(MEDIA_MARKER)
+        else:
+            _check_text(part.text, f"{where}.content[{j}].text")
+            texts.append(part.text)
+    out: dict[str, Any] = {"role": role, "content": "".join(texts)}
+    if images:
+        out["images"] = images
+    return out
+
+
+def _check_text(text: str, param: str) -> None:
+    if MEDIA_MARKER in text:
+        raise ApiError(400, f"the text holds {MEDIA_MARKER}, which marks where images go", param=param)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "the text holds a lone surrogate (no UTF-8 form)", param=param) from None
+
+
+def _image(url: str, param: str) -> LlamaImage:
+    match = _DATA_URI.fullmatch(url.strip())
+    if match is None:
+        raise ApiError(
+            400, "an image must be a base64 data: URI (the server downloads nothing)", param=param, code="invalid_image"
+        )
+    try:
+        data = base64.b64decode(match["data"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "the image's base64 data is malformed", param=param, code="invalid_image") from None
+    try:
+        return LlamaImage.from_bytes(data, name=param)
+    except ValueError as exc:
+        raise ApiError(400, f"the image is not usable: {exc}", param=param, code="invalid_image") from None
+
+
+def sampler(base: SamplerParams, body: Sampling) -> SamplerParams:
+    """`base` with the fields the request sets; `ApiError` 400 names a value the sampler refuses."""
+    changes: dict[str, Any] = {}
+    if body.temperature is not None:
+        changes["temperature"] = body.temperature
+        changes["greedy"] = body.temperature == 0
+    if body.top_p is not None:
+        changes["top_p"] = body.top_p
+    if body.seed is not None:
+        changes["seed"] = body.seed
+    if body.presence_penalty is not None:
+        changes["presence_penalty"] = body.presence_penalty
+    if body.frequency_penalty is not None:
+        changes["frequency_penalty"] = body.frequency_penalty
+    if body.stop is not None:
+        stops = [body.stop] if isinstance(body.stop, str) else body.stop
+        changes["stop"] = tuple(s for s in stops if s)
+    try:
+        return dataclasses.replace(base, **changes)
+    except (ValueError, TypeError) as exc:
+        field = next((name for name in changes if name in str(exc)), None)
+        raise ApiError(400, str(exc), param=field, code="invalid_value") from None

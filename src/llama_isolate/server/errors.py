@@ -1,0 +1,125 @@
+"""Errors as OpenAI's API sends them: ``{"error": {"message", "type", "param", "code"}}`` with a fitting status.
+
+Every error the server returns has this shape, including FastAPI's own
+(a body that does not validate is a 400 naming the field, never a 422 with
+``detail``), unknown routes and wrong methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llama_isolate import CompletionEvent
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "service_unavailable_error",
+}
+RETRY_AFTER_S = 1  # what 429 and 503 tell a client to wait before it tries again
+
+
+class ApiError(Exception):
+    """An error answer: its HTTP status and OpenAI's error object."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+        if status in (429, 503):
+            self.headers.setdefault("Retry-After", str(RETRY_AFTER_S))
+
+    def body(self) -> dict[str, Any]:
+        """OpenAI's error object."""
+        return error_body(self.status, self.message, param=self.param, code=self.code)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+class ClientGone(Exception):
+    """The client closed its connection; its work was stopped and nobody reads the answer."""
+
+
+CLIENT_GONE_STATUS = 499  # nginx's "client closed request": what the metrics count such requests as
+
+
+def error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """``{"error": {...}}`` for a status."""
+    kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def event_error(event: CompletionEvent) -> ApiError:
+    """The answer for a prompt that failed before its first token."""
+    message = event.error or "the prompt failed"
+    code = event.error_code
+    if code == "context_length_exceeded":
+        return ApiError(400, message, param="messages", code=code)
+    if code == "invalid_prompt":
+        return ApiError(400, message, param="messages", code=code)
+    if code == "worker_died":
+        return ApiError(503, f"{message}; the model is restarting, try again", code=code)
+    if event.finish_reason in ("stopped", "cancelled"):
+        return ApiError(503, "the request was cancelled: the server is shutting down", code="cancelled")
+    return ApiError(500, message, code=code)
+
+
+def install(app: FastAPI) -> None:
+    """Make every error the app returns OpenAI-shaped."""
+
+    async def api_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return exc.response()
+
+    async def invalid_body(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return validation_error(exc.errors()).response()
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        message = {404: "no such endpoint", 405: "method not allowed on this endpoint"}.get(
+            exc.status_code, str(exc.detail)
+        )
+        return ApiError(exc.status_code, message, headers=dict(exc.headers or {})).response()
+
+    async def client_gone(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(error_body(400, "the client closed the connection"), status_code=CLIENT_GONE_STATUS)
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, invalid_body)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ClientGone, client_gone)
+
+
+def validation_error(errors: Any) -> ApiError:
+    """A 400 naming the first field that did not validate."""
+    first = errors[0] if errors else {}
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(location) or None
+    detail = first.get("msg", "invalid request body")
+    if first.get("type") == "json_invalid":
+        return ApiError(400, f"the request body is not valid JSON: {detail}", code="invalid_json")
+    where = f"'{param}': " if param else ""
+    return ApiError(400, f"{where}{detail}", param=param, code="invalid_value")

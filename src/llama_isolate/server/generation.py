@@ -1,0 +1,183 @@
+"""One prompt for one HTTP request: its own scope, its pieces as they come, and cancellation.
+
+Each request carries its whole conversation, so each gets a fresh
+`LlamaScope` given that history; the engine finds the KV cache that shares
+the longest prefix with it (the previous turn's, or a shared system prompt).
+The scope is disposed when the request ends, which stops the prompt in the
+engine if it is still queued, reading its prompt or generating.
+
+A dropped connection is noticed by reading the ASGI ``receive`` channel for
+``http.disconnect`` while the request waits (`until_disconnected`):
+Starlette alone notices it only when a write fails, which is never while a
+prompt waits in the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from llama_isolate import (
+    CompletionEvent,
+    LlamaFeatureNotEnabled,
+    LlamaParent,
+    LlamaQueueFull,
+    LlamaStatusError,
+    SamplerParams,
+)
+
+from .convert import Turn
+from .errors import ApiError, ClientGone
+
+T = TypeVar("T")
+Item = str | CompletionEvent
+
+
+class Generation:
+    """A prompt sent through its own scope; `next()` gives its text pieces, then its `CompletionEvent`."""
+
+    def __init__(self, parent: LlamaParent, on_close: Callable[[Generation], object] = lambda _: None) -> None:
+        self._on_close = on_close
+        self._scope = parent.get_scope()
+        self._items: asyncio.Queue[Item] = asyncio.Queue()
+        self._scope.stream.listen(self._items.put_nowait)
+        self._scope.completions.listen(self._items.put_nowait)
+        self.event: CompletionEvent | None = None
+        self._closed = False
+
+    @classmethod
+    async def start(
+        cls,
+        parent: LlamaParent,
+        turn: Turn,
+        sampler: SamplerParams,
+        max_tokens: int | None,
+        *,
+        raw: bool = False,
+        on_close: Callable[[Generation], object] = lambda _: None,
+    ) -> Generation:
+        """Queue the prompt; `ApiError` if it cannot be (429 queue full, 503 not ready, 400 bad input).
+
+        `on_close(generation)` runs once the scope is disposed (its `event` is set if the prompt ended).
+        """
+        generation = cls(parent, on_close)
+        try:
+            generation._scope.messages[:] = turn.history
+            if turn.images:
+                await generation._scope.send_prompt_with_images(
+                    turn.prompt, turn.images, sampler_params=sampler, max_tokens=max_tokens
+                )
+            else:
+                await generation._scope.send_prompt(turn.prompt, sampler_params=sampler, max_tokens=max_tokens, raw=raw)
+        except BaseException as exc:
+            await generation.close()
+            refusal = _refusal(exc)
+            if refusal is exc:
+                raise
+            raise refusal from None
+        return generation
+
+    async def next(self) -> Item:
+        """The next text piece, or the event (the last item)."""
+        item = await self._items.get()
+        if isinstance(item, CompletionEvent):
+            self.event = item
+        return item
+
+    async def finish(self) -> tuple[str, CompletionEvent]:
+        """Every piece to the end: the text and the event."""
+        pieces = []
+        while not isinstance(item := await self.next(), CompletionEvent):
+            pieces.append(item)
+        return "".join(pieces), item
+
+    async def close(self) -> None:
+        """Stop the prompt if it has not ended and free the scope; idempotent, and finishes even if cancelled."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            await self._scope.dispose()
+        while self.event is None and not self._items.empty():  # a stopped prompt's event came on dispose
+            item = self._items.get_nowait()
+            if isinstance(item, CompletionEvent):
+                self.event = item
+        self._on_close(self)
+
+
+def _refusal(exc: BaseException) -> BaseException:
+    if isinstance(exc, LlamaQueueFull):
+        return ApiError(429, f"the server is busy: {exc}", code="queue_full")
+    if isinstance(exc, LlamaStatusError):
+        return ApiError(503, f"the model is not ready: {exc}", code="model_not_ready")
+    if isinstance(exc, LlamaFeatureNotEnabled):
+        return ApiError(400, str(exc), param="messages", code="images_not_supported")
+    if isinstance(exc, (ValueError, TypeError)):
+        return ApiError(400, str(exc), param="messages", code="invalid_value")
+    return exc
+
+
+async def until_disconnected(receive: Receive) -> None:
+    """Return when the client has gone (the request body must have been read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """`work`'s result, or `ClientGone` (with `work` cancelled) if the client leaves first."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(until_disconnected(receive))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        raise ClientGone
+    return task.result()
+
+
+class EventStreamResponse(StreamingResponse):
+    """A server-sent-events answer that stops producing the moment the client disconnects.
+
+    `on_end` runs once the stream is over, however it ended (finished, client
+    gone, server shutting down); it is where the prompt is stopped.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncIterator[bytes], on_end: Callable[[], Awaitable[Any]]) -> None:
+        super().__init__(events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._events = events
+        self._on_end = on_end
+        self.disconnected = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def watch() -> None:
+                    await until_disconnected(receive)
+                    self.disconnected = True
+                    scope["llama_isolate.client_gone"] = True  # for the request counter
+                    group.cancel_scope.cancel()
+
+                group.start_soon(watch)
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                with contextlib.suppress(OSError):  # the client went away while we wrote
+                    async for chunk in self._events:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._on_end()

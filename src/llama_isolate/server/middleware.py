@@ -1,0 +1,134 @@
+"""ASGI middleware: the API key, the request body cap, and request counting.
+
+Plain ASGI (not Starlette's `BaseHTTPMiddleware`), so the ``receive``
+channel that disconnect detection reads passes through untouched.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import CLIENT_GONE_STATUS, ApiError, error_body
+
+CLIENT_GONE_KEY = "llama_isolate.client_gone"  # set in the ASGI scope when a stream's client left
+
+PUBLIC_PATHS = ("/health",)  # reachable without the API key; so is the chat page (it asks for the key)
+PAGE_PATHS = ("/", "/static/")
+
+
+async def _send_error(send: Send, error: ApiError) -> None:
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ApiKeyMiddleware:
+    """401 unless ``Authorization: Bearer <key>`` (or ``x-api-key``) matches; compared in constant time."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app = app
+        self._key = key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or _public(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        given = headers.get(b"authorization", b"")
+        token = given[7:].strip() if given[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"")
+        if not hmac.compare_digest(token, self._key):
+            message = "a wrong API key" if token else "no API key (send Authorization: Bearer <key>)"
+            await _send_error(
+                send,
+                ApiError(
+                    401, f"the request has {message}", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+                ),
+            )
+            return
+        await self.app(scope, receive, send)
+
+
+def _public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path == "/" or path.startswith("/static/")
+
+
+class BodyLimitMiddleware:
+    """413 for a request body larger than `limit` bytes, by its Content-Length or as it arrives."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self._limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = ApiError(
+            413, f"the request body is larger than {self._limit} bytes (--max-body-bytes)", code="request_too_large"
+        )
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self._limit):
+            await _send_error(send, too_large)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self._limit:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _send_error(send, too_large)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class RequestCounter:
+    """Counts every answered request by endpoint and status (`Metrics.request`)."""
+
+    def __init__(self, app: ASGIApp, count: Callable[[str, int], None], endpoints: set[str]) -> None:
+        self.app = app
+        self._count = count
+        self._endpoints = endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self._endpoints:
+            await self.app(scope, receive, send)
+            return
+        status = 0
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            gone = scope.get(CLIENT_GONE_KEY)
+            self._count(scope["path"], CLIENT_GONE_STATUS if gone else status or 500)
+
+
+__all__ = ["ApiKeyMiddleware", "BodyLimitMiddleware", "RequestCounter", "error_body"]

@@ -1,0 +1,111 @@
+"""OpenAI's response objects: chat completions, text completions, their stream chunks, and usage.
+
+Streams follow what the ``openai`` SDK expects: every chunk has the same
+``id`` and ``created``; a chat stream's first delta carries the ``role``;
+the last choice chunk carries ``finish_reason`` with an empty delta; with
+``stream_options.include_usage`` one more chunk with ``choices: []`` and the
+``usage`` follows; the stream ends with ``data: [DONE]``. A failure after
+the stream started is sent as ``data: {"error": {...}}`` before ``[DONE]``
+(the SDK raises it as an `APIError`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from llama_isolate import CompletionEvent
+
+from .errors import error_body, event_error
+from .generation import Generation, Item
+
+DONE = b"data: [DONE]\n\n"
+
+
+def sse(data: dict[str, Any]) -> bytes:
+    """One server-sent event."""
+    return b"data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+def usage(event: CompletionEvent) -> dict[str, Any]:
+    """OpenAI's usage: prompt tokens count the cached ones too, which `prompt_tokens_details` names."""
+    prompt = event.prompt_tokens + event.cached_tokens
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": event.completion_tokens,
+        "total_tokens": prompt + event.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": event.cached_tokens},
+    }
+
+
+def completed(event: CompletionEvent) -> bool:
+    """True if the prompt ran to its end (not failed, not cancelled by a shutdown)."""
+    return event.success and event.finish_reason in ("stop", "length")
+
+
+def finish_reason(event: CompletionEvent) -> str:
+    return "length" if event.finish_reason == "length" else "stop"
+
+
+@dataclass
+class Reply:
+    """What every object of one answer shares."""
+
+    kind: Literal["chat", "text"]
+    model: str
+    id: str = ""
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        prefix = "chatcmpl" if self.kind == "chat" else "cmpl"
+        self.id = f"{prefix}-{uuid.uuid4().hex}"
+
+    def _object(self, chunk: bool) -> str:
+        if self.kind == "text":
+            return "text_completion"
+        return "chat.completion.chunk" if chunk else "chat.completion"
+
+    def _head(self, chunk: bool) -> dict[str, Any]:
+        return {"id": self.id, "object": self._object(chunk), "created": self.created, "model": self.model}
+
+    def _choice(self, text: str | None, reason: str | None, *, first: bool = False) -> dict[str, Any]:
+        if self.kind == "text":
+            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}
+        delta: dict[str, Any] = {}
+        if first:
+            delta["role"] = "assistant"
+        if text is not None:
+            delta["content"] = text
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+
+    def whole(self, text: str, event: CompletionEvent) -> dict[str, Any]:
+        """The non-streaming answer."""
+        if self.kind == "text":
+            choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(event)}
+        else:
+            message = {"role": "assistant", "content": text, "refusal": None}
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason(event)}
+        return {**self._head(False), "choices": [choice], "usage": usage(event)}
+
+    async def stream(self, generation: Generation, first: Item, include_usage: bool) -> AsyncIterator[bytes]:
+        """The chunks of a streamed answer, starting from its first item (already received)."""
+        usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
+        if self.kind == "chat":
+            yield sse({**self._head(True), "choices": [self._choice("", None, first=True)], **usage_field})
+        item = first
+        while isinstance(item, str):
+            yield sse({**self._head(True), "choices": [self._choice(item, None)], **usage_field})
+            item = await generation.next()
+        if completed(item):
+            end = self._choice(None if self.kind == "chat" else "", finish_reason(item))
+            yield sse({**self._head(True), "choices": [end], **usage_field})
+            if include_usage:
+                yield sse({**self._head(True), "choices": [], "usage": usage(item)})
+        else:
+            error = event_error(item)
+            yield sse(error_body(error.status, error.message, code=error.code))
+        yield DONE

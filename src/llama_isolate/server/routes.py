@@ -1,0 +1,132 @@
+"""The endpoints: /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings, /health, /metrics."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from llama_isolate import LlamaContextLengthExceeded, LlamaFeatureNotEnabled, LlamaRequestError, LlamaStatus
+
+from . import convert
+from .errors import ApiError, ClientGone, event_error
+from .generation import EventStreamResponse, Generation, unless_disconnected
+from .responses import Reply, completed
+from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Sampling
+from .service import ModelService
+
+router = APIRouter()
+STARTED = int(time.time())
+
+
+def service_of(request: Request) -> ModelService:
+    service: ModelService = request.app.state.service
+    return service
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict[str, Any]:
+    service = service_of(request)
+    return {
+        "object": "list",
+        "data": [{"id": service.name, "object": "model", "created": STARTED, "owned_by": "llama-isolate"}],
+    }
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    service = service_of(request)
+    turn = convert.chat_turn(body, images_allowed=service.load.mmproj_path is not None)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    return await _answer(request, Reply("chat", service.name), body, turn, max_tokens, raw=False)
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    service = service_of(request)
+    convert.refuse_unsupported(body)
+    for name in ("echo", "suffix", "best_of"):
+        if getattr(body, name) not in (None, False, 1):
+            raise ApiError(400, f"{name} is not supported", param=name)
+    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+    if not prompt:
+        raise ApiError(400, "the prompt is empty", param="prompt")
+    turn = convert.Turn([], prompt)
+    return await _answer(request, Reply("text", service.name), body, turn, body.max_tokens, raw=True)
+
+
+async def _answer(
+    request: Request, reply: Reply, body: Sampling, turn: convert.Turn, max_tokens: int | None, *, raw: bool
+) -> Response:
+    """Run the prompt; errors before its first token are HTTP errors, after it they end the stream."""
+    service = service_of(request)
+    sampler = convert.sampler(service.sampler_params, body)
+    generation = await service.generate(turn, sampler, max_tokens, raw=raw)
+    try:
+        first = await unless_disconnected(request.receive, generation.next())
+        if not isinstance(first, str) and not completed(first):
+            raise event_error(first)
+        if body.stream:
+            return EventStreamResponse(reply.stream(generation, first, body.include_usage), generation.close)
+        text = ""
+        if isinstance(first, str):
+            rest, _ = await unless_disconnected(request.receive, generation.finish())
+            text = first + rest
+        event = generation.event
+        assert event is not None
+        if not completed(event):
+            raise event_error(event)
+        return JSONResponse(reply.whole(text, event))
+    except BaseException:
+        await generation.close()
+        raise
+    finally:
+        if not body.stream:
+            await generation.close()
+
+
+@router.post("/v1/embeddings")
+async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
+    service = service_of(request)
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    data = []
+    for i, text in enumerate(texts):
+        param = "input" if isinstance(body.input, str) else f"input[{i}]"
+        if not text:
+            raise ApiError(400, "cannot embed an empty text", param=param)
+        try:
+            vector = await unless_disconnected(request.receive, service.embed(text))
+        except LlamaContextLengthExceeded as exc:
+            raise ApiError(400, str(exc), param=param, code="context_length_exceeded") from None
+        except LlamaFeatureNotEnabled as exc:
+            raise ApiError(400, str(exc), param="model", code="embeddings_not_enabled") from None
+        except LlamaRequestError as exc:
+            raise ApiError(400, str(exc), param=param) from None
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param=param, code="invalid_value") from None
+        if body.dimensions is not None and body.dimensions != len(vector):
+            raise ApiError(400, f"this model's embeddings have {len(vector)} dimensions", param="dimensions")
+        encoded: Any = vector
+        if body.encoding_format == "base64":
+            encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+        data.append({"object": "embedding", "index": i, "embedding": encoded})
+    return {"object": "list", "data": data, "model": service.name, "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    status = service_of(request).status
+    ok = status in (LlamaStatus.READY, LlamaStatus.GENERATING)
+    return JSONResponse({"status": "ok" if ok else status.value}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(service_of(request).metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+__all__ = ["ClientGone", "Generation", "router"]
