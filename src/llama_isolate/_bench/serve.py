@@ -26,6 +26,7 @@ when LLAMA_SERVER_BIN names its binary.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import importlib.util
 import json
@@ -411,7 +412,9 @@ async def serving(server: Server) -> AsyncIterator[tuple[ServerProcess, Callable
         return httpx.AsyncClient(
             base_url=process.base_url,
             timeout=httpx.Timeout(REQUEST_TIMEOUT, connect=5.0),
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+            # A connection per request, as independent clients have: native llama-server sometimes closes a
+            # kept-alive connection after a stream without saying so, and the next request on it fails unread.
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=0),
             trust_env=False,  # no proxy for loopback, whatever the environment says
         )
 
@@ -438,8 +441,8 @@ async def measure(server: Server) -> Result:
                 f"{phase.ttft_text()}, {len(phase.broken)} broken",
                 flush=True,
             )
-        for stream in result.broken:
-            print(f"    {server.label}: broken stream: {stream.why()}")
+        for why, count in collections.Counter(s.why() for s in result.broken).most_common():
+            print(f"    {server.label}: {count} broken: {why}")
         result.freed = await disconnect_to_first_token(make_client, server.slots)
         print(f"    {server.label}: disconnect -> first token {result.freed.text()}", flush=True)
     result.stopped = process.stopped
