@@ -2,6 +2,7 @@
 
 python -m bench            # everything
 python -m bench decode     # some sections only
+python -m bench serve      # the HTTP servers (not in the default set)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import platform
 import sys
 
-from . import contention, decode, parent_cpu, soak, stall, stop, throughput, ttft
+from . import contention, decode, parent_cpu, serve, soak, stall, stop, throughput, ttft
 from .common import Report
 
 SECTIONS = {
@@ -24,6 +25,7 @@ SECTIONS = {
     "contention": contention.run,
     "parent_cpu": parent_cpu.run,
     "soak": soak.run,
+    "serve": serve.run,
 }
 DEFAULT = ["decode", "throughput", "stall", "parent_cpu", "contention", "stop", "ttft"]
 
