@@ -227,3 +227,17 @@ async def test_an_image_is_decoded_off_the_step_so_others_generate_and_stop_is_q
         assert chatted < 0.5, f"the other conversation waited {chatted:.2f} s for the image"
         assert stopped < 0.5, f"stop() took {stopped:.2f} s"
         assert (await parent.wait_for_completion(await talking.send_prompt("More", max_tokens=4))).success
+
+
+async def test_a_conversation_of_thousands_of_messages_is_fitted_without_stalling_the_others(model_path: Path) -> None:
+    # Cutting old turns one at a time re-rendered the whole conversation per
+    # turn: minutes of work in the engine's thread for 2000 short messages,
+    # during which no other prompt advanced and a stop could not land.
+    async with LlamaParent(greedy_load(model_path, n_ctx=512, n_parallel=2)) as parent:
+        crowded = parent.get_scope()
+        crowded.messages[:] = [{"role": ("user", "assistant")[i % 2], "content": f"m{i}"} for i in range(2000)]
+        neighbour = parent.get_scope()
+        ids = [await crowded.send_prompt("last", max_tokens=2), await neighbour.send_prompt("Hi", max_tokens=2)]
+        events = await asyncio.wait_for(asyncio.gather(*(parent.wait_for_completion(i) for i in ids)), 30)
+    assert all(e.success for e in events)
+    assert events[0].dropped_turns > 1900

@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 
-from . import contention, decode, parent_cpu, serve, soak, stall, stop, throughput, ttft
+from . import contention, decode, parent_cpu, prefix, serve, soak, stall, stop, throughput, ttft
 from .common import Report
 
 SECTIONS = {
@@ -26,6 +26,7 @@ SECTIONS = {
     "parent_cpu": parent_cpu.run,
     "soak": soak.run,
     "serve": serve.run,
+    "prefix": prefix.run,
 }
 DEFAULT = ["decode", "throughput", "stall", "parent_cpu", "contention", "stop", "ttft"]
 

@@ -60,11 +60,33 @@ class ContextFitter:
         if cut:
             prompt = self._swap(prompt, encode(kept(len(roles), groups, cut)))
         if cut == 0 or len(prompt) > limit:
-            while len(prompt) > limit // 2 and cut < len(groups):
-                cut += 1
-                prompt = self._swap(prompt, encode(kept(len(roles), groups, cut)))
+            prompt, cut = self._bisect(prompt, cut, len(groups), lambda c: encode(kept(len(roles), groups, c)), limit)
         self._cuts[scope_key] = cut
         return prompt, sum(len(group) for group in groups[:cut])
+
+    @staticmethod
+    def _bisect(prompt: Prompt, low: int, high: int, at: Callable[[int], Prompt], limit: int) -> tuple[Prompt, int]:
+        """The prompt cut at the fewest exchanges above `low` that fits in `limit // 2` (else cut at `high`).
+
+        A prompt only shrinks as more is cut, so a binary search needs a few
+        encodes where cutting one exchange at a time needed one per exchange
+        (minutes for a conversation of thousands of short messages).
+        """
+        prompt.free()
+        found: Prompt | None = None
+        while high - low > 1:  # the answer is in (low, high]
+            middle = (low + high) // 2
+            trial = at(middle)
+            if len(trial) <= limit // 2:
+                if found is not None:
+                    found.free()
+                found, high = trial, middle
+            else:
+                trial.free()
+                low = middle
+        if found is not None:  # it is the cut at `high`
+            return found, high
+        return at(high), high
 
     @staticmethod
     def _swap(old: Prompt, new: Prompt) -> Prompt:
