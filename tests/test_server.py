@@ -188,10 +188,14 @@ def error_of(response: httpx.Response) -> dict[str, object]:
     [
         ({}, "messages"),
         ({"messages": []}, "messages"),
-        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
         ({"messages": ask("hi"), "temperature": 5}, "temperature"),
         ({"messages": ask("hi"), "max_tokens": 0}, "max_tokens"),
         ({"messages": ask("hi"), "stop": 3}, "stop"),
+        ({"messages": ask("hi"), "stop": ["x"] * 17}, "stop"),
+        ({"messages": ask("hi"), "max_tokens": "3"}, "max_tokens"),
+        ({"messages": ask("hi"), "stream": "yes"}, "stream"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages[0].content[0].text"),
         ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages[0].role"),
         ({"messages": ask("hi"), "n": 2}, "n"),
         ({"messages": ask("hi"), "response_format": {"type": "json_object"}}, "response_format"),
@@ -211,6 +215,19 @@ def test_a_body_that_is_not_json_is_400(base_url: str) -> None:
     response = httpx.post(base_url + CHAT, content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code == 400
     assert error_of(response)["code"] == "invalid_json"
+    form = httpx.post(base_url + CHAT, data={"messages": "hi"})  # what curl -d sends
+    assert form.status_code == 400
+    assert "Content-Type: application/json" in str(error_of(form)["message"])
+
+
+def test_fields_read_but_not_supported_are_refused_not_ignored(base_url: str) -> None:
+    for field, value in (("echo", True), ("suffix", "x"), ("best_of", 2)):
+        response = httpx.post(base_url + COMPLETIONS, json={"prompt": "Hi", field: value}, timeout=30)
+        assert response.status_code == 400
+        assert error_of(response)["param"] == field
+    too_long = httpx.post(base_url + COMPLETIONS, json={"prompt": "word " * 1500}, timeout=30)
+    assert error_of(too_long)["param"] == "prompt"
+    assert httpx.head(base_url + "/health").status_code == 200
 
 
 def test_a_prompt_longer_than_the_context_is_400_before_any_stream(base_url: str) -> None:

@@ -155,3 +155,21 @@ def test_a_worker_crash_ends_streams_with_an_error_then_503_until_it_is_back(mod
             wait_until(lambda: httpx.get(url + "/health").status_code == 200, what="the restart")
         assert seen_503
         assert httpx.get(url + "/health").json() == {"status": "ok"}
+
+
+def test_a_worker_killed_again_while_it_restarts_still_comes_back(model_path: Path) -> None:
+    with serving(create_app(server_load(model_path, n_parallel=1))) as url:
+        first = children()
+        for worker in first:
+            worker.kill()
+
+        def restarting_worker() -> bool:
+            fresh = [c for c in children() if c.pid not in {w.pid for w in first}]
+            for worker in fresh:
+                worker.kill()  # it dies while loading: the parent's own restart fails
+            return bool(fresh)
+
+        wait_until(restarting_worker, what="the restarted worker")
+        wait_until(lambda: httpx.get(url + "/health").status_code == 200, timeout=60, what="the server to recover")
+        answer = httpx.post(url + CHAT, json={"messages": ask("Hi"), "max_tokens": 2}, timeout=60)
+        assert answer.status_code == 200

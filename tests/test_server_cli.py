@@ -70,8 +70,18 @@ def test_serves_then_stops_cleanly_on_sigterm() -> None:
         assert answer.status_code == 200
         workers = psutil.Process(process.pid).children(recursive=True)
         assert workers
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        counting = {"prompt": "1, 2, 3, 4, 5, 6, 7,", "max_tokens": 400, "stream": True}
+        with httpx.stream(
+            "POST", f"{url}/v1/completions", json=counting, headers={"Authorization": "Bearer from-env"}, timeout=60
+        ) as running:
+            lines = running.iter_lines()
+            next(lines)
+            process.send_signal(signal.SIGTERM)
+            rest = [line for line in lines if line]
+        # The stream running when the server was told to stop ends with an error, not cut off.
+        assert rest[-1] == "data: [DONE]"
+        assert "shutting down" in rest[-2]
+        assert process.wait(timeout=10) == 0
         _, alive = psutil.wait_procs(workers, timeout=10)
         assert alive == []
     finally:

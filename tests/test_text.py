@@ -54,3 +54,9 @@ def test_the_earliest_of_several_stop_strings_wins() -> None:
     out, stopped = feed_all(Detokenizer(("world", "lo")), [b"hello world"])
     assert stopped
     assert "".join(out) == "hel"
+
+
+def test_a_character_cut_off_by_the_end_is_dropped_not_replaced() -> None:
+    llama = "🦙".encode()
+    out, _ = feed_all(Detokenizer(()), [b"ok ", llama[:2]])  # max_tokens came between its bytes
+    assert "".join(out) == "ok "

@@ -7,6 +7,7 @@ so the rest of the command line works without the ``server`` extra.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import signal
@@ -68,6 +69,9 @@ def describe(args: argparse.Namespace) -> LlamaLoad:
     for name in ("parallel", "max_queue", "max_body_bytes"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    key = args.api_key
+    if key and (not key.isascii() or not key.isprintable() or " " in key):
+        raise ValueError("--api-key must be printable ASCII without spaces (it travels in an HTTP header)")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be 0..65535, got {args.port}")
     context: dict[str, Any] = {"n_ctx": args.ctx, "n_parallel": args.parallel, "embeddings": True}
@@ -102,5 +106,15 @@ def run(args: argparse.Namespace, load: LlamaLoad) -> int:
     # under the handler that was there before it: this one, so the process
     # exits 0 (Ctrl-C still ends as KeyboardInterrupt, exit 130).
     signal.signal(signal.SIGTERM, lambda *_: None)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
+    service = app.state.service
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            # Pending requests end now, with a 503 or an error event, instead
+            # of being cut when uvicorn's grace period for connections ends.
+            asyncio.get_running_loop().call_soon_threadsafe(service.begin_shutdown)
+
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
+    Server(config).run()
     return 0

@@ -59,6 +59,11 @@ class Detokenizer:
         return self._stop.feed(self._decoder.decode(piece))
 
     def flush(self) -> str:
-        """Whatever is still held back (an unfinished character, a partial stop string)."""
-        tail, _ = self._stop.feed(self._decoder.decode(b"", final=True))
-        return tail + self._stop.flush()
+        """Whatever text is still held back (a partial stop string).
+
+        The bytes of a character that the last token left unfinished (the
+        answer was cut by max_tokens mid-character) are dropped: they are
+        not a character, and U+FFFD in their place would look like one.
+        """
+        self._decoder.reset()
+        return self._stop.flush()

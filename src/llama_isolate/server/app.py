@@ -65,6 +65,8 @@ def create_app(
         host = FastAPI(lifespan=llm.router.lifespan_context)
         host.mount("/llm", llm)
     """
+    if api_key is not None and (not api_key.isascii() or not api_key.isprintable() or " " in api_key):
+        raise ValueError("the API key must be printable ASCII without spaces (it travels in an HTTP header)")
     load = load or default_load()
     service = ModelService(load, name=model_name or model_name_of(load), max_queue=max_queue, init_timeout=init_timeout)
 
@@ -87,15 +89,15 @@ def create_app(
         async def page() -> FileResponse:
             return FileResponse(STATIC / "index.html")
 
-    app.add_middleware(RequestCounter, count=service.metrics.request, endpoints=COUNTED)
     app.add_middleware(BodyLimitMiddleware, limit=max_body_bytes)
     if api_key:
         app.add_middleware(ApiKeyMiddleware, key=api_key)
+    app.add_middleware(RequestCounter, count=service.metrics.request, endpoints=COUNTED)  # 401 and 413 too
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=list(cors_origins),
             allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Api-Key"],
+            allow_headers=["*"],  # the openai JS SDK sends X-Stainless-* headers
         )
     return app

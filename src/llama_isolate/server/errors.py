@@ -71,14 +71,12 @@ def error_body(status: int, message: str, *, param: str | None = None, code: str
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def event_error(event: CompletionEvent) -> ApiError:
-    """The answer for a prompt that failed before its first token."""
+def event_error(event: CompletionEvent, param: str = "messages") -> ApiError:
+    """The answer for a prompt that failed before its first token (`param`: the field holding the prompt)."""
     message = event.error or "the prompt failed"
     code = event.error_code
-    if code == "context_length_exceeded":
-        return ApiError(400, message, param="messages", code=code)
-    if code == "invalid_prompt":
-        return ApiError(400, message, param="messages", code=code)
+    if code in ("context_length_exceeded", "invalid_prompt"):
+        return ApiError(400, message, param=param, code=code)
     if code == "worker_died":
         return ApiError(503, f"{message}; the model is restarting, try again", code=code)
     if event.finish_reason in ("stopped", "cancelled"):
@@ -93,8 +91,14 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, ApiError)
         return exc.response()
 
-    async def invalid_body(_: Request, exc: Exception) -> JSONResponse:
+    async def invalid_body(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        content_type = request.headers.get("content-type", "")
+        if request.method == "POST" and not content_type.startswith("application/json"):
+            shown = content_type or "none"
+            return ApiError(
+                400, f"the body must be JSON with Content-Type: application/json (got {shown})", code="invalid_json"
+            ).response()
         return validation_error(exc.errors()).response()
 
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
@@ -102,7 +106,8 @@ def install(app: FastAPI) -> None:
         message = {404: "no such endpoint", 405: "method not allowed on this endpoint"}.get(
             exc.status_code, str(exc.detail)
         )
-        return ApiError(exc.status_code, message, headers=dict(exc.headers or {})).response()
+        code = "invalid_json" if exc.status_code == 400 else None  # FastAPI could not parse the body
+        return ApiError(exc.status_code, message, code=code, headers=dict(exc.headers or {})).response()
 
     async def client_gone(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(error_body(400, "the client closed the connection"), status_code=CLIENT_GONE_STATUS)
@@ -114,12 +119,41 @@ def install(app: FastAPI) -> None:
 
 
 def validation_error(errors: Any) -> ApiError:
-    """A 400 naming the first field that did not validate."""
-    first = errors[0] if errors else {}
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(location) or None
-    detail = first.get("msg", "invalid request body")
-    if first.get("type") == "json_invalid":
+    """A 400 naming the field that did not validate, as OpenAI writes it (``messages[0].content``).
+
+    A field that takes several types (a string or a list) fails once per
+    type; the error kept is one from the type the value has (a list too
+    long, rather than "not a string").
+    """
+    errors = list(errors) or [{}]
+    if any(e.get("type") == "json_invalid" for e in errors):
+        detail = next(e for e in errors if e.get("type") == "json_invalid").get("msg", "")
         return ApiError(400, f"the request body is not valid JSON: {detail}", code="invalid_json")
+    mismatch = [e for e in errors if not str(e.get("type", "")).endswith("_type")]
+    first = mismatch[0] if mismatch else max(errors, key=lambda e: len(e.get("loc", ())))  # the deepest match
+    param = _param(first.get("loc", ()))
+    detail = first.get("msg", "invalid request body")
     where = f"'{param}': " if param else ""
     return ApiError(400, f"{where}{detail}", param=param, code="invalid_value")
+
+
+def _param(location: Any) -> str | None:
+    """A pydantic location as OpenAI's ``param``: ``messages[0].content``, without union branch names."""
+    out = ""
+    parts = list(location)
+    for i, part in enumerate(parts):
+        if part == "body":
+            continue
+        if part in _TAGS and i + 1 < len(parts) and isinstance(parts[i + 1], str):
+            continue  # a content part's type tag, before its field
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif "[" in part or "-" in part or part[:1].isupper() or part in _TYPE_NAMES:
+            continue  # the name of one of a union's types, not a field
+        else:
+            out += f".{part}" if out else part
+    return out or None
+
+
+_TYPE_NAMES = {"str", "int", "float", "bool", "dict", "list", "none"}
+_TAGS = {"text", "image_url"}

@@ -76,6 +76,7 @@ class Generation:
         raw: bool = False,
         on_close: Callable[[Generation], object] = lambda _: None,
         on_first: Callable[[], object] = lambda: None,
+        param: str = "messages",
     ) -> Generation:
         """Queue the prompt; `ApiError` if it cannot be (429 queue full, 503 not ready, 400 bad input).
 
@@ -93,7 +94,7 @@ class Generation:
                 await generation._scope.send_prompt(turn.prompt, sampler_params=sampler, max_tokens=max_tokens, raw=raw)
         except BaseException as exc:
             await generation.close()
-            refusal = _refusal(exc)
+            refusal = _refusal(exc, param)
             if refusal is exc:
                 raise
             raise refusal from None
@@ -127,15 +128,15 @@ class Generation:
         self._on_close(self)
 
 
-def _refusal(exc: BaseException) -> BaseException:
+def _refusal(exc: BaseException, param: str) -> BaseException:
     if isinstance(exc, LlamaQueueFull):
         return ApiError(429, f"the server is busy: {exc}", code="queue_full")
     if isinstance(exc, LlamaStatusError):
         return ApiError(503, f"the model is not ready: {exc}", code="model_not_ready")
     if isinstance(exc, LlamaFeatureNotEnabled):
-        return ApiError(400, str(exc), param="messages", code="images_not_supported")
+        return ApiError(400, str(exc), param=param, code="images_not_supported")
     if isinstance(exc, (ValueError, TypeError)):
-        return ApiError(400, str(exc), param="messages", code="invalid_value")
+        return ApiError(400, str(exc), param=param, code="invalid_value")
     return exc
 
 

@@ -49,27 +49,35 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 async def completions(body: CompletionRequest, request: Request) -> Response:
     service = service_of(request)
     convert.refuse_unsupported(body)
-    for name in ("echo", "suffix", "best_of"):
-        if getattr(body, name) not in (None, False, 1):
+    refused = {"echo": body.echo is True, "suffix": body.suffix is not None, "best_of": body.best_of not in (None, 1)}
+    for name, given in refused.items():
+        if given:
             raise ApiError(400, f"{name} is not supported", param=name)
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
     if not prompt:
         raise ApiError(400, "the prompt is empty", param="prompt")
     turn = convert.Turn([], prompt)
-    return await _answer(request, Reply("text", service.name), body, turn, body.max_tokens, raw=True)
+    return await _answer(request, Reply("text", service.name), body, turn, body.max_tokens, raw=True, param="prompt")
 
 
 async def _answer(
-    request: Request, reply: Reply, body: Sampling, turn: convert.Turn, max_tokens: int | None, *, raw: bool
+    request: Request,
+    reply: Reply,
+    body: Sampling,
+    turn: convert.Turn,
+    max_tokens: int | None,
+    *,
+    raw: bool,
+    param: str = "messages",
 ) -> Response:
     """Run the prompt; errors before its first token are HTTP errors, after it they end the stream."""
     service = service_of(request)
     sampler = convert.sampler(service.sampler_params, body)
-    generation = await service.generate(turn, sampler, max_tokens, raw=raw)
+    generation = await service.generate(turn, sampler, max_tokens, raw=raw, param=param)
     try:
         first = await unless_disconnected(request.receive, generation.next())
         if not isinstance(first, str) and not completed(first):
-            raise event_error(first)
+            raise event_error(first, param)
         if body.stream:
             return EventStreamResponse(reply.stream(generation, first, body.include_usage), generation.close)
         text = ""
@@ -79,7 +87,7 @@ async def _answer(
         event = generation.event
         assert event is not None
         if not completed(event):
-            raise event_error(event)
+            raise event_error(event, param)
         return JSONResponse(reply.whole(text, event))
     except BaseException:
         await generation.close()
@@ -125,7 +133,7 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]
     }
 
 
-@router.get("/health")
+@router.api_route("/health", methods=["GET", "HEAD"])
 async def health(request: Request) -> JSONResponse:
     status = service_of(request).status
     ok = status in (LlamaStatus.READY, LlamaStatus.GENERATING)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+Count = Annotated[StrictInt, Field(ge=1)]  # "3", true and 2.0 are refused, as OpenAI does
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 Stop = str | Annotated[list[str], Field(max_length=16)]
 
@@ -43,7 +44,7 @@ class ChatMessage(_Lenient):
 
 
 class StreamOptions(_Lenient):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ResponseFormat(_Lenient):
@@ -54,16 +55,16 @@ class Sampling(_Lenient):
     """What chat and text completions share."""
 
     model: str | None = None
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Count | None = None
     stop: Stop | None = None
     temperature: Temperature | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    seed: int | None = None
+    seed: StrictInt | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    n: Annotated[int, Field(ge=1)] | None = None
+    n: Count | None = None
     logprobs: Any = None
     logit_bias: dict[str, float] | None = None
 
@@ -74,21 +75,21 @@ class Sampling(_Lenient):
 
 class ChatCompletionRequest(Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Count | None = None
     response_format: ResponseFormat | None = None
     tools: list[Any] | None = None
-    top_logprobs: int | None = None
+    top_logprobs: StrictInt | None = None
 
 
 class CompletionRequest(Sampling):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
-    echo: bool = False
+    echo: StrictBool = False
     suffix: str | None = None
-    best_of: int | None = None
+    best_of: StrictInt | None = None
 
 
 class EmbeddingRequest(_Lenient):
     model: str | None = None
     input: str | Annotated[list[str], Field(min_length=1, max_length=2048)]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    dimensions: StrictInt | None = None
