@@ -2,7 +2,7 @@
 
 Each server runs as a subprocess on a free loopback port, one at a time, with
 the default model and 2 threads; the clients stream `/v1/chat/completions` over
-httpx. For each server:
+httpx, temperature 0, 96 tokens, a connection per request. For each server:
 
 - a warm-up request;
 - 1 client sending the 8 prompts one after another, then 8 clients sending them
@@ -14,13 +14,18 @@ httpx. For each server:
   slots (8 for ours and llama-server, 1 for llama-cpp-python), one client closes
   its connection and a new request is sent at the same moment; it can only
   start once the server frees the closed stream's slot. The figure is the time
-  from the close to the new request's first token.
+  from the close to the new request's first token;
+- how much CPU the other processes of the machine used meanwhile: on 2 cores a
+  busy neighbour slows a server that decodes on 2 fixed threads 10-100x (ggml's
+  threads wait for each other after every operation), so a table measured
+  beside one says it is not comparable. Every phase has a time budget, after
+  which its streams are cut and counted broken, so the section still ends.
 
 llama-cpp-python's server runs twice: with `--interrupt_requests False`, the
 config the targets compare against, and with its default, where a waiting
-request cuts the running stream short (it ends with `[DONE]` but no
-`finish_reason`, counted as broken). Native `llama-server` is measured only
-when LLAMA_SERVER_BIN names its binary.
+request cuts the running stream short (its client sees the connection end
+mid-stream: counted as broken). Native `llama-server` is measured only when
+LLAMA_SERVER_BIN names its binary.
 """
 
 from __future__ import annotations
