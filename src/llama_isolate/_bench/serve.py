@@ -2,7 +2,7 @@
 
 Each server runs as a subprocess on a free loopback port, one at a time, with
 the default model and 2 threads; the clients stream `/v1/chat/completions` over
-httpx. For each server:
+httpx, temperature 0, 96 tokens, a connection per request. For each server:
 
 - a warm-up request;
 - 1 client sending the 8 prompts one after another, then 8 clients sending them
@@ -14,13 +14,18 @@ httpx. For each server:
   slots (8 for ours and llama-server, 1 for llama-cpp-python), one client closes
   its connection and a new request is sent at the same moment; it can only
   start once the server frees the closed stream's slot. The figure is the time
-  from the close to the new request's first token.
+  from the close to the new request's first token;
+- how much CPU the other processes of the machine used meanwhile: on 2 cores a
+  busy neighbour slows a server that decodes on 2 fixed threads 10-100x (ggml's
+  threads wait for each other after every operation), so a table measured
+  beside one says it is not comparable. Every phase has a time budget, after
+  which its streams are cut and counted broken, so the section still ends.
 
 llama-cpp-python's server runs twice: with `--interrupt_requests False`, the
 config the targets compare against, and with its default, where a waiting
-request cuts the running stream short (it ends with `[DONE]` but no
-`finish_reason`, counted as broken). Native `llama-server` is measured only
-when LLAMA_SERVER_BIN names its binary.
+request cuts the running stream short (its client sees the connection end
+mid-stream: counted as broken). Native `llama-server` is measured only when
+LLAMA_SERVER_BIN names its binary.
 """
 
 from __future__ import annotations
@@ -63,8 +68,13 @@ SLOTS = 8  # ours and llama-server: --parallel 8
 LONG_TOKENS = 512  # the streams that hold the slots while one is closed
 HELD_TOKENS = 4  # each holder has streamed this many tokens before the close
 READY_TIMEOUT = 120.0
-REQUEST_TIMEOUT = 120.0
-FREE_TIMEOUT = 30.0
+REQUEST_TIMEOUT = 120.0  # httpx's, between two reads
+# Bounds on each measurement, so that the section ends in minutes even on a busy machine (native
+# llama-server's 2 threads on 2 cores slow down 10-100x beside another busy process): a phase's
+# streams still running after PHASE_BUDGET are cut (and counted broken), prompts not yet sent are not.
+PHASE_BUDGET = 30.0
+START_TIMEOUT = 30.0  # for the long streams that fill every slot to all stream
+FREE_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 
 
@@ -161,11 +171,35 @@ def _take(stream: Stream, data: str) -> None:
             stream.finished = True
 
 
-async def chat(client: httpx.AsyncClient, prompt: str, max_tokens: int, stream: Stream | None = None) -> Stream:
-    """Stream one chat completion into `stream` (which the caller may watch as it fills)."""
+async def chat(
+    client: httpx.AsyncClient,
+    prompt: str,
+    max_tokens: int,
+    stream: Stream | None = None,
+    *,
+    deadline: float | None = None,
+) -> Stream:
+    """Stream one chat completion into `stream` (which the caller may watch as it fills).
+
+    A stream still running at `deadline` (a perf_counter() time) is cut: its connection is closed.
+    """
+    stream = stream if stream is not None else Stream()
+    reading = _read(client, prompt, max_tokens, stream)
+    try:
+        if deadline is None:
+            await reading
+        else:
+            await asyncio.wait_for(reading, max(0.0, deadline - time.perf_counter()))
+    except asyncio.TimeoutError:
+        stream.error = f"cut: no end within the {PHASE_BUDGET:.0f} s budget"
+    finally:
+        stream.end = time.perf_counter()
+    return stream
+
+
+async def _read(client: httpx.AsyncClient, prompt: str, max_tokens: int, stream: Stream) -> None:
     import httpx
 
-    stream = stream if stream is not None else Stream()
     body = {
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
@@ -179,15 +213,12 @@ async def chat(client: httpx.AsyncClient, prompt: str, max_tokens: int, stream: 
             if response.status_code != 200:
                 text = (await response.aread()).decode(errors="replace")
                 stream.error = f"HTTP {response.status_code}: {text[:200]}"
-                return stream
+                return
             async for line in response.aiter_lines():
                 if line.startswith("data:"):
                     _take(stream, line[5:].strip())
     except (httpx.HTTPError, json.JSONDecodeError) as exc:
         stream.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        stream.end = time.perf_counter()
-    return stream
 
 
 @dataclass
@@ -196,6 +227,11 @@ class Phase:
 
     streams: list[Stream]
     wall: float
+    unsent: int = 0  # prompts left out: the budget was spent
+
+    @property
+    def cut(self) -> bool:
+        return self.unsent > 0 or any(s.error is not None and s.error.startswith("cut:") for s in self.streams)
 
     @property
     def tokens(self) -> int:
@@ -222,13 +258,19 @@ class Phase:
 
 async def one_client(client: httpx.AsyncClient) -> Phase:
     started = time.perf_counter()
-    streams = [await chat(client, prompt, MAX_TOKENS) for prompt in PROMPTS]
-    return Phase(streams, time.perf_counter() - started)
+    deadline = started + PHASE_BUDGET
+    streams = []
+    for prompt in PROMPTS:
+        if time.perf_counter() >= deadline:
+            break
+        streams.append(await chat(client, prompt, MAX_TOKENS, deadline=deadline))
+    return Phase(streams, time.perf_counter() - started, unsent=len(PROMPTS) - len(streams))
 
 
 async def clients_at_once(client: httpx.AsyncClient) -> Phase:
     started = time.perf_counter()
-    streams = await asyncio.gather(*(chat(client, prompt, MAX_TOKENS) for prompt in PROMPTS))
+    deadline = started + PHASE_BUDGET
+    streams = await asyncio.gather(*(chat(client, prompt, MAX_TOKENS, deadline=deadline) for prompt in PROMPTS))
     return Phase(list(streams), time.perf_counter() - started)
 
 
@@ -257,13 +299,13 @@ async def disconnect_to_first_token(make_client: Callable[[], httpx.AsyncClient]
         for i, (c, s) in enumerate(zip(clients, holders, strict=False))
     ]
     try:
-        deadline = time.perf_counter() + REQUEST_TIMEOUT
+        deadline = time.perf_counter() + START_TIMEOUT
         while not all(h.chunks >= HELD_TOKENS for h in holders):
             ended = [h for t, h in zip(tasks, holders, strict=True) if t.done()]
             if ended:
                 raise RuntimeError(f"a stream holding a slot ended early: {ended[0].why()}")
             if time.perf_counter() > deadline:
-                raise TimeoutError(f"the {slots} long streams did not all start in {REQUEST_TIMEOUT:.0f} s")
+                raise TimeoutError(f"the {slots} long streams did not all start in {START_TIMEOUT:.0f} s")
             await asyncio.sleep(0.005)
         victim = holders[0]
         assert victim.first is not None
@@ -371,6 +413,37 @@ class ServerProcess:
         return outcome
 
 
+class CpuWatch:
+    """CPUs used by every process but the server's (and its children) and this one: the noise."""
+
+    def __init__(self, server_pid: int) -> None:
+        import psutil
+
+        self._root = psutil.Process(server_pid)
+        self._me = psutil.Process()
+        self._start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        """(wall, the machine's busy CPU seconds, ours: the server tree's and this process's)."""
+        import psutil
+
+        machine = psutil.cpu_times()
+        busy = machine.user + machine.nice + machine.system + getattr(machine, "irq", 0.0)
+        busy += getattr(machine, "softirq", 0.0)
+        ours = 0.0
+        for process in [self._me, self._root, *self._root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                ours += times.user + times.system
+        return time.perf_counter(), busy, ours
+
+    def others(self) -> float:
+        """Average CPUs the other processes used since the watch started."""
+        now = self._sample()
+        wall = now[0] - self._start[0]
+        return max(0.0, (now[1] - self._start[1]) - (now[2] - self._start[2])) / wall if wall > 0 else 0.0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -386,6 +459,7 @@ class Result:
     eight: list[Phase] = field(default_factory=list)
     freed: Freed | None = None
     stopped: str = ""
+    others_cpu: float = 0.0  # CPUs other processes used while this server was measured
 
     @property
     def best(self) -> Phase:
@@ -428,12 +502,15 @@ async def measure(server: Server) -> Result:
     result = Result(server)
     async with serving(server) as (process, make_client), make_client() as client:
         result.ready_s = await process.wait_ready(client)
-        warm = await chat(client, "Say hello.", 8)
+        warm = await chat(client, "Say hello.", 8, deadline=time.perf_counter() + PHASE_BUDGET)
         if warm.broken:
             raise RuntimeError(f"{server.label}: warm-up request broken: {warm.why()}\n{process.log_tail()}")
+        watch = CpuWatch(process.process.pid)
         result.one = await one_client(client)
         print(f"    {server.label}: 1 client {result.one.tok_s:.1f} tok/s, first token {result.one.ttft_text()}")
         for _ in range(ROUNDS):
+            if result.eight and result.eight[-1].cut:
+                break  # the budget was too short once already
             phase = await clients_at_once(client)
             result.eight.append(phase)
             print(
@@ -445,6 +522,8 @@ async def measure(server: Server) -> Result:
             print(f"    {server.label}: {count} broken: {why}")
         result.freed = await disconnect_to_first_token(make_client, server.slots)
         print(f"    {server.label}: disconnect -> first token {result.freed.text()}", flush=True)
+        result.others_cpu = watch.others()
+        print(f"    {server.label}: other processes used {result.others_cpu:.2f} CPUs meanwhile", flush=True)
     result.stopped = process.stopped
     print(f"    {server.label}: stopped: {result.stopped}", flush=True)
     return result
@@ -454,36 +533,46 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else float("inf")
 
 
+def _tok_s(phase: Phase) -> str:
+    text = f"{phase.tok_s:.1f}"
+    if phase.broken:
+        text += f" ({len(phase.broken)}/{len(phase.streams)} broken)"
+    return text + (f" (cut at {PHASE_BUDGET:.0f} s)" if phase.cut else "")
+
+
 def _add_rows(report: Report, results: dict[str, Result]) -> None:
     ours, peer, default = results["ours"], results["peer"], results["peer_default"]
     native = results.get("native")
-    assert ours.one is not None and peer.one is not None and default.one is not None
+    assert ours.one is not None and peer.one is not None
 
     def others(text: Callable[[Result], str]) -> str:
         shown = [(r, text(r)) for r in (peer, default, native) if r is not None]
-        return "; ".join(f"{r.server.label} {t}" for r, t in shown)
+        return "; ".join(f"{r.server.label}: {t}" for r, t in shown)
+
+    def one(r: Result) -> Phase:
+        assert r.one is not None
+        return r.one
 
     def broken(r: Result) -> str:
-        return f"{len(r.broken)}/{r.streams} broken" if r.broken else "none broken"
+        return f"{len(r.broken)}/{r.streams}" if r.broken else "none"
 
-    one_ratio = _ratio(ours.one.tok_s, peer.one.tok_s)
     report.add(
         "serve: 1 client, 8 prompts in turn, tok/s",
-        f"{ours.one.tok_s:.1f} tok/s",
-        others(lambda r: f"{r.one.tok_s:.1f}" if r.one else "-"),
-        f"{one_ratio:.2f}x llama-cpp-python (no target)",
+        f"{_tok_s(ours.one)} tok/s",
+        others(lambda r: _tok_s(one(r))),
+        f"{_ratio(ours.one.tok_s, peer.one.tok_s):.2f}x llama-cpp-python (no target)",
     )
     report.add(
         "serve: 1 client, first token p50 / max",
         ours.one.ttft_text(),
-        others(lambda r: r.one.ttft_text() if r.one else "-"),
+        others(lambda r: one(r).ttft_text()),
         "no target",
     )
     eight_ratio = _ratio(ours.best.tok_s, peer.best.tok_s)
     report.add(
         f"serve: 8 clients at once, aggregate tok/s (best of {ROUNDS})",
-        f"{ours.best.tok_s:.1f} tok/s",
-        others(lambda r: f"{r.best.tok_s:.1f}" + (f" ({len(r.best.broken)}/8 broken)" if r.best.broken else "")),
+        f"{_tok_s(ours.best)} tok/s",
+        others(lambda r: _tok_s(r.best)),
         verdict(eight_ratio >= 3, f"{eight_ratio:.2f}x llama-cpp-python (target >= 3x)"),
     )
     ours_max, peer_max = ours.best.ttfts[-1:], peer.best.ttfts[-1:]
@@ -499,18 +588,18 @@ def _add_rows(report: Report, results: dict[str, Result]) -> None:
         report.add(
             "serve: 8 clients at once vs native llama-server, aggregate tok/s",
             f"{ours.best.tok_s:.1f} tok/s",
-            f"llama-server {native.best.tok_s:.1f} tok/s",
+            f"llama-server {_tok_s(native.best)} tok/s",
             verdict(native_ratio >= 1.0, f"{native_ratio:.2f}x (target >= 1.0x)"),
         )
     report.add(
-        "serve: broken streams (1 client and 8 clients)",
+        "serve: broken streams, of all sent with 1 and 8 clients",
         broken(ours),
         others(broken),
         verdict(not ours.broken, "target none"),
     )
     assert ours.freed is not None
     report.add(
-        "serve: disconnect -> slot free (close 1 of N busy streams; a new request's first token)",
+        "serve: disconnect -> slot free (N streams fill every slot, 1 is closed; a new request's first token)",
         f"{ours.freed.text()}, N={ours.freed.holders}",
         others(lambda r: f"{r.freed.text()}, N={r.freed.holders}" if r.freed else "-"),
         verdict(ours.freed.seconds is not None and ours.freed.seconds < 0.8 * ours.freed.left_s, "freed on close"),
@@ -521,16 +610,22 @@ def _add_rows(report: Report, results: dict[str, Result]) -> None:
         others(lambda r: r.stopped),
         verdict(ours.stopped.startswith("exited") and "child" not in ours.stopped, "no process left"),
     )
+    busiest = max(r.others_cpu for r in results.values())
+    report.add(
+        f"serve: CPUs other processes used meanwhile (of {os.cpu_count()})",
+        f"{ours.others_cpu:.2f}",
+        others(lambda r: f"{r.others_cpu:.2f}"),
+        "quiet: comparable" if busiest < 0.2 else "BUSY: figures skewed by the neighbours, not comparable",
+    )
 
 
 async def run(report: Report) -> None:
-    missing = [
-        name for name in ("httpx", "fastapi", "uvicorn", "sse_starlette") if importlib.util.find_spec(name) is None
-    ]
+    needed = ("httpx", "psutil", "fastapi", "uvicorn", "sse_starlette")
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         raise RuntimeError(
-            f"bench serve needs {', '.join(missing)} (httpx, and the server extras of llama-isolate and of "
-            "llama-cpp-python): pip install -e '.[dev]'"
+            f"bench serve needs {', '.join(missing)} (httpx, psutil, and the server extras of llama-isolate and "
+            "of llama-cpp-python): pip install -e '.[dev]'"
         )
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
