@@ -63,6 +63,7 @@ class ClientGone(Exception):
 
 
 CLIENT_GONE_STATUS = 499  # nginx's "client closed request": what the metrics count such requests as
+CLIENT_GONE_KEY = "llama_isolate.client_gone"  # set in a request's ASGI scope when its stream's client left
 
 
 def error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:

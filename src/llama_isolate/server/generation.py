@@ -33,7 +33,7 @@ from llama_isolate import (
 )
 
 from .convert import Turn
-from .errors import ApiError, ClientGone
+from .errors import CLIENT_GONE_KEY, ApiError, ClientGone
 
 T = TypeVar("T")
 Item = str | CompletionEvent
@@ -187,7 +187,7 @@ class EventStreamResponse(StreamingResponse):
                     await until_disconnected(receive)
                     if not finished:  # after the last byte the server reports a disconnect too
                         self.disconnected = True
-                        scope["llama_isolate.client_gone"] = True  # for the request counter
+                        scope[CLIENT_GONE_KEY] = True  # for the request counter
                     group.cancel_scope.cancel()
 
                 group.start_soon(watch)

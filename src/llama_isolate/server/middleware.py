@@ -12,9 +12,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import CLIENT_GONE_STATUS, ApiError, error_body
-
-CLIENT_GONE_KEY = "llama_isolate.client_gone"  # set in the ASGI scope when a stream's client left
+from .errors import CLIENT_GONE_KEY, CLIENT_GONE_STATUS, ApiError
 
 PUBLIC_PATHS = ("/health",)  # reachable without the API key; so is the chat page (it asks for the key)
 PAGE_PATHS = ("/", "/static/")
@@ -133,6 +131,3 @@ class RequestCounter:
         finally:
             gone = scope.get(CLIENT_GONE_KEY)
             self._count(path, CLIENT_GONE_STATUS if gone else status or 500)
-
-
-__all__ = ["ApiKeyMiddleware", "BodyLimitMiddleware", "RequestCounter", "error_body"]

@@ -13,8 +13,8 @@ from fastapi.responses import JSONResponse, Response
 from llama_isolate import LlamaContextLengthExceeded, LlamaFeatureNotEnabled, LlamaRequestError, LlamaStatus
 
 from . import convert
-from .errors import ApiError, ClientGone, event_error
-from .generation import EventStreamResponse, Generation, unless_disconnected
+from .errors import ApiError, event_error
+from .generation import EventStreamResponse, unless_disconnected
 from .responses import Reply, completed
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Sampling
 from .service import ModelService
@@ -143,6 +143,3 @@ async def health(request: Request) -> JSONResponse:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     return Response(service_of(request).metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-
-__all__ = ["ClientGone", "Generation", "router"]
