@@ -173,6 +173,27 @@ async def test_a_stateless_client_resending_the_history_reuses_the_last_turn_cac
     assert t2.cached_tokens >= t1.prompt_tokens + t1.cached_tokens + t1.completion_tokens - 4
 
 
+async def test_new_conversations_start_from_a_copy_of_the_shared_template_opening(model_path: Path) -> None:
+    """With empty slots free, a prompt that shares only the chat template's opening (SmolLM2's default
+    system prompt) with another conversation's cache starts from a copy of it: that cache stays whole."""
+    async with LlamaParent(greedy_load(model_path, n_ctx=2048, n_parallel=3)) as parent:
+        first = parent.get_scope()
+        t1 = await conversation(parent, first, "Tell me about otters.")
+        history = list(first.messages)
+        await first.dispose()
+        others = []
+        for question in ("Name a colour.", "Name a fruit."):
+            scope = parent.get_scope()
+            others.append(await conversation(parent, scope, question))
+            await scope.dispose()
+        again = parent.get_scope()
+        again.messages[:] = history
+        t2 = await conversation(parent, again, "Where do they live?")
+    assert t1.cached_tokens == 0
+    assert all(other.cached_tokens >= 16 for other in others), [o.cached_tokens for o in others]
+    assert t2.cached_tokens >= t1.prompt_tokens + t1.completion_tokens - 4
+
+
 @given(st.lists(st.integers(0, 3), max_size=40), st.lists(st.integers(0, 3), max_size=40))
 def test_common_prefix_counts_the_shared_leading_tokens(a: list[int], b: list[int]) -> None:
     naive = 0

@@ -56,6 +56,21 @@ def restore(ctx: int, slot: Slot, state: ParkedState) -> bool:
     return True
 
 
+def copy(ctx: int, source: Slot, target: Slot) -> bool:
+    """Copy `source`'s sequence state into the empty `target` slot; False if llama.cpp refused it.
+
+    The bytes go from one sequence to the other through one buffer, without
+    the copies `capture` makes to keep them.
+    """
+    size = C.llama_state_seq_get_size(ctx, source.seq_id)
+    buf = (ctypes.c_uint8 * size)()
+    written = C.llama_state_seq_get_data(ctx, buf, size, source.seq_id)
+    if not written or C.llama_state_seq_set_data(ctx, buf, written, target.seq_id) == 0:
+        return False
+    target.tokens = list(source.tokens)
+    return True
+
+
 def to_portable(state: ParkedState, n_stream: int) -> bytes:
     """A captured state in a form a context with any stream count can load (empty for an empty state)."""
     if len(state.data) <= _HEAD:

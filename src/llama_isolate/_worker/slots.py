@@ -24,13 +24,16 @@ import llama_cpp as C
 
 from .cache import HostCache, ParkedState, Slot, common_prefix
 from .prompt import ImageChunk, Item, Prompt
-from .seqstate import capture, restore
+from .seqstate import capture, copy, restore
 
 logger = logging.getLogger("llama_isolate.worker")
 
 
 _ORPHAN = "\0orphan-"  # parked caches that no conversation owns any more
 PARK_MIN = 64  # an orphan cache shorter than this is not worth parking: processing it again is quick
+# A cache is copied to another slot for a shared prefix at least 1/COPY_MAX of its length: copying a
+# token's KV is some hundred times cheaper than computing it, and the copy holds the slot's loop.
+COPY_MAX = 32
 
 
 class SlotPool:
@@ -77,19 +80,14 @@ class SlotPool:
         """The free slot holding the longest useful prefix of `wanted`, restored from RAM if that is where it is.
 
         A cache is useful when its shared prefix is at least a tenth of the
-        prompt (as llama.cpp's server asks), and, when the slot holds more
-        than that prefix and an empty slot is free, when the prefix is worth
-        more than what the cut throws away: a long prefix (the cache is then
-        parked first), or a tail a quarter of the prefix at most.
+        prompt (as llama.cpp's server asks). Parked states count only from
+        `PARK_MIN` tokens: restoring a shorter one costs about what
+        processing it again does.
         """
-        has_empty = any(not slot.tokens for slot in free)
         best, source = 0, cast("Slot | str | None", None)
         for slot in free:
             shared = common_prefix(slot.tokens, wanted)
-            tail = len(slot.tokens) - shared
-            if (tail <= shared // 4 or shared >= PARK_MIN or not has_empty) and (
-                shared > best or (shared == best and shared and isinstance(source, Slot) and slot.owner is None)
-            ):
+            if shared > best or (shared == best and shared and isinstance(source, Slot) and slot.owner is None):
                 best, source = shared, slot
         parked: ParkedState | None = None
         for key, state in self._parked.items():
@@ -99,14 +97,38 @@ class SlotPool:
         if source is None or best * 10 < len(wanted):
             return None
         if isinstance(source, Slot):
-            if source.owner is not None or len(source.tokens) - best >= PARK_MIN:
-                self._park(source)  # its owner (or a later client) may want the whole cache back
-            return source
+            return self._take(source, best, free)
         assert parked is not None
         self._parked.touch(source)
         slot = self._vacate(free)
         self._restore(slot, parked)
         return slot
+
+    def _take(self, source: Slot, shared: int, free: list[Slot]) -> Slot | None:
+        """The slot to run a prompt in that starts with `shared` of `source`'s cached tokens.
+
+        An orphan whose cache goes little beyond the prefix (the previous turn
+        of the same conversation, resent) is taken as it is. Otherwise the
+        rest of the cache may still be wanted (by its owner, or by the client
+        that left it and comes back with the whole history), so it is copied
+        into an empty slot, when it is at most `COPY_MAX` times the prefix
+        (a bigger copy costs more than processing the prefix again); failing
+        that it is parked, when it is long enough to be worth keeping, and the
+        slot taken. A prefix shorter than `PARK_MIN` is not worth losing a
+        long cache for while an empty slot is free.
+        """
+        tail = len(source.tokens) - shared
+        if source.owner is None and tail <= shared // 4:
+            return source
+        empty = next((slot for slot in free if not slot.tokens), None)
+        if empty is not None:
+            if len(source.tokens) <= COPY_MAX * shared and copy(self._ctx, source, empty):
+                return empty
+            if shared < PARK_MIN:
+                return None
+        if source.owner is not None or tail >= PARK_MIN:
+            self._park(source)  # its owner (or a later client) may want the whole cache back
+        return source
 
     def _vacate(self, free: list[Slot]) -> Slot:
         """An empty free slot: one already empty, else the least recently used, its cache parked."""
