@@ -32,8 +32,19 @@ if TYPE_CHECKING:
 ROUNDS = 3
 FILLER = " ".join(f"Item {i}: the {i}th crate holds {i * 3} green apples and {i * 5} red ones." for i in range(80))
 SYSTEM = "You are the stock-keeper of a fruit warehouse. Here is the inventory. " + FILLER[: len(FILLER) // 2]
-FRESH = "I am planning a picnic for my family next weekend. What fruits should I pack so that everyone, " \
-    "including the children, finds something they like?"  # fmt: skip
+# Fresh prompts of about 50 tokens with nothing in common beyond the chat
+# template, so none of them can reuse another's cache.
+FRESH = (
+    "I am planning a picnic for my family next weekend. What fruits should I pack so that everyone, "
+    "including the children, finds something they like? Some of us cannot eat nuts, and the food will sit "
+    "in a warm car for two hours.",
+    "Our village library wants to start a reading club for teenagers. Which three novels would spark "
+    "long discussions, and why would each of them work well? The members are between thirteen and sixteen "
+    "years old and meet once a month.",
+    "My bicycle chain keeps slipping off the rear gears when I climb steep hills. What are the usual "
+    "causes, and which can I fix at home with basic tools? It is an old steel touring bike with eight gears "
+    "that I bought second hand.",
+)
 
 
 def ours() -> Server:
@@ -97,7 +108,7 @@ async def run(report: Report) -> None:
     async with serving(ours()) as (process, make_client), make_client() as client:
         await process.wait_ready(client)
         await chat(client, "Say hello.", 4)
-        fresh, next_turn, after_others, sizes = [], [], [], []
+        fresh, next_turn, after_others, sizes, fresh_sizes = [], [], [], [], []
         for round_ in range(ROUNDS):
             history = conversation(round_)
             first = await chat(client, [*history, {"role": "user", "content": "How many crates are there?"}], 16)
@@ -117,14 +128,16 @@ async def run(report: Report) -> None:
             ]
             later = await chat(client, [*history, {"role": "user", "content": "And the fewest?"}], 8)
             after_others.append(later.ttft)
-            fresh.append((await chat(client, f"{FRESH} (round {round_})", 8)).ttft)
+            alone = await chat(client, FRESH[round_ % len(FRESH)], 8)
+            fresh.append(alone.ttft)
+            fresh_sizes.append(alone.prompt_tokens - alone.cached_tokens)
         base = statistics.median(fresh)
         for label, values in (("right after", next_turn), ("after 4 other conversations", after_others)):
             ratio = statistics.median(values) / base
             report.add(
                 f"HTTP: next turn of a {min(sizes)}-token conversation, {label}",
                 ms(statistics.median(values)),
-                f"fresh ~50-token prompt {ms(base)}",
+                f"fresh prompt ({min(fresh_sizes)}-{max(fresh_sizes)} new tokens) {ms(base)}",
                 verdict(ratio <= 1.5, f"{ratio:.2f}x (target <= 1.5x)"),
             )
         users = []
