@@ -194,6 +194,19 @@ async def test_new_conversations_start_from_a_copy_of_the_shared_template_openin
     assert t2.cached_tokens >= t1.prompt_tokens + t1.completion_tokens - 4
 
 
+async def test_a_short_prompt_gets_its_parked_cache_back(model_path: Path) -> None:
+    """One slot: a stateless client's prompt comes again after another took the slot; its cache (the
+    prompt and a long answer) was parked, and the prompt alone is worth restoring it for."""
+    question = "Tell me about the history of bread in ancient Egypt and Rome."
+    async with LlamaParent(greedy_load(model_path, n_ctx=2048)) as parent:
+        for text in (question, "Name a colour.", question):
+            scope = parent.get_scope()
+            event = await parent.wait_for_completion(await scope.send_prompt(text, max_tokens=60))
+            await scope.dispose()
+    assert event.prompt_tokens + event.cached_tokens < 64  # shorter than what a parked state used to need
+    assert event.prompt_tokens <= 1  # all of it was in the parked cache
+
+
 @given(st.lists(st.integers(0, 3), max_size=40), st.lists(st.integers(0, 3), max_size=40))
 def test_common_prefix_counts_the_shared_leading_tokens(a: list[int], b: list[int]) -> None:
     naive = 0

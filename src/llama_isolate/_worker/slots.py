@@ -31,8 +31,9 @@ logger = logging.getLogger("llama_isolate.worker")
 
 _ORPHAN = "\0orphan-"  # parked caches that no conversation owns any more
 PARK_MIN = 64  # an orphan cache shorter than this is not worth parking: processing it again is quick
-# A cache is copied to another slot for a shared prefix at least 1/COPY_MAX of its length: copying a
-# token's KV is some hundred times cheaper than computing it, and the copy holds the slot's loop.
+# A cache is copied (to another slot, or back from RAM) for a shared prefix at least 1/COPY_MAX of its
+# length: copying a token's KV is some hundred times cheaper than computing it, and the copy holds the
+# engine's loop.
 COPY_MAX = 32
 
 
@@ -80,19 +81,21 @@ class SlotPool:
         """The free slot holding the longest useful prefix of `wanted`, restored from RAM if that is where it is.
 
         A cache is useful when its shared prefix is at least a tenth of the
-        prompt (as llama.cpp's server asks). Parked states count only from
-        `PARK_MIN` tokens: restoring a shorter one costs about what
-        processing it again does.
+        prompt (as llama.cpp's server asks). A parked state must share more
+        than any slot does, and at least 1/`COPY_MAX` of its length: restoring
+        it is a copy, which pays only for a long enough prefix.
         """
         best, source = 0, cast("Slot | str | None", None)
-        for slot in free:
+        # Of slots sharing as much, an orphan before a live conversation's, and the least recently used
+        # first: if its cache has to be cut, that loses the least.
+        for slot in sorted(free, key=lambda s: (s.owner is not None, s.last_used)):
             shared = common_prefix(slot.tokens, wanted)
-            if shared > best or (shared == best and shared and isinstance(source, Slot) and slot.owner is None):
+            if shared > best:
                 best, source = shared, slot
         parked: ParkedState | None = None
         for key, state in self._parked.items():
             shared = common_prefix(state.tokens, wanted)
-            if shared > best and shared >= PARK_MIN:
+            if shared > best and len(state.tokens) <= COPY_MAX * shared:
                 best, source, parked = shared, key, state
         if source is None or best * 10 < len(wanted):
             return None
