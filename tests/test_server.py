@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 import struct
 import threading
@@ -10,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import jsonschema
 import openai
+import pydantic
 import pytest
 
 from llama_isolate import ContextParams, LlamaLoad, SamplerParams
@@ -172,6 +175,65 @@ def test_concurrent_clients_each_get_their_own_answer(client: openai.OpenAI) -> 
     assert [results.get(i) for i in range(len(prompts))] == [a.choices[0].message.content for a in alone]
 
 
+# ------------------------------------------------------------------ structured output
+
+
+def schema_format(schema: dict[str, object]) -> dict[str, object]:
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_response_format_json_schema_replies_validate(client: openai.OpenAI, stream: bool) -> None:
+    asked = {"model": "any", "messages": ask("Invent a person."), "response_format": schema_format(PERSON)}
+    if stream:
+        text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**asked, stream=True))
+    else:
+        answer = client.chat.completions.create(**asked)
+        assert answer.choices[0].finish_reason == "stop"
+        text = answer.choices[0].message.content or ""
+    jsonschema.validate(json.loads(text), PERSON)
+
+
+class City(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=16)
+    population: int
+    coastal: bool
+
+
+def test_the_sdks_parse_with_a_pydantic_model(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.parse(model="any", messages=ask("Describe a city."), response_format=City)
+    city = answer.choices[0].message.parsed
+    assert isinstance(city, City)
+
+
+def test_response_format_json_object_replies_an_object(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(
+        model="any", messages=ask("A JSON object, please."), response_format={"type": "json_object"}, max_tokens=60
+    )
+    choice = answer.choices[0]
+    if choice.finish_reason == "stop":
+        assert isinstance(json.loads(choice.message.content or ""), dict)
+    else:  # cut by max_tokens: the text is incomplete, but an object's start
+        assert choice.finish_reason == "length" and (choice.message.content or "").lstrip().startswith("{")
+
+
+def test_a_schema_that_cannot_be_enforced_is_400_naming_why(base_url: str) -> None:
+    body = {"messages": ask("hi"), "response_format": schema_format({"type": "string", "format": "email"})}
+    response = httpx.post(base_url + CHAT, json=body, timeout=30)
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["param"] == "response_format" and error["code"] == "invalid_schema"
+    assert "format 'email' is not supported" in str(error["message"])
+
+
 # ------------------------------------------------------------------ errors
 
 
@@ -198,7 +260,12 @@ def error_of(response: httpx.Response) -> dict[str, object]:
         ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages[0].content[0].text"),
         ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages[0].role"),
         ({"messages": ask("hi"), "n": 2}, "n"),
-        ({"messages": ask("hi"), "response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": ask("hi"), "response_format": {"type": "xml"}}, "response_format.type"),
+        ({"messages": ask("hi"), "response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        (
+            {"messages": ask("hi"), "response_format": schema_format({"type": "integer", "minimum": 1})},
+            "response_format",
+        ),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, None),
     ],
 )

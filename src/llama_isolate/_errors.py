@@ -196,6 +196,27 @@ class LlamaStateError(LlamaRequestError, ValueError):
     """
 
 
+class LlamaSchemaError(LlamaRequestError, ValueError):
+    """A JSON schema given as `json_schema=` uses something the grammar cannot enforce, or is malformed.
+
+    Nothing was queued. The message says what and why; `path` is a JSON
+    pointer to the place in the schema ("" for the whole schema). See
+    docs/structured-output.md for what is supported. It is also a
+    `ValueError`: the schema is a bad value.
+
+    Example::
+
+        try:
+            await parent.send_prompt("An age?", json_schema={"type": "integer", "minimum": 0})
+        except LlamaSchemaError as exc:
+            print(exc.path, exc)  # /minimum 'minimum' is not supported: numeric bounds are not enforced ...
+    """
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(f"{message} (at {path or 'the root'})")
+        self.path = path
+
+
 class LlamaContextLengthExceeded(LlamaRequestError):
     """A request's text needs more tokens than the model can take at once (for example a text to embed).
 

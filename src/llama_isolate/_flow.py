@@ -9,9 +9,11 @@ when it may dispatch, and what to fail when the worker dies.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from . import _protocol as protocol
 from ._checks import check_int, check_text
@@ -21,6 +23,7 @@ from ._images import MEDIA_MARKER, LlamaImage
 from ._ledger import CompletionLedger
 from ._params import LlamaLoad, SamplerParams
 from ._queue import Conversation, PromptQueue, PromptRecord
+from ._schema import json_schema_grammar
 from ._streams import EventStream, TokenStream
 
 
@@ -52,6 +55,7 @@ class PromptFlow:
         images: tuple[LlamaImage, ...] = (),
         *,
         raw: bool = False,
+        json_schema: Mapping[str, Any] | None = None,
     ) -> PromptRecord:
         """Check a prompt and queue it; `ValueError`/`TypeError` name a bad argument, nothing is queued then."""
         if not isinstance(prompt, str):
@@ -62,11 +66,16 @@ class PromptFlow:
         if max_tokens is not None:
             check_int(max_tokens, "max_tokens", 1)
         self.conversations.check(scope)
+        sampler = sampler_params or self._load.sampler_params
+        if json_schema is not None:
+            if sampler.grammar is not None:
+                raise ValueError("json_schema and SamplerParams.grammar exclude each other (the schema is a grammar)")
+            sampler = dataclasses.replace(sampler, grammar=json_schema_grammar(json_schema))
         record = PromptRecord(
             id=uuid.uuid4().hex,
             scope=scope,
             text=prompt,
-            sampler=sampler_params or self._load.sampler_params,
+            sampler=sampler,
             max_tokens=max_tokens or self._load.context_params.n_predict,
             images=images,
             raw=bool(raw),

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -302,6 +302,7 @@ class LlamaParent:
         sampler_params: SamplerParams | None = None,
         max_tokens: int | None = None,
         raw: bool = False,
+        json_schema: Mapping[str, Any] | None = None,
     ) -> str:
         """Queue one chat turn and return its prompt id at once, without waiting for it to start.
 
@@ -317,6 +318,12 @@ class LlamaParent:
                 as it is, without the chat template (special tokens written in
                 it, such as ``<|im_start|>``, are read as such). This is what
                 a model without a template always gets.
+            json_schema: the reply is JSON valid against this schema (a dict),
+                enforced token by token by a grammar. A schema the grammar
+                cannot enforce exactly raises `LlamaSchemaError`; nothing is
+                ever relaxed. A reply cut by `max_tokens` ends with
+                ``finish_reason="length"`` and is then incomplete JSON. See
+                docs/structured-output.md.
 
         Raises:
             LlamaStatusError: before `init()`, after `dispose()`, after the worker
@@ -324,6 +331,7 @@ class LlamaParent:
             LlamaQueueFull: `max_queue` prompts are already waiting.
             ValueError: a bad argument, or a malformed entry in the
                 conversation's `messages` (the message names it).
+            LlamaSchemaError: `json_schema` cannot be enforced (a `ValueError` too).
             TypeError: an argument of the wrong type.
 
         Cancellation: this never suspends, so it cannot be cancelled half-way.
@@ -332,7 +340,7 @@ class LlamaParent:
 
             pid = await parent.send_prompt("Hello!", max_tokens=64)
         """
-        return self._enqueue(prompt, scope, sampler_params, max_tokens, (), raw=raw)
+        return self._enqueue(prompt, scope, sampler_params, max_tokens, (), raw=raw, json_schema=json_schema)
 
     async def send_prompt_with_images(
         self,
@@ -342,6 +350,7 @@ class LlamaParent:
         scope: LlamaScope | None = None,
         sampler_params: SamplerParams | None = None,
         max_tokens: int | None = None,
+        json_schema: Mapping[str, Any] | None = None,
     ) -> str:
         """Like `send_prompt`, with images; needs `LlamaLoad(mmproj_path=...)`.
 
@@ -377,7 +386,7 @@ class LlamaParent:
                     "on a model without a chat template the prompt must not end with an image: "
                     "the model needs text after it to answer (put the marker before your question)"
                 )
-        return self._enqueue(prompt, scope, sampler_params, max_tokens, pictures)
+        return self._enqueue(prompt, scope, sampler_params, max_tokens, pictures, json_schema=json_schema)
 
     def _enqueue(
         self,
@@ -388,11 +397,12 @@ class LlamaParent:
         images: tuple[LlamaImage, ...],
         *,
         raw: bool = False,
+        json_schema: Mapping[str, Any] | None = None,
     ) -> str:
         self._require_ready("send_prompt", queueing=True)
         if scope is not None and (not isinstance(scope, LlamaScope) or scope.parent is not self or scope.disposed):
             raise LlamaStatusError(f"scope {getattr(scope, 'id', scope)!r} is disposed or belongs to another parent")
-        record = self._flow.enqueue(prompt, scope, sampler_params, max_tokens, images, raw=raw)
+        record = self._flow.enqueue(prompt, scope, sampler_params, max_tokens, images, raw=raw, json_schema=json_schema)
         self._dispatch()
         return record.id
 

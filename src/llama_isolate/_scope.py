@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from ._errors import LlamaStateError
@@ -42,6 +42,7 @@ class ScopeHost(Protocol):
         sampler_params: SamplerParams | None = None,
         max_tokens: int | None = None,
         raw: bool = False,
+        json_schema: Mapping[str, Any] | None = None,
     ) -> str: ...
 
     async def send_prompt_with_images(
@@ -52,6 +53,7 @@ class ScopeHost(Protocol):
         scope: LlamaScope | None = None,
         sampler_params: SamplerParams | None = None,
         max_tokens: int | None = None,
+        json_schema: Mapping[str, Any] | None = None,
     ) -> str: ...
 
     async def wait_for_completion(self, prompt_id: str) -> CompletionEvent: ...
@@ -103,6 +105,7 @@ class LlamaScope:
         sampler_params: SamplerParams | None = None,
         max_tokens: int | None = None,
         raw: bool = False,
+        json_schema: Mapping[str, Any] | None = None,
     ) -> str:
         """``parent.send_prompt(prompt, scope=self, ...)``.
 
@@ -111,7 +114,7 @@ class LlamaScope:
             pid = await scope.send_prompt("And then?")
         """
         return await self.parent.send_prompt(
-            prompt, scope=self, sampler_params=sampler_params, max_tokens=max_tokens, raw=raw
+            prompt, scope=self, sampler_params=sampler_params, max_tokens=max_tokens, raw=raw, json_schema=json_schema
         )
 
     async def send_prompt_with_images(
@@ -121,6 +124,7 @@ class LlamaScope:
         *,
         sampler_params: SamplerParams | None = None,
         max_tokens: int | None = None,
+        json_schema: Mapping[str, Any] | None = None,
     ) -> str:
         """``parent.send_prompt_with_images(prompt, images, scope=self, ...)``.
 
@@ -129,7 +133,7 @@ class LlamaScope:
             pid = await scope.send_prompt_with_images("What is this?", [image])
         """
         return await self.parent.send_prompt_with_images(
-            prompt, images, scope=self, sampler_params=sampler_params, max_tokens=max_tokens
+            prompt, images, scope=self, sampler_params=sampler_params, max_tokens=max_tokens, json_schema=json_schema
         )
 
     async def stop(self) -> None:

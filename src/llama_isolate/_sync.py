@@ -13,7 +13,7 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -164,10 +164,13 @@ class SyncLlamaScope:
         sampler_params: SamplerParams | None = None,
         max_tokens: int | None = None,
         raw: bool = False,
+        json_schema: Mapping[str, Any] | None = None,
     ) -> str:
         """Queue a turn; returns its prompt id at once."""
         return self._loop.call(
-            self._scope.send_prompt(prompt, sampler_params=sampler_params, max_tokens=max_tokens, raw=raw)
+            self._scope.send_prompt(
+                prompt, sampler_params=sampler_params, max_tokens=max_tokens, raw=raw, json_schema=json_schema
+            )
         )
 
     def send_prompt_with_images(
@@ -177,10 +180,13 @@ class SyncLlamaScope:
         *,
         sampler_params: SamplerParams | None = None,
         max_tokens: int | None = None,
+        json_schema: Mapping[str, Any] | None = None,
     ) -> str:
         """Queue a turn with images; returns its prompt id at once."""
         return self._loop.call(
-            self._scope.send_prompt_with_images(prompt, images, sampler_params=sampler_params, max_tokens=max_tokens)
+            self._scope.send_prompt_with_images(
+                prompt, images, sampler_params=sampler_params, max_tokens=max_tokens, json_schema=json_schema
+            )
         )
 
     def wait_for_completion(self, prompt_id: str, timeout: float | None = None) -> CompletionEvent:
@@ -321,11 +327,19 @@ class SyncLlamaParent:
         sampler_params: SamplerParams | None = None,
         max_tokens: int | None = None,
         raw: bool = False,
+        json_schema: Mapping[str, Any] | None = None,
     ) -> str:
         """Queue one chat turn; returns its prompt id at once (see `LlamaParent.send_prompt`)."""
         inner = None if scope is None else scope._scope
         return self._loop.call(
-            self._parent.send_prompt(prompt, scope=inner, sampler_params=sampler_params, max_tokens=max_tokens, raw=raw)
+            self._parent.send_prompt(
+                prompt,
+                scope=inner,
+                sampler_params=sampler_params,
+                max_tokens=max_tokens,
+                raw=raw,
+                json_schema=json_schema,
+            )
         )
 
     def send_prompt_with_images(
@@ -336,12 +350,18 @@ class SyncLlamaParent:
         scope: SyncLlamaScope | None = None,
         sampler_params: SamplerParams | None = None,
         max_tokens: int | None = None,
+        json_schema: Mapping[str, Any] | None = None,
     ) -> str:
         """Queue one chat turn with images; returns its prompt id at once."""
         inner = None if scope is None else scope._scope
         return self._loop.call(
             self._parent.send_prompt_with_images(
-                prompt, images, scope=inner, sampler_params=sampler_params, max_tokens=max_tokens
+                prompt,
+                images,
+                scope=inner,
+                sampler_params=sampler_params,
+                max_tokens=max_tokens,
+                json_schema=json_schema,
             )
         )
 

@@ -16,13 +16,14 @@ import base64
 import binascii
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from llama_isolate import MEDIA_MARKER, LlamaImage, SamplerParams
 
 from .errors import ApiError
-from .schemas import ChatCompletionRequest, ChatMessage, ImagePart, Sampling
+from .schemas import ChatCompletionRequest, ChatMessage, ImagePart, ResponseFormat, Sampling
 
 _DATA_URI = re.compile(r"data:(?P<mime>[\w.+/-]*)(?P<params>(;[\w=.+-]+)*?);base64,(?P<data>.*)", re.DOTALL)
 
@@ -34,13 +35,12 @@ class Turn:
     history: list[dict[str, Any]]
     prompt: str
     images: tuple[LlamaImage, ...] = ()
+    json_schema: Mapping[str, Any] | None = None  # the reply must be JSON valid against it
 
 
 def chat_turn(body: ChatCompletionRequest, *, images_allowed: bool) -> Turn:
     """The scope history and the prompt of a chat request; `ApiError` 400 names what is wrong."""
     refuse_unsupported(body)
-    if body.response_format is not None and body.response_format.type != "text":
-        raise ApiError(400, "response_format other than 'text' is not supported yet", param="response_format")
     if body.tools:
         raise ApiError(400, "tools are not supported yet", param="tools")
     if body.top_logprobs:
@@ -56,7 +56,21 @@ def chat_turn(body: ChatCompletionRequest, *, images_allowed: bool) -> Turn:
         )
     history = [_message(m, i, images_allowed) for i, m in enumerate(messages[:-1])]
     prompt = _message(last, len(messages) - 1, images_allowed)
-    return Turn(history, prompt["content"], tuple(prompt.get("images", ())))
+    images = tuple(prompt.get("images", ()))
+    return Turn(history, prompt["content"], images, response_schema(body.response_format))
+
+
+def response_schema(fmt: ResponseFormat | None) -> Mapping[str, Any] | None:
+    """The JSON schema `response_format` asks for (``json_object``: any object), or None for text."""
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "object"}
+    if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+        raise ApiError(
+            400, "response_format json_schema needs json_schema.schema", param="response_format.json_schema.schema"
+        )
+    return fmt.json_schema.schema_
 
 
 def refuse_unsupported(body: Sampling) -> None:

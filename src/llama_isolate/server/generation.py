@@ -28,6 +28,7 @@ from llama_isolate import (
     LlamaFeatureNotEnabled,
     LlamaParent,
     LlamaQueueFull,
+    LlamaSchemaError,
     LlamaStatusError,
     SamplerParams,
 )
@@ -86,12 +87,15 @@ class Generation:
         generation = cls(parent, on_close, on_first)
         try:
             generation._scope.messages[:] = turn.history
+            schema = turn.json_schema
             if turn.images:
                 await generation._scope.send_prompt_with_images(
-                    turn.prompt, turn.images, sampler_params=sampler, max_tokens=max_tokens
+                    turn.prompt, turn.images, sampler_params=sampler, max_tokens=max_tokens, json_schema=schema
                 )
             else:
-                await generation._scope.send_prompt(turn.prompt, sampler_params=sampler, max_tokens=max_tokens, raw=raw)
+                await generation._scope.send_prompt(
+                    turn.prompt, sampler_params=sampler, max_tokens=max_tokens, raw=raw, json_schema=schema
+                )
         except BaseException as exc:
             await generation.close()
             refusal = _refusal(exc, param)
@@ -133,6 +137,9 @@ def _refusal(exc: BaseException, param: str) -> BaseException:
         return ApiError(429, f"the server is busy: {exc}", code="queue_full")
     if isinstance(exc, LlamaStatusError):
         return ApiError(503, f"the model is not ready: {exc}", code="model_not_ready")
+    if isinstance(exc, LlamaSchemaError):
+        message = f"the JSON schema cannot be enforced: {exc}"
+        return ApiError(400, message, param="response_format", code="invalid_schema")
     if isinstance(exc, LlamaFeatureNotEnabled):
         return ApiError(400, str(exc), param=param, code="images_not_supported")
     if isinstance(exc, (ValueError, TypeError)):

@@ -1,8 +1,7 @@
 """The request bodies the server reads, as OpenAI defines them; unknown fields are ignored.
 
-Fields a later release will support (``n`` above 1, ``tools``, ``logprobs``,
-``response_format`` other than text) are read, and refused with a 400 naming
-them, rather than silently ignored.
+Fields a later release will support (``n`` above 1, ``tools``, ``logprobs``)
+are read, and refused with a 400 naming them, rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -47,8 +46,15 @@ class StreamOptions(_Lenient):
     include_usage: StrictBool = False
 
 
+class JsonSchemaFormat(_Lenient):
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None
+
+
 class ResponseFormat(_Lenient):
-    type: str = "text"
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
 
 
 class Sampling(_Lenient):
