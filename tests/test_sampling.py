@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from llama_isolate import LlamaParent, SamplerParams
@@ -111,3 +113,44 @@ async def test_each_sampling_stage_changes_what_the_same_seed_draws(parent: Llam
 
     changed = [await draw(seed) != await draw(seed, **stage) for seed in (1, 2, 3)]
     assert any(changed), stage
+
+
+def token_of(model_path: Path, text: str) -> int:
+    """The one token `text` is in the default model's vocabulary (read with llama.cpp's tokenizer)."""
+    from llama_cpp import Llama
+
+    vocab = Llama(str(model_path), vocab_only=True, verbose=False)
+    tokens = vocab.tokenize(text.encode(), add_bos=False)
+    assert len(tokens) == 1, tokens
+    return tokens[0]
+
+
+async def test_logit_bias_forces_and_bans_tokens(parent: LlamaParent, model_path: Path) -> None:
+    banana = token_of(model_path, " banana")
+    forced, _ = await reply(parent, SamplerParams(greedy=True, logit_bias={banana: 100.0}), max_tokens=3)
+    assert forced == " banana" * 3
+    plain, _ = await reply(parent, SamplerParams(greedy=True), max_tokens=6)
+    first = plain.split()[0]
+    banned_token = token_of(model_path, first)
+    banned, _ = await reply(
+        parent, SamplerParams(greedy=True, logit_bias=((banned_token, float("-inf")),)), max_tokens=6
+    )
+    assert not banned.startswith(first), (plain, banned)
+
+
+async def test_a_logit_bias_outside_the_vocabulary_is_refused_at_send(parent: LlamaParent) -> None:
+    info = parent.model_info
+    assert info is not None
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        await parent.send_prompt("hi", sampler_params=SamplerParams(logit_bias={info.n_vocab: 1.0}))
+    assert parent.queue_length == 0
+
+
+@pytest.mark.parametrize("bad", [{-1: 1.0}, {1: float("nan")}, {1: float("inf")}, [(1, 2, 3)], "x", {True: 1.0}])
+def test_malformed_logit_bias_is_refused_naming_the_field(bad: object) -> None:
+    with pytest.raises(ValueError, match="logit_bias"):
+        SamplerParams(logit_bias=bad)  # type: ignore[arg-type]
+
+
+def test_logit_bias_is_kept_as_sorted_pairs() -> None:
+    assert SamplerParams(logit_bias={5: -1.0, 2: 3}).logit_bias == ((2, 3.0), (5, -1.0))

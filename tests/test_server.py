@@ -234,6 +234,17 @@ def test_a_schema_that_cannot_be_enforced_is_400_naming_why(base_url: str) -> No
     assert "format 'email' is not supported" in str(error["message"])
 
 
+def test_logit_bias_forces_a_token(client: openai.OpenAI, model_path: Path) -> None:
+    from llama_cpp import Llama
+
+    banana = Llama(str(model_path), vocab_only=True, verbose=False).tokenize(b" banana", add_bos=False)
+    assert len(banana) == 1
+    answer = client.chat.completions.create(
+        model="any", messages=ask("Name a fruit."), max_tokens=3, logit_bias={str(banana[0]): 100}
+    )
+    assert answer.choices[0].message.content == " banana" * 3
+
+
 # ------------------------------------------------------------------ errors
 
 
@@ -260,6 +271,9 @@ def error_of(response: httpx.Response) -> dict[str, object]:
         ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages[0].content[0].text"),
         ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages[0].role"),
         ({"messages": ask("hi"), "n": 2}, "n"),
+        ({"messages": ask("hi"), "logit_bias": {"x": 1}}, "logit_bias"),
+        ({"messages": ask("hi"), "logit_bias": {"1": 500}}, "logit_bias"),
+        ({"messages": ask("hi"), "logit_bias": {"99999999": 1}}, "logit_bias"),
         ({"messages": ask("hi"), "response_format": {"type": "xml"}}, "response_format.type"),
         ({"messages": ask("hi"), "response_format": {"type": "json_schema"}}, "response_format.json_schema"),
         (

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -218,7 +218,7 @@ class ContextParams:
 class SamplerParams:
     """How the next token is chosen; every field is a stage of llama.cpp's sampler chain.
 
-    The chain runs: grammar, penalties, DRY, top-k, typical, top-p, min-p, XTC,
+    The chain runs: grammar, logit bias, penalties, DRY, top-k, typical, top-p, min-p, XTC,
     temperature, then a random draw (or mirostat, or greedy).
 
     Example::
@@ -244,6 +244,11 @@ class SamplerParams:
         seed: random seed; None = a new one every prompt.
         greedy: always take the most likely token.
         stop: strings that end generation; they are not part of the returned text.
+        logit_bias: (token id, bias) pairs (a dict is taken too): the bias is
+            added to the token's logit before every other stage (as
+            llama.cpp's logit-bias sampler does); -100 all but bans a token,
+            ``float("-inf")`` bans it. Kept sorted by token id. A token id
+            outside the model's vocabulary is refused at send time.
     """
 
     temperature: float = 0.8
@@ -269,6 +274,7 @@ class SamplerParams:
     seed: int | None = None
     greedy: bool = False
     stop: tuple[str, ...] = ()
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         c = "SamplerParams"
@@ -306,6 +312,26 @@ class SamplerParams:
             if not isinstance(stop, str) or not stop:
                 _fail(c, "stop", "a sequence of non-empty strings", stop)
             _check_str(c, "stop", stop)
+        self._normalize_logit_bias()
+
+    def _normalize_logit_bias(self) -> None:
+        value: object = self.logit_bias
+        pairs = list(value.items()) if isinstance(value, Mapping) else value
+        what = "(token id, bias) pairs or a dict of them, ids >= 0, biases numbers (not NaN or +inf)"
+        if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
+            _fail("SamplerParams", "logit_bias", what, value)
+        assert isinstance(pairs, Sequence)
+        merged: dict[int, float] = {}
+        for pair in pairs:
+            if not isinstance(pair, Sequence) or isinstance(pair, (str, bytes)) or len(pair) != 2:
+                _fail("SamplerParams", "logit_bias", what, pair)
+            token, bias = pair
+            if not isinstance(token, int) or isinstance(token, bool) or token < 0:
+                _fail("SamplerParams", "logit_bias", what, pair)
+            if not isinstance(bias, (int, float)) or isinstance(bias, bool) or math.isnan(bias) or bias == math.inf:
+                _fail("SamplerParams", "logit_bias", what, pair)
+            merged[token] = float(bias)
+        object.__setattr__(self, "logit_bias", tuple(sorted(merged.items())))
 
 
 def _check_path(name: str, value: object) -> None:

@@ -402,6 +402,12 @@ class LlamaParent:
         self._require_ready("send_prompt", queueing=True)
         if scope is not None and (not isinstance(scope, LlamaScope) or scope.parent is not self or scope.disposed):
             raise LlamaStatusError(f"scope {getattr(scope, 'id', scope)!r} is disposed or belongs to another parent")
+        if sampler_params is not None and sampler_params.logit_bias and self._info is not None:
+            top = max(token for token, _ in sampler_params.logit_bias)
+            if top >= self._info.n_vocab:
+                raise ValueError(
+                    f"SamplerParams.logit_bias names token {top}, outside the vocabulary (0..{self._info.n_vocab - 1})"
+                )
         record = self._flow.enqueue(prompt, scope, sampler_params, max_tokens, images, raw=raw, json_schema=json_schema)
         self._dispatch()
         return record.id

@@ -42,7 +42,7 @@ from .embed import Embedder, EmbeddingRefused
 from .llama import LlamaLog, LoadedModel, LoadFailure, load_model, model_description
 from .prepare import Prepared, Preparer, Refused
 from .prompt import ImageChunk
-from .sampling import GrammarError, NoCandidate, Sampler
+from .sampling import NoCandidate, Sampler, SamplerRefused
 from .seqstate import StateMismatch, flash_attention_of, from_portable, to_portable
 from .slots import SlotPool
 from .text import Detokenizer
@@ -279,7 +279,7 @@ class Engine:
             sampler = Sampler(
                 request.sampler, vocab=self._vocab.handle, n_vocab=self._vocab.n_tokens, n_ctx=self._n_ctx
             )
-        except GrammarError as exc:
+        except SamplerRefused as exc:
             prepared.prompt.free()
             self._refuse(request, str(exc))
             return

@@ -27,7 +27,11 @@ _MIROSTAT_M = 100  # candidates Mirostat 1 estimates s_hat from (llama.cpp's val
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
 
 
-class GrammarError(ValueError):
+class SamplerRefused(ValueError):
+    """The prompt's sampler settings cannot be used with this model; the message says why."""
+
+
+class GrammarError(SamplerRefused):
     """The GBNF grammar did not parse, or accepts nothing."""
 
 
@@ -156,6 +160,8 @@ def _stages(params: SamplerParams, *, vocab: int, n_vocab: int, n_ctx: int) -> l
     """The chain's stages in llama.cpp's usual order (after the grammar); off stages are left out."""
     seed = _RANDOM_SEED if params.seed is None else params.seed
     stages: list[int] = []
+    if params.logit_bias:
+        stages.append(_logit_bias(params, n_vocab))
     last_n = n_ctx if params.repeat_last_n == -1 else params.repeat_last_n
     if params.repeat_penalty != 1.0 or params.frequency_penalty or params.presence_penalty:
         stages.append(
@@ -199,6 +205,15 @@ def _truncation(params: SamplerParams, seed: int) -> list[int]:
     if params.xtc_probability > 0.0:
         stages.append(C.llama_sampler_init_xtc(params.xtc_probability, params.xtc_threshold, 1, seed))
     return stages
+
+
+def _logit_bias(params: SamplerParams, n_vocab: int) -> int:
+    pairs = list(params.logit_bias)
+    outside = [token for token, _ in pairs if not 0 <= token < n_vocab]
+    if outside:
+        raise SamplerRefused(f"logit_bias names token {outside[0]}, outside the vocabulary (0..{n_vocab - 1})")
+    array = (C.llama_logit_bias * len(pairs))(*(C.llama_logit_bias(token, bias) for token, bias in pairs))
+    return C.llama_sampler_init_logit_bias(n_vocab, len(pairs), array)  # type: ignore[no-any-return]
 
 
 def _dry(params: SamplerParams, *, vocab: int, n_ctx: int) -> int:

@@ -79,8 +79,6 @@ def refuse_unsupported(body: Sampling) -> None:
         raise ApiError(400, "n > 1 is not supported yet; send one request per choice", param="n")
     if body.logprobs not in (None, False, 0):
         raise ApiError(400, "logprobs are not supported yet", param="logprobs")
-    if body.logit_bias:
-        raise ApiError(400, "logit_bias is not supported yet", param="logit_bias")
 
 
 def _message(message: ChatMessage, index: int, images_allowed: bool) -> dict[str, Any]:
@@ -120,6 +118,21 @@ def _message(message: ChatMessage, index: int, images_allowed: bool) -> dict[str
     return out
 
 
+def _logit_bias(biases: dict[str, float], n_vocab: int) -> dict[int, float]:
+    """OpenAI's ``{"token id": bias}`` as token ids; 400 for a key that is not one of the model's tokens."""
+    out = {}
+    for key, bias in biases.items():
+        if not key.isascii() or not key.isdigit() or int(key) >= n_vocab:
+            raise ApiError(
+                400,
+                f"logit_bias key {key!r} is not a token id of this model (0..{n_vocab - 1})",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        out[int(key)] = bias
+    return out
+
+
 def _check_text(text: str, param: str) -> None:
     if MEDIA_MARKER in text:
         raise ApiError(400, f"the text holds {MEDIA_MARKER}, which marks where images go", param=param)
@@ -145,9 +158,11 @@ def _image(url: str, param: str) -> LlamaImage:
         raise ApiError(400, f"the image is not usable: {exc}", param=param, code="invalid_image") from None
 
 
-def sampler(base: SamplerParams, body: Sampling) -> SamplerParams:
+def sampler(base: SamplerParams, body: Sampling, *, n_vocab: int) -> SamplerParams:
     """`base` with the fields the request sets; `ApiError` 400 names a value the sampler refuses."""
     changes: dict[str, Any] = {}
+    if body.logit_bias:
+        changes["logit_bias"] = _logit_bias(body.logit_bias, n_vocab)
     if body.temperature is not None:
         changes["temperature"] = body.temperature
         changes["greedy"] = body.temperature == 0

@@ -72,7 +72,7 @@ async def _answer(
 ) -> Response:
     """Run the prompt; errors before its first token are HTTP errors, after it they end the stream."""
     service = service_of(request)
-    sampler = convert.sampler(service.sampler_params, body)
+    sampler = convert.sampler(service.sampler_params, body, n_vocab=service.n_vocab)
     generation = await service.generate(turn, sampler, max_tokens, raw=raw, param=param)
     try:
         first = await unless_disconnected(request.receive, generation.next())

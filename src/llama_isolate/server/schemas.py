@@ -72,7 +72,7 @@ class Sampling(_Lenient):
     frequency_penalty: Penalty | None = None
     n: Count | None = None
     logprobs: Any = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
 
     @property
     def include_usage(self) -> bool:

@@ -117,6 +117,13 @@ class ModelService:
     def sampler_params(self) -> SamplerParams:
         return self.load.sampler_params
 
+    @property
+    def n_vocab(self) -> int:
+        """The model's vocabulary size (503 while the model is not ready)."""
+        info = self.ready().model_info
+        assert info is not None
+        return info.n_vocab
+
     async def generate(
         self, turn: Turn, sampler: SamplerParams, max_tokens: int | None, *, raw: bool, param: str = "messages"
     ) -> Generation:
