@@ -245,6 +245,37 @@ def test_logit_bias_forces_a_token(client: openai.OpenAI, model_path: Path) -> N
     assert answer.choices[0].message.content == " banana" * 3
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_logprobs_tokens_join_back_to_the_content(client: openai.OpenAI, stream: bool) -> None:
+    asked = {"model": "any", "messages": ask("Name a colour."), "max_tokens": 8, "logprobs": True, "top_logprobs": 2}
+    if stream:
+        chunks = [c for c in client.chat.completions.create(**asked, stream=True) if c.choices]
+        content = "".join(c.choices[0].delta.content or "" for c in chunks)
+        entries = [e for c in chunks if c.choices[0].logprobs for e in c.choices[0].logprobs.content or []]
+    else:
+        choice = client.chat.completions.create(**asked).choices[0]
+        content = choice.message.content or ""
+        assert choice.logprobs is not None
+        entries = choice.logprobs.content or []
+    assert content and "".join(e.token for e in entries) == content
+    for entry in entries:
+        assert len(entry.top_logprobs) == 2 and entry.logprob <= 0
+        assert bytes(entry.bytes or []).decode(errors="replace") == entry.token
+
+
+def test_completion_logprobs_have_tokens_offsets_and_top(client: openai.OpenAI) -> None:
+    choice = client.completions.create(model="any", prompt="The sky is", max_tokens=6, logprobs=3).choices[0]
+    logprobs = choice.logprobs
+    assert logprobs is not None and logprobs.tokens and logprobs.text_offset and logprobs.top_logprobs
+    assert "".join(logprobs.tokens) == choice.text
+    assert logprobs.text_offset == [sum(len(t) for t in logprobs.tokens[:i]) for i in range(len(logprobs.tokens))]
+    assert all(len(top) <= 3 for top in logprobs.top_logprobs)
+
+
+def test_no_logprobs_unless_asked(client: openai.OpenAI) -> None:
+    assert client.chat.completions.create(model="any", messages=ask("Hi"), max_tokens=3).choices[0].logprobs is None
+
+
 # ------------------------------------------------------------------ errors
 
 
@@ -271,6 +302,9 @@ def error_of(response: httpx.Response) -> dict[str, object]:
         ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages[0].content[0].text"),
         ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages[0].role"),
         ({"messages": ask("hi"), "n": 2}, "n"),
+        ({"messages": ask("hi"), "top_logprobs": 2}, "top_logprobs"),
+        ({"messages": ask("hi"), "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"messages": ask("hi"), "logprobs": 3}, "logprobs"),
         ({"messages": ask("hi"), "logit_bias": {"x": 1}}, "logit_bias"),
         ({"messages": ask("hi"), "logit_bias": {"1": 500}}, "logit_bias"),
         ({"messages": ask("hi"), "logit_bias": {"99999999": 1}}, "logit_bias"),

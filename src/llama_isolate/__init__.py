@@ -42,7 +42,7 @@ from ._errors import (
     LlamaWorkerDied,
     LlamaWorkerDiedOnLoad,
 )
-from ._events import CompletionEvent, CompletionTimings, Embedding, LlamaStatus, ModelInfo
+from ._events import CompletionEvent, CompletionTimings, Embedding, LlamaStatus, ModelInfo, TokenLogprob
 from ._images import MEDIA_MARKER, LlamaImage
 from ._model_path import default_model_path
 from ._params import ContextParams, LlamaLoad, ModelParams, SamplerParams
@@ -114,6 +114,7 @@ __all__ = [
     "SyncLlamaParent",
     "SyncLlamaScope",
     "SyncStream",
+    "TokenLogprob",
     "TokenStream",
     "__version__",
     "default_init_timeout",

@@ -31,10 +31,11 @@ def check_text(value: object, where: str, *, nul: bool = True) -> str:
     return value
 
 
-def check_int(value: object, where: str, lo: int) -> int:
-    """`value` if it is an int (not a bool) >= `lo`."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-        raise ValueError(f"{where} must be an int >= {lo}, got {value!r}")
+def check_int(value: object, where: str, lo: int, hi: int | None = None) -> int:
+    """`value` if it is an int (not a bool) >= `lo` (and <= `hi`)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
+        bounds = f">= {lo}" if hi is None else f"from {lo} to {hi}"
+        raise ValueError(f"{where} must be an int {bounds}, got {value!r}")
     return value
 
 

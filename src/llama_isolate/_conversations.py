@@ -61,4 +61,6 @@ def _submit(record: PromptRecord, history: list[dict[str, Any]]) -> protocol.Sub
     images: tuple[tuple[tuple[str, bytes], ...], ...] = ()
     if any(m.get("images") for m in history):
         images = tuple(tuple((i.name, i.data) for i in m.get("images") or ()) for m in history)
-    return protocol.Submit(record.id, record.scope_key, turns, record.sampler, record.max_tokens, images, record.raw)
+    return protocol.Submit(
+        record.id, record.scope_key, turns, record.sampler, record.max_tokens, images, record.raw, record.logprobs
+    )

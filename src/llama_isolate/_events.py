@@ -65,6 +65,37 @@ class CompletionTimings:
     tokens_per_second: float = 0.0
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token, how likely it was, and the tokens that were most likely in its place.
+
+    Sent for prompts given ``logprobs=k``: on the `token_logprobs` stream as
+    they are generated, and all together on `CompletionEvent.logprobs`.
+
+    Example::
+
+        pid = await scope.send_prompt("Yes or no?", logprobs=3, max_tokens=1)
+        first = (await parent.wait_for_completion(pid)).logprobs[0]
+        print(first.text, math.exp(first.logprob), [(t.text, t.logprob) for t in first.top])
+
+    Attributes:
+        token: the token id.
+        text: its text; bytes that are not a whole UTF-8 character show as U+FFFD.
+        piece: its exact bytes (a character may span several tokens).
+        logprob: the natural log of its probability, from the model's logits
+            after the logit bias and the repetition penalties, before
+            temperature, truncation (top-k/p) and grammar.
+        top: the k most likely tokens at this step, most likely first (each
+            with an empty `top`); it may or may not include `token`.
+    """
+
+    token: int
+    text: str
+    piece: bytes
+    logprob: float
+    top: tuple[TokenLogprob, ...] = ()
+
+
 @dataclass(frozen=True, kw_only=True)
 class CompletionEvent:
     """What happened to one prompt; emitted once per prompt id.
@@ -99,6 +130,8 @@ class CompletionEvent:
         error_code: why it failed, as an `ErrorCode` (None unless `success` is False):
             ``"context_length_exceeded"``, ``"invalid_prompt"``, ``"engine_error"``,
             ``"worker_died"`` or ``"internal_error"``.
+        logprobs: for a prompt sent with ``logprobs=k``, one `TokenLogprob`
+            per token of `text` (a stop string's tokens left out); None otherwise.
     """
 
     prompt_id: str
@@ -113,6 +146,7 @@ class CompletionEvent:
     completion_tokens: int
     timings: CompletionTimings
     error_code: ErrorCode | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,15 @@ from typing import Any
 from . import _protocol as protocol
 from ._checks import check_int, check_text
 from ._conversations import Conversations
-from ._events import CompletionEvent, ErrorCode, FinishReason
+from ._events import CompletionEvent, ErrorCode, FinishReason, TokenLogprob
 from ._images import MEDIA_MARKER, LlamaImage
 from ._ledger import CompletionLedger
 from ._params import LlamaLoad, SamplerParams
 from ._queue import Conversation, PromptQueue, PromptRecord
 from ._schema import json_schema_grammar
 from ._streams import EventStream, TokenStream
+
+MAX_LOGPROBS = 20  # alternatives per token, as OpenAI allows
 
 
 class PromptFlow:
@@ -38,13 +40,16 @@ class PromptFlow:
         keep_completed: int,
         stream: TokenStream,
         completions: EventStream[CompletionEvent],
+        token_logprobs: EventStream[TokenLogprob],
         send: Callable[[protocol.Command], None],
     ) -> None:
         self._load = load
         self._send = send
         self.queue = PromptQueue(slots=load.context_params.n_parallel, max_queue=max_queue)
         self.conversations = Conversations()
-        self.ledger = CompletionLedger(keep=keep_completed, stream=stream, completions=completions)
+        self.ledger = CompletionLedger(
+            keep=keep_completed, stream=stream, completions=completions, token_logprobs=token_logprobs
+        )
 
     def enqueue(
         self,
@@ -56,6 +61,7 @@ class PromptFlow:
         *,
         raw: bool = False,
         json_schema: Mapping[str, Any] | None = None,
+        logprobs: int | None = None,
     ) -> PromptRecord:
         """Check a prompt and queue it; `ValueError`/`TypeError` name a bad argument, nothing is queued then."""
         if not isinstance(prompt, str):
@@ -65,6 +71,8 @@ class PromptFlow:
             raise TypeError(f"sampler_params must be a SamplerParams, got {type(sampler_params).__name__}")
         if max_tokens is not None:
             check_int(max_tokens, "max_tokens", 1)
+        if logprobs is not None:
+            check_int(logprobs, "logprobs", 0, MAX_LOGPROBS)
         self.conversations.check(scope)
         sampler = sampler_params or self._load.sampler_params
         if json_schema is not None:
@@ -79,6 +87,7 @@ class PromptFlow:
             max_tokens=max_tokens or self._load.context_params.n_predict,
             images=images,
             raw=bool(raw),
+            logprobs=logprobs,
         )
         self.queue.push(record)
         self.ledger.open(record)
@@ -105,7 +114,7 @@ class PromptFlow:
     def tokens(self, reply: protocol.Tokens) -> None:
         record = self.queue.running.get(reply.prompt_id)
         if record is not None:
-            self.ledger.token(record, reply.text)
+            self.ledger.token(record, reply.text, reply.logprob)
 
     def finished(self, reply: protocol.Finished) -> None:
         record = self.queue.finish(reply.prompt_id)

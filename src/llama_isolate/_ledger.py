@@ -13,7 +13,7 @@ import collections
 import time
 
 from . import _protocol as protocol
-from ._events import CompletionEvent, CompletionTimings, ErrorCode, FinishReason
+from ._events import CompletionEvent, CompletionTimings, ErrorCode, FinishReason, TokenLogprob
 from ._queue import PromptRecord
 from ._streams import EventStream, TokenStream
 
@@ -21,10 +21,18 @@ from ._streams import EventStream, TokenStream
 class CompletionLedger:
     """Futures of unfinished prompts, the most recent events, and the streams they go to."""
 
-    def __init__(self, *, keep: int, stream: TokenStream, completions: EventStream[CompletionEvent]) -> None:
+    def __init__(
+        self,
+        *,
+        keep: int,
+        stream: TokenStream,
+        completions: EventStream[CompletionEvent],
+        token_logprobs: EventStream[TokenLogprob],
+    ) -> None:
         self._keep = keep
         self._stream = stream
         self._completions = completions
+        self._token_logprobs = token_logprobs
         self._futures: dict[str, asyncio.Future[CompletionEvent]] = {}
         self._events: collections.OrderedDict[str, CompletionEvent] = collections.OrderedDict()
 
@@ -41,14 +49,23 @@ class CompletionLedger:
         """Prompts without an event yet."""
         return len(self._futures)
 
-    def token(self, record: PromptRecord, text: str) -> None:
-        """One piece of a prompt's text: kept for its event, and sent to the streams."""
+    def token(self, record: PromptRecord, text: str, logprob: protocol.Logprob | None = None) -> None:
+        """One piece of a prompt's text (and a token's log probability): kept for its event, sent to the streams."""
         if record.first_token is None:
             record.first_token = time.monotonic()
-        record.pieces.append(text)
-        self._stream._emit(text)
-        if record.scope is not None:
-            record.scope.stream._emit(text)
+        if logprob is not None:
+            token, piece, chosen, top = logprob
+            alternatives = tuple(TokenLogprob(t, p.decode(errors="replace"), p, lp) for t, p, lp in top)
+            entry = TokenLogprob(token, piece.decode(errors="replace"), piece, chosen, alternatives)
+            record.token_logprobs.append(entry)
+            self._token_logprobs._emit(entry)
+            if record.scope is not None:
+                record.scope.token_logprobs._emit(entry)
+        if text:
+            record.pieces.append(text)
+            self._stream._emit(text)
+            if record.scope is not None:
+                record.scope.stream._emit(text)
 
     def complete(
         self,
@@ -121,4 +138,16 @@ def _event(
             tokens_per_second=stats.completion_tokens / generation_s if generation_s > 0 else 0.0,
         ),
         error_code=(stats.error_code or error_code or "internal_error") if reason == "error" else None,
+        logprobs=None if record.logprobs is None else _within(record.token_logprobs, record.reply),
     )
+
+
+def _within(entries: list[TokenLogprob], text: str) -> tuple[TokenLogprob, ...]:
+    """The entries whose bytes start within `text` (a stop string's tokens, cut from the text, are left out)."""
+    end, offset, kept = len(text.encode()), 0, []
+    for entry in entries:
+        if offset >= end:
+            break
+        kept.append(entry)
+        offset += len(entry.piece)
+    return tuple(kept)

@@ -29,7 +29,7 @@ from typing import Any
 from . import _protocol as protocol
 from ._checks import check_images, check_int, check_text
 from ._errors import LlamaError, LlamaFeatureNotEnabled, LlamaStatusError, LlamaWorkerDied
-from ._events import CompletionEvent, Embedding, LlamaStatus, ModelInfo
+from ._events import CompletionEvent, Embedding, LlamaStatus, ModelInfo, TokenLogprob
 from ._flow import PromptFlow, with_markers
 from ._images import MEDIA_MARKER, LlamaImage
 from ._link import WorkerLink
@@ -122,12 +122,15 @@ class LlamaParent:
         """Every generated piece of text, from every prompt and scope."""
         self.completions: EventStream[CompletionEvent] = EventStream()
         """One `CompletionEvent` per finished prompt."""
+        self.token_logprobs: EventStream[TokenLogprob] = EventStream()
+        """Each generated token of prompts sent with ``logprobs=k``, from every scope, as a `TokenLogprob`."""
         self._flow = PromptFlow(
             load,
             max_queue=max_queue,
             keep_completed=keep_completed,
             stream=self.stream,
             completions=self.completions,
+            token_logprobs=self.token_logprobs,
             send=lambda command: self._link.send(command),  # noqa: PLW0108 - the link is made next
         )
         self._link = WorkerLink(
@@ -291,6 +294,7 @@ class LlamaParent:
                 scope._close()
             self.stream._close()
             self.completions._close()
+            self.token_logprobs._close()
 
     # ------------------------------------------------------------------ prompts
 
@@ -303,6 +307,7 @@ class LlamaParent:
         max_tokens: int | None = None,
         raw: bool = False,
         json_schema: Mapping[str, Any] | None = None,
+        logprobs: int | None = None,
     ) -> str:
         """Queue one chat turn and return its prompt id at once, without waiting for it to start.
 
@@ -324,6 +329,10 @@ class LlamaParent:
                 ever relaxed. A reply cut by `max_tokens` ends with
                 ``finish_reason="length"`` and is then incomplete JSON. See
                 docs/structured-output.md.
+            logprobs: 0 to 20: each generated token comes with its log
+                probability and this many most likely alternatives, on the
+                `token_logprobs` streams and on `CompletionEvent.logprobs`
+                (see `TokenLogprob`). None (the default) costs nothing.
 
         Raises:
             LlamaStatusError: before `init()`, after `dispose()`, after the worker
@@ -340,7 +349,9 @@ class LlamaParent:
 
             pid = await parent.send_prompt("Hello!", max_tokens=64)
         """
-        return self._enqueue(prompt, scope, sampler_params, max_tokens, (), raw=raw, json_schema=json_schema)
+        return self._enqueue(
+            prompt, scope, sampler_params, max_tokens, (), raw=raw, json_schema=json_schema, logprobs=logprobs
+        )
 
     async def send_prompt_with_images(
         self,
@@ -351,6 +362,7 @@ class LlamaParent:
         sampler_params: SamplerParams | None = None,
         max_tokens: int | None = None,
         json_schema: Mapping[str, Any] | None = None,
+        logprobs: int | None = None,
     ) -> str:
         """Like `send_prompt`, with images; needs `LlamaLoad(mmproj_path=...)`.
 
@@ -386,7 +398,9 @@ class LlamaParent:
                     "on a model without a chat template the prompt must not end with an image: "
                     "the model needs text after it to answer (put the marker before your question)"
                 )
-        return self._enqueue(prompt, scope, sampler_params, max_tokens, pictures, json_schema=json_schema)
+        return self._enqueue(
+            prompt, scope, sampler_params, max_tokens, pictures, json_schema=json_schema, logprobs=logprobs
+        )
 
     def _enqueue(
         self,
@@ -398,6 +412,7 @@ class LlamaParent:
         *,
         raw: bool = False,
         json_schema: Mapping[str, Any] | None = None,
+        logprobs: int | None = None,
     ) -> str:
         self._require_ready("send_prompt", queueing=True)
         if scope is not None and (not isinstance(scope, LlamaScope) or scope.parent is not self or scope.disposed):
@@ -408,7 +423,9 @@ class LlamaParent:
                 raise ValueError(
                     f"SamplerParams.logit_bias names token {top}, outside the vocabulary (0..{self._info.n_vocab - 1})"
                 )
-        record = self._flow.enqueue(prompt, scope, sampler_params, max_tokens, images, raw=raw, json_schema=json_schema)
+        record = self._flow.enqueue(
+            prompt, scope, sampler_params, max_tokens, images, raw=raw, json_schema=json_schema, logprobs=logprobs
+        )
         self._dispatch()
         return record.id
 

@@ -70,6 +70,7 @@ class Submit:
     # empty when the conversation has no images at all.
     images: tuple[tuple[tuple[str, bytes], ...], ...] = ()
     raw: bool = False  # the turns' text as it is, without the chat template
+    logprobs: int | None = None  # send each token's log probability and this many alternatives
 
 
 @dataclass(frozen=True)
@@ -169,12 +170,21 @@ class Started:
     prompt_id: str
 
 
+# A sampled token: (id, its bytes, its log probability, the top (id, bytes, log probability) at its step).
+Logprob = tuple[int, bytes, float, tuple[tuple[int, bytes, float], ...]]
+
+
 @dataclass(frozen=True)
 class Tokens:
-    """New text of one prompt (whole UTF-8 characters, stop strings held back)."""
+    """New text of one prompt (whole UTF-8 characters, stop strings held back).
+
+    With `Submit.logprobs`, one message per generated token (its text may be
+    empty while held back), with that token's `Logprob`.
+    """
 
     prompt_id: str
     text: str
+    logprob: Logprob | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -297,7 +307,7 @@ class _Unpickler(pickle.Unpickler):
 
 def encode(message: Message) -> bytes:
     """The frame for one message: length header and payload."""
-    if type(message) is Tokens:
+    if type(message) is Tokens and message.logprob is None:  # the hot path, without pickle
         prompt_id = message.prompt_id.encode("utf-8")
         payload = b"T" + _ID_LENGTH.pack(len(prompt_id)) + prompt_id + message.text.encode("utf-8", "surrogatepass")
     else:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ._errors import LlamaQueueFull
-from ._events import CompletionEvent
+from ._events import CompletionEvent, TokenLogprob
 from ._images import LlamaImage
 from ._params import SamplerParams
 from ._streams import EventStream, TokenStream
@@ -27,6 +27,7 @@ class Conversation(Protocol):
     id: str
     messages: list[dict[str, Any]]
     stream: TokenStream
+    token_logprobs: EventStream[TokenLogprob]
     completions: EventStream[CompletionEvent]
 
 
@@ -41,10 +42,12 @@ class PromptRecord:
     max_tokens: int
     images: tuple[LlamaImage, ...] = ()
     raw: bool = False  # text completion, without the chat template
+    logprobs: int | None = None  # alternatives per token, when token log probabilities are wanted
     submitted: float = field(default_factory=time.monotonic)
     started: float | None = None
     first_token: float | None = None
     pieces: list[str] = field(default_factory=list)
+    token_logprobs: list[TokenLogprob] = field(default_factory=list)
     history_len: int | None = None  # len(history) before our user turn, once dispatched
 
     @property

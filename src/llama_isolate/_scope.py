@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from ._errors import LlamaStateError
-from ._events import CompletionEvent, ModelInfo
+from ._events import CompletionEvent, ModelInfo, TokenLogprob
 from ._images import LlamaImage
 from ._params import LlamaLoad, SamplerParams
 from ._state import ScopeSnapshot, cache_kind, model_fingerprint, pack, unpack
@@ -43,6 +43,7 @@ class ScopeHost(Protocol):
         max_tokens: int | None = None,
         raw: bool = False,
         json_schema: Mapping[str, Any] | None = None,
+        logprobs: int | None = None,
     ) -> str: ...
 
     async def send_prompt_with_images(
@@ -54,6 +55,7 @@ class ScopeHost(Protocol):
         sampler_params: SamplerParams | None = None,
         max_tokens: int | None = None,
         json_schema: Mapping[str, Any] | None = None,
+        logprobs: int | None = None,
     ) -> str: ...
 
     async def wait_for_completion(self, prompt_id: str) -> CompletionEvent: ...
@@ -93,6 +95,8 @@ class LlamaScope:
         """The text pieces of this scope's prompts only."""
         self.completions: EventStream[CompletionEvent] = EventStream()
         """The completion events of this scope's prompts only."""
+        self.token_logprobs: EventStream[TokenLogprob] = EventStream()
+        """Each generated token of this scope's prompts sent with ``logprobs=k`` (see `TokenLogprob`)."""
         self.messages: list[dict[str, Any]] = []
         """This conversation's chat history (see `LlamaParent.messages`)."""
         self.disposed = False
@@ -106,6 +110,7 @@ class LlamaScope:
         max_tokens: int | None = None,
         raw: bool = False,
         json_schema: Mapping[str, Any] | None = None,
+        logprobs: int | None = None,
     ) -> str:
         """``parent.send_prompt(prompt, scope=self, ...)``.
 
@@ -114,7 +119,13 @@ class LlamaScope:
             pid = await scope.send_prompt("And then?")
         """
         return await self.parent.send_prompt(
-            prompt, scope=self, sampler_params=sampler_params, max_tokens=max_tokens, raw=raw, json_schema=json_schema
+            prompt,
+            scope=self,
+            sampler_params=sampler_params,
+            max_tokens=max_tokens,
+            raw=raw,
+            json_schema=json_schema,
+            logprobs=logprobs,
         )
 
     async def send_prompt_with_images(
@@ -125,6 +136,7 @@ class LlamaScope:
         sampler_params: SamplerParams | None = None,
         max_tokens: int | None = None,
         json_schema: Mapping[str, Any] | None = None,
+        logprobs: int | None = None,
     ) -> str:
         """``parent.send_prompt_with_images(prompt, images, scope=self, ...)``.
 
@@ -133,7 +145,13 @@ class LlamaScope:
             pid = await scope.send_prompt_with_images("What is this?", [image])
         """
         return await self.parent.send_prompt_with_images(
-            prompt, images, scope=self, sampler_params=sampler_params, max_tokens=max_tokens, json_schema=json_schema
+            prompt,
+            images,
+            scope=self,
+            sampler_params=sampler_params,
+            max_tokens=max_tokens,
+            json_schema=json_schema,
+            logprobs=logprobs,
         )
 
     async def stop(self) -> None:
@@ -242,3 +260,4 @@ class LlamaScope:
         self.disposed = True
         self.stream._close()
         self.completions._close()
+        self.token_logprobs._close()

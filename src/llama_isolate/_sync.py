@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._errors import LlamaStatusError
-from ._events import CompletionEvent, Embedding, LlamaStatus, ModelInfo
+from ._events import CompletionEvent, Embedding, LlamaStatus, ModelInfo, TokenLogprob
 from ._images import LlamaImage
 from ._params import LlamaLoad, SamplerParams
 from ._parent import LlamaParent
@@ -143,6 +143,7 @@ class SyncLlamaScope:
         self._scope = scope
         self._loop = loop
         self.stream: SyncStream[str] = SyncStream(scope.stream, loop)
+        self.token_logprobs: SyncStream[TokenLogprob] = SyncStream(scope.token_logprobs, loop)
         """This scope's tokens (blocking iteration, callbacks on the loop thread)."""
         self.completions: SyncStream[CompletionEvent] = SyncStream(scope.completions, loop)
         """This scope's completion events."""
@@ -165,11 +166,17 @@ class SyncLlamaScope:
         max_tokens: int | None = None,
         raw: bool = False,
         json_schema: Mapping[str, Any] | None = None,
+        logprobs: int | None = None,
     ) -> str:
         """Queue a turn; returns its prompt id at once."""
         return self._loop.call(
             self._scope.send_prompt(
-                prompt, sampler_params=sampler_params, max_tokens=max_tokens, raw=raw, json_schema=json_schema
+                prompt,
+                sampler_params=sampler_params,
+                max_tokens=max_tokens,
+                raw=raw,
+                json_schema=json_schema,
+                logprobs=logprobs,
             )
         )
 
@@ -181,11 +188,17 @@ class SyncLlamaScope:
         sampler_params: SamplerParams | None = None,
         max_tokens: int | None = None,
         json_schema: Mapping[str, Any] | None = None,
+        logprobs: int | None = None,
     ) -> str:
         """Queue a turn with images; returns its prompt id at once."""
         return self._loop.call(
             self._scope.send_prompt_with_images(
-                prompt, images, sampler_params=sampler_params, max_tokens=max_tokens, json_schema=json_schema
+                prompt,
+                images,
+                sampler_params=sampler_params,
+                max_tokens=max_tokens,
+                json_schema=json_schema,
+                logprobs=logprobs,
             )
         )
 
@@ -254,6 +267,7 @@ class SyncLlamaParent:
             self._loop.stop()
             raise
         self.stream: SyncStream[str] = SyncStream(self._parent.stream, self._loop)
+        self.token_logprobs: SyncStream[TokenLogprob] = SyncStream(self._parent.token_logprobs, self._loop)
         """Every generated piece of text (blocking iteration, callbacks on the loop thread)."""
         self.completions: SyncStream[CompletionEvent] = SyncStream(self._parent.completions, self._loop)
         """One `CompletionEvent` per finished prompt."""
@@ -328,6 +342,7 @@ class SyncLlamaParent:
         max_tokens: int | None = None,
         raw: bool = False,
         json_schema: Mapping[str, Any] | None = None,
+        logprobs: int | None = None,
     ) -> str:
         """Queue one chat turn; returns its prompt id at once (see `LlamaParent.send_prompt`)."""
         inner = None if scope is None else scope._scope
@@ -339,6 +354,7 @@ class SyncLlamaParent:
                 max_tokens=max_tokens,
                 raw=raw,
                 json_schema=json_schema,
+                logprobs=logprobs,
             )
         )
 
@@ -351,6 +367,7 @@ class SyncLlamaParent:
         sampler_params: SamplerParams | None = None,
         max_tokens: int | None = None,
         json_schema: Mapping[str, Any] | None = None,
+        logprobs: int | None = None,
     ) -> str:
         """Queue one chat turn with images; returns its prompt id at once."""
         inner = None if scope is None else scope._scope
@@ -362,6 +379,7 @@ class SyncLlamaParent:
                 sampler_params=sampler_params,
                 max_tokens=max_tokens,
                 json_schema=json_schema,
+                logprobs=logprobs,
             )
         )
 

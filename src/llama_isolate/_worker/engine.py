@@ -277,7 +277,11 @@ class Engine:
             return
         try:
             sampler = Sampler(
-                request.sampler, vocab=self._vocab.handle, n_vocab=self._vocab.n_tokens, n_ctx=self._n_ctx
+                request.sampler,
+                vocab=self._vocab.handle,
+                n_vocab=self._vocab.n_tokens,
+                n_ctx=self._n_ctx,
+                logprobs=request.logprobs,
             )
         except SamplerRefused as exc:
             prepared.prompt.free()
@@ -360,9 +364,14 @@ class Engine:
             self._finish(run, "stop")
             return
         run.generated += 1
-        text, stopped = run.detok.feed(self._vocab.piece(token))
-        if text:
-            self._emit(protocol.Tokens(run.request.prompt_id, text))
+        piece = self._vocab.piece(token)
+        text, stopped = run.detok.feed(piece)
+        logprob = None
+        if run.sampler.last is not None:
+            chosen, top = run.sampler.last
+            logprob = (token, piece, chosen, tuple((t, self._vocab.piece(t), lp) for t, lp in top))
+        if text or logprob is not None:
+            self._emit(protocol.Tokens(run.request.prompt_id, text, logprob))
         if stopped:
             self._finish(run, "stop", flush=False)
         elif run.generated == run.request.max_tokens or run.n_past + 1 >= self._n_ctx:

@@ -67,6 +67,17 @@ class Candidates:
         self.array.selected = -1
         self.array.sorted = False
 
+    def log_probs(self) -> Any:
+        """Each token's log probability (by token id) under the candidates' current logits."""
+        size = self.array.size
+        logits = self._view["logit"][:size].astype(np.float64)
+        out = np.full(self._n, -np.inf)
+        finite = np.isfinite(logits)
+        if finite.any():
+            top = logits[finite].max()
+            out[self._view["id"][:size]] = logits - (top + np.log(np.exp(logits[finite] - top).sum()))
+        return out
+
     def any_allowed(self) -> bool:
         """True if some candidate still has a finite logit."""
         return bool(np.isfinite(self._view["logit"][: self.array.size]).any())
@@ -80,27 +91,35 @@ class Candidates:
 
 
 class Sampler:
-    """One prompt's sampling: the chain, and the grammar (if any) applied before it."""
+    """One prompt's sampling: the chain, the grammar (if any) applied before it, and the log probabilities asked for.
 
-    def __init__(self, params: SamplerParams, *, vocab: int, n_vocab: int, n_ctx: int) -> None:
-        self._grammar = 0
+    Without a grammar or log probabilities, the whole chain runs in C
+    (`llama_sampler_sample`). Otherwise the chain is split: the stages that
+    shape the logits (logit bias, penalties, DRY) run first, log
+    probabilities are read from what they leave, and the stages that pick
+    (truncation, temperature, the draw) come after.
+    """
+
+    def __init__(
+        self, params: SamplerParams, *, vocab: int, n_vocab: int, n_ctx: int, logprobs: int | None = None
+    ) -> None:
+        self._grammar = self._shape = self._chain = 0
         self._candidates: Candidates | None = None
         self._one = (C.llama_token_data * 1)()  # one candidate, to ask the grammar about the chain's pick
-        if params.grammar is not None:
-            self._grammar = C.llama_sampler_init_grammar(vocab, params.grammar.encode(), b"root")
-            if not self._grammar:
-                raise GrammarError("SamplerParams.grammar is not valid GBNF with a 'root' rule")
-            self._candidates = Candidates(n_vocab)
-            self._candidates.fill_uniform()
-            C.llama_sampler_apply(self._grammar, ctypes.byref(self._candidates.array))
-            if not self._candidates.any_allowed():
-                C.llama_sampler_free(self._grammar)
-                raise GrammarError("SamplerParams.grammar accepts no first token: no output can match it")
+        self._logprobs = logprobs
+        self.last: tuple[float, tuple[tuple[int, float], ...]] | None = None  # the last pick's log prob, the top
         try:
-            self._chain = _chain(params, vocab=vocab, n_vocab=n_vocab, n_ctx=n_ctx)
+            if params.grammar is not None:
+                self._grammar = _grammar(params.grammar, vocab, n_vocab)
+            shaping, picking = _stages(params, vocab=vocab, n_vocab=n_vocab, n_ctx=n_ctx)
+            if not self._grammar and logprobs is None:
+                self._chain = _chain(shaping + picking)
+            else:
+                self._candidates = Candidates(n_vocab)
+                self._shape = _chain(shaping) if shaping else 0
+                self._chain = _chain(picking)
         except BaseException:
-            if self._grammar:
-                C.llama_sampler_free(self._grammar)
+            self.free()
             raise
 
     def sample(self, ctx: int, index: int) -> int:
@@ -110,23 +129,34 @@ class Sampler:
             raise NoCandidate("llama.cpp has no logits for this sequence")
         if self._candidates is None:
             return int(C.llama_sampler_sample(self._chain, ctx, index))
-        # As llama.cpp's own sampling does: the chain picks from every token, and
-        # only when the grammar refuses that pick is the grammar applied to the
-        # whole vocabulary (about 1 ms a token on this model) and the pick redone.
         candidates = self._candidates
         candidates.fill(logits)
-        C.llama_sampler_apply(self._chain, ctypes.byref(candidates.array))
+        self._apply(self._shape)
+        dist = candidates.log_probs() if self._logprobs is not None else None
+        self._apply(self._chain)
         token = candidates.selected()
-        if not self._grammar_allows(token):
+        # As llama.cpp's own sampling does: the chain picks from every token, and
+        # only when the grammar refuses that pick is the grammar applied to the
+        # whole vocabulary and the pick redone.
+        if self._grammar and not self._grammar_allows(token):
             candidates.fill(logits)
-            C.llama_sampler_apply(self._grammar, ctypes.byref(candidates.array))
+            self._apply(self._grammar)
             if not candidates.any_allowed():
                 raise NoCandidate("the grammar allows no token here: it cannot be completed from this output")
-            C.llama_sampler_apply(self._chain, ctypes.byref(candidates.array))
+            self._apply(self._shape)
+            self._apply(self._chain)
             token = candidates.selected()
-        C.llama_sampler_accept(self._grammar, token)
-        C.llama_sampler_accept(self._chain, token)
+        for sampler in (self._grammar, self._shape, self._chain):
+            if sampler:
+                C.llama_sampler_accept(sampler, token)
+        if dist is not None:
+            self.last = (float(dist[token]), _top(dist, self._logprobs or 0))
         return token
+
+    def _apply(self, sampler: int) -> None:
+        if sampler:
+            assert self._candidates is not None
+            C.llama_sampler_apply(sampler, ctypes.byref(self._candidates.array))
 
     def _grammar_allows(self, token: int) -> bool:
         one = self._one
@@ -137,27 +167,46 @@ class Sampler:
 
     def free(self) -> None:
         """Release the C samplers; idempotent."""
-        if self._chain:
-            C.llama_sampler_free(self._chain)
-            self._chain = 0
-        if self._grammar:
-            C.llama_sampler_free(self._grammar)
-            self._grammar = 0
+        for name in ("_chain", "_shape", "_grammar"):
+            handle = getattr(self, name)
+            if handle:
+                C.llama_sampler_free(handle)
+                setattr(self, name, 0)
 
 
-def _chain(params: SamplerParams, *, vocab: int, n_vocab: int, n_ctx: int) -> int:
+def _grammar(text: str, vocab: int, n_vocab: int) -> int:
+    """The grammar sampler; `GrammarError` if llama.cpp cannot parse it or it accepts no first token."""
+    grammar = C.llama_sampler_init_grammar(vocab, text.encode(), b"root")
+    if not grammar:
+        raise GrammarError("SamplerParams.grammar is not valid GBNF with a 'root' rule")
+    probe = Candidates(n_vocab)
+    probe.fill_uniform()
+    C.llama_sampler_apply(grammar, ctypes.byref(probe.array))
+    if not probe.any_allowed():
+        C.llama_sampler_free(grammar)
+        raise GrammarError("SamplerParams.grammar accepts no first token: no output can match it")
+    return grammar  # type: ignore[no-any-return]
+
+
+def _top(dist: Any, k: int) -> tuple[tuple[int, float], ...]:
+    """The k most likely (token, log probability) pairs of `dist`, most likely first."""
+    if k <= 0:
+        return ()
+    k = min(k, len(dist))
+    best = np.argpartition(-dist, k - 1)[:k]
+    best = best[np.argsort(-dist[best], kind="stable")]
+    return tuple((int(i), float(dist[i])) for i in best if np.isfinite(dist[i]))
+
+
+def _chain(stages: list[int]) -> int:
     chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
-    try:
-        for stage in _stages(params, vocab=vocab, n_vocab=n_vocab, n_ctx=n_ctx):
-            C.llama_sampler_chain_add(chain, stage)
-    except BaseException:
-        C.llama_sampler_free(chain)
-        raise
+    for stage in stages:
+        C.llama_sampler_chain_add(chain, stage)  # the chain owns it from here
     return chain  # type: ignore[no-any-return]
 
 
-def _stages(params: SamplerParams, *, vocab: int, n_vocab: int, n_ctx: int) -> list[int]:
-    """The chain's stages in llama.cpp's usual order (after the grammar); off stages are left out."""
+def _stages(params: SamplerParams, *, vocab: int, n_vocab: int, n_ctx: int) -> tuple[list[int], list[int]]:
+    """The chain's stages in llama.cpp's usual order (after the grammar), off ones left out: (shaping, picking)."""
     seed = _RANDOM_SEED if params.seed is None else params.seed
     stages: list[int] = []
     if params.logit_bias:
@@ -175,6 +224,7 @@ def _stages(params: SamplerParams, *, vocab: int, n_vocab: int, n_ctx: int) -> l
         )
     if params.dry_multiplier > 0:
         stages.append(_dry(params, vocab=vocab, n_ctx=n_ctx))
+    shaping, stages = stages, []
     if params.greedy or params.temperature == 0:
         stages.append(C.llama_sampler_init_greedy())
     elif params.mirostat == 1:
@@ -189,7 +239,7 @@ def _stages(params: SamplerParams, *, vocab: int, n_vocab: int, n_ctx: int) -> l
         stages.extend(_truncation(params, seed))
         stages.append(C.llama_sampler_init_temp(params.temperature))
         stages.append(C.llama_sampler_init_dist(seed))
-    return stages
+    return shaping, stages
 
 
 def _truncation(params: SamplerParams, seed: int) -> list[int]:

@@ -36,6 +36,7 @@ class Turn:
     prompt: str
     images: tuple[LlamaImage, ...] = ()
     json_schema: Mapping[str, Any] | None = None  # the reply must be JSON valid against it
+    logprobs: int | None = None  # alternatives per token, when token log probabilities are asked for
 
 
 def chat_turn(body: ChatCompletionRequest, *, images_allowed: bool) -> Turn:
@@ -43,8 +44,8 @@ def chat_turn(body: ChatCompletionRequest, *, images_allowed: bool) -> Turn:
     refuse_unsupported(body)
     if body.tools:
         raise ApiError(400, "tools are not supported yet", param="tools")
-    if body.top_logprobs:
-        raise ApiError(400, "logprobs are not supported yet", param="top_logprobs")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     messages = body.messages
     last = messages[-1]
     if last.role != "user":
@@ -57,7 +58,8 @@ def chat_turn(body: ChatCompletionRequest, *, images_allowed: bool) -> Turn:
     history = [_message(m, i, images_allowed) for i, m in enumerate(messages[:-1])]
     prompt = _message(last, len(messages) - 1, images_allowed)
     images = tuple(prompt.get("images", ()))
-    return Turn(history, prompt["content"], images, response_schema(body.response_format))
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    return Turn(history, prompt["content"], images, response_schema(body.response_format), logprobs)
 
 
 def response_schema(fmt: ResponseFormat | None) -> Mapping[str, Any] | None:
@@ -77,8 +79,6 @@ def refuse_unsupported(body: Sampling) -> None:
     """400 for fields this server reads but does not do yet, instead of ignoring them."""
     if body.n not in (None, 1):
         raise ApiError(400, "n > 1 is not supported yet; send one request per choice", param="n")
-    if body.logprobs not in (None, False, 0):
-        raise ApiError(400, "logprobs are not supported yet", param="logprobs")
 
 
 def _message(message: ChatMessage, index: int, images_allowed: bool) -> dict[str, Any]:

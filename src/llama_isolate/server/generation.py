@@ -31,6 +31,7 @@ from llama_isolate import (
     LlamaSchemaError,
     LlamaStatusError,
     SamplerParams,
+    TokenLogprob,
 )
 
 from .convert import Turn
@@ -55,6 +56,8 @@ class Generation:
         self._items: asyncio.Queue[Item] = asyncio.Queue()
         self._scope.stream.listen(self._piece)
         self._scope.completions.listen(self._items.put_nowait)
+        self._logprobs: list[TokenLogprob] = []
+        self._scope.token_logprobs.listen(self._logprobs.append)
         self.event: CompletionEvent | None = None
         self.generating = False
         """True from the first piece of text on."""
@@ -87,14 +90,24 @@ class Generation:
         generation = cls(parent, on_close, on_first)
         try:
             generation._scope.messages[:] = turn.history
-            schema = turn.json_schema
+            schema, logprobs = turn.json_schema, turn.logprobs
             if turn.images:
                 await generation._scope.send_prompt_with_images(
-                    turn.prompt, turn.images, sampler_params=sampler, max_tokens=max_tokens, json_schema=schema
+                    turn.prompt,
+                    turn.images,
+                    sampler_params=sampler,
+                    max_tokens=max_tokens,
+                    json_schema=schema,
+                    logprobs=logprobs,
                 )
             else:
                 await generation._scope.send_prompt(
-                    turn.prompt, sampler_params=sampler, max_tokens=max_tokens, raw=raw, json_schema=schema
+                    turn.prompt,
+                    sampler_params=sampler,
+                    max_tokens=max_tokens,
+                    raw=raw,
+                    json_schema=schema,
+                    logprobs=logprobs,
                 )
         except BaseException as exc:
             await generation.close()
@@ -103,6 +116,11 @@ class Generation:
                 raise
             raise refusal from None
         return generation
+
+    def take_logprobs(self) -> list[TokenLogprob]:
+        """The token log probabilities that came since the last call (they come before their text)."""
+        taken, self._logprobs[:] = list(self._logprobs), []
+        return taken
 
     async def next(self) -> Item:
         """The next text piece, or the event (the last item)."""

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from llama_isolate import CompletionEvent
+from llama_isolate import CompletionEvent, TokenLogprob
 
 from .errors import error_body, event_error
 from .generation import Generation, Item
@@ -57,8 +57,10 @@ class Reply:
 
     kind: Literal["chat", "text"]
     model: str
+    logprobs: bool = False  # each choice carries its tokens' log probabilities
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
+    _offset: int = 0  # where the next chunk's text starts, for a text completion's text_offset
 
     def __post_init__(self) -> None:
         prefix = "chatcmpl" if self.kind == "chat" else "cmpl"
@@ -72,23 +74,44 @@ class Reply:
     def _head(self, chunk: bool) -> dict[str, Any]:
         return {"id": self.id, "object": self._object(chunk), "created": self.created, "model": self.model}
 
-    def _choice(self, text: str | None, reason: str | None, *, first: bool = False) -> dict[str, Any]:
+    def _choice(
+        self, text: str | None, reason: str | None, *, first: bool = False, entries: Sequence[TokenLogprob] = ()
+    ) -> dict[str, Any]:
+        logprobs = self._logprobs(entries) if self.logprobs and entries else None
         if self.kind == "text":
-            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}
+            return {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": reason}
         delta: dict[str, Any] = {}
         if first:
             delta["role"] = "assistant"
         if text is not None:
             delta["content"] = text
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+        return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
+
+    def _logprobs(self, entries: Sequence[TokenLogprob]) -> dict[str, Any]:
+        """OpenAI's logprobs object for these tokens: a chat's ``content`` list, or a completion's four lists."""
+        if self.kind == "chat":
+            return {"content": [_chat_entry(e, e.top) for e in entries], "refusal": None}
+        offsets = []
+        for entry in entries:
+            offsets.append(self._offset)
+            self._offset += len(entry.text)
+        return {
+            "tokens": [e.text for e in entries],
+            "token_logprobs": [_finite(e.logprob) for e in entries],
+            "top_logprobs": [{t.text: _finite(t.logprob) for t in e.top} for e in entries],
+            "text_offset": offsets,
+        }
 
     def whole(self, text: str, event: CompletionEvent) -> dict[str, Any]:
         """The non-streaming answer."""
-        if self.kind == "text":
-            choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(event)}
-        else:
-            message = {"role": "assistant", "content": text, "refusal": None}
-            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason(event)}
+        choice = self._choice(text, finish_reason(event), entries=event.logprobs or ())
+        if self.kind == "chat":
+            delta = choice.pop("delta")
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": delta["content"], "refusal": None},
+                **choice,
+            }
         return {**self._head(False), "choices": [choice], "usage": usage(event)}
 
     async def stream(self, generation: Generation, first: Item, include_usage: bool) -> AsyncIterator[bytes]:
@@ -98,7 +121,8 @@ class Reply:
             yield sse({**self._head(True), "choices": [self._choice("", None, first=True)], **usage_field})
         item = first
         while isinstance(item, str):
-            yield sse({**self._head(True), "choices": [self._choice(item, None)], **usage_field})
+            choice = self._choice(item, None, entries=generation.take_logprobs())
+            yield sse({**self._head(True), "choices": [choice], **usage_field})
             item = await generation.next()
         if completed(item):
             end = self._choice(None if self.kind == "chat" else "", finish_reason(item))
@@ -109,3 +133,15 @@ class Reply:
             error = event_error(item)
             yield sse(error_body(error.status, error.message, code=error.code))
         yield DONE
+
+
+def _chat_entry(entry: TokenLogprob, top: Sequence[TokenLogprob] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"token": entry.text, "logprob": _finite(entry.logprob), "bytes": list(entry.piece)}
+    if top is not None:
+        out["top_logprobs"] = [_chat_entry(t, None) for t in top]
+    return out
+
+
+def _finite(logprob: float) -> float:
+    """JSON has no -Infinity: a banned token's log probability is written as -9999."""
+    return max(logprob, -9999.0)

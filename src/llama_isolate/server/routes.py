@@ -42,7 +42,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     service = service_of(request)
     turn = convert.chat_turn(body, images_allowed=service.load.mmproj_path is not None)
     max_tokens = body.max_completion_tokens or body.max_tokens
-    return await _answer(request, Reply("chat", service.name), body, turn, max_tokens, raw=False)
+    reply = Reply("chat", service.name, logprobs=turn.logprobs is not None)
+    return await _answer(request, reply, body, turn, max_tokens, raw=False)
 
 
 @router.post("/v1/completions")
@@ -56,8 +57,9 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
     if not prompt:
         raise ApiError(400, "the prompt is empty", param="prompt")
-    turn = convert.Turn([], prompt)
-    return await _answer(request, Reply("text", service.name), body, turn, body.max_tokens, raw=True, param="prompt")
+    turn = convert.Turn([], prompt, logprobs=body.logprobs)
+    reply = Reply("text", service.name, logprobs=body.logprobs is not None)
+    return await _answer(request, reply, body, turn, body.max_tokens, raw=True, param="prompt")
 
 
 async def _answer(

@@ -1,7 +1,7 @@
 """The request bodies the server reads, as OpenAI defines them; unknown fields are ignored.
 
-Fields a later release will support (``n`` above 1, ``tools``, ``logprobs``)
-are read, and refused with a 400 naming them, rather than silently ignored.
+Fields a later release will support (``n`` above 1, ``tools``) are read, and
+refused with a 400 naming them, rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -71,7 +71,6 @@ class Sampling(_Lenient):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     n: Count | None = None
-    logprobs: Any = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
 
     @property
@@ -84,11 +83,13 @@ class ChatCompletionRequest(Sampling):
     max_completion_tokens: Count | None = None
     response_format: ResponseFormat | None = None
     tools: list[Any] | None = None
-    top_logprobs: StrictInt | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
 
 
 class CompletionRequest(Sampling):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    logprobs: Annotated[StrictInt, Field(ge=0, le=5)] | None = None
     echo: StrictBool = False
     suffix: str | None = None
     best_of: StrictInt | None = None
