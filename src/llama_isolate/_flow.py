@@ -88,6 +88,8 @@ class PromptFlow:
         if tools is not None:
             if json_schema is not None or sampler.grammar is not None:
                 raise ValueError("tools exclude json_schema and SamplerParams.grammar (a call has its own grammar)")
+            if raw:
+                raise ValueError("tools need the chat template to show them; a raw prompt has none")
             tool_plan = plan_tools(tools, tool_choice)
             if tool_plan.mode == "required":
                 sampler = dataclasses.replace(sampler, grammar=tool_plan.grammar)

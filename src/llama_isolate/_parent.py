@@ -443,6 +443,8 @@ class LlamaParent:
         self._require_ready("send_prompt", queueing=True)
         if scope is not None and (not isinstance(scope, LlamaScope) or scope.parent is not self or scope.disposed):
             raise LlamaStatusError(f"scope {getattr(scope, 'id', scope)!r} is disposed or belongs to another parent")
+        if tools is not None and self._info is not None and not self._info.has_chat_template:
+            raise ValueError("tools need a chat template to show them; this model has none (see chat_template)")
         if sampler_params is not None and sampler_params.logit_bias and self._info is not None:
             top = max(token for token, _ in sampler_params.logit_bias)
             if top >= self._info.n_vocab:
