@@ -14,8 +14,11 @@ CONTRACT = [  # the names ../shared/API.md promises
 ]  # fmt: skip
 
 
+CONSTANTS = ("MEDIA_MARKER", "CHATML_TOOLS_TEMPLATE")  # strings: documented in the README's table and docs/
+
+
 def public(module: object) -> list[tuple[str, object]]:
-    return [(n, getattr(module, n)) for n in module.__all__ if not n.startswith("__") and n != "MEDIA_MARKER"]  # type: ignore[attr-defined]
+    return [(n, getattr(module, n)) for n in module.__all__ if not n.startswith("__") and n not in CONSTANTS]  # type: ignore[attr-defined]
 
 
 def test_the_contracts_names_are_exported() -> None:
@@ -45,3 +48,11 @@ def test_every_public_method_and_property_has_a_docstring() -> None:
             if not (target.__doc__ or "").strip():
                 bare.append(f"{name}.{member}")
     assert bare == []
+
+
+def test_the_contracts_per_prompt_options_exist() -> None:
+    for owner in (llama_isolate.LlamaParent, llama_isolate.LlamaScope, llama_isolate.SyncLlamaParent):
+        options = set(inspect.signature(owner.send_prompt).parameters)
+        assert {"json_schema", "tools", "tool_choice", "logprobs"} <= options, owner
+    assert {"id", "name", "arguments"} <= set(inspect.signature(llama_isolate.ToolCall).parameters)
+    assert "tool_calls" in inspect.signature(llama_isolate.CompletionEvent).parameters

@@ -42,10 +42,11 @@ from ._errors import (
     LlamaWorkerDied,
     LlamaWorkerDiedOnLoad,
 )
-from ._events import CompletionEvent, CompletionTimings, Embedding, LlamaStatus, ModelInfo, TokenLogprob
+from ._events import CompletionEvent, CompletionTimings, Embedding, LlamaStatus, ModelInfo, TokenLogprob, ToolCall
 from ._images import MEDIA_MARKER, LlamaImage
 from ._model_path import default_model_path
 from ._params import ContextParams, LlamaLoad, ModelParams, SamplerParams
+from ._tools import CHATML_TOOLS_TEMPLATE
 
 if TYPE_CHECKING:
     from ._parent import LlamaParent, default_init_timeout
@@ -80,6 +81,7 @@ def __getattr__(name: str) -> Any:
 __version__ = "0.1.0"
 
 __all__ = [
+    "CHATML_TOOLS_TEMPLATE",
     "MEDIA_MARKER",
     "CompletionEvent",
     "CompletionTimings",
@@ -116,6 +118,7 @@ __all__ = [
     "SyncStream",
     "TokenLogprob",
     "TokenStream",
+    "ToolCall",
     "__version__",
     "default_init_timeout",
     "default_model_path",

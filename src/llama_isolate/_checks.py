@@ -9,6 +9,7 @@ was wrong while nothing else is affected.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,6 +70,8 @@ def check_message(message: object, where: str) -> None:
         check_text(message[key], f"{where}[{key!r}]")
     if not message["role"]:
         raise ValueError(f"{where}['role'] is empty")
+    if message.get("tool_calls"):
+        _check_tool_calls(message["tool_calls"], f"{where}['tool_calls']")
     images = message.get("images")
     if images is None or (isinstance(images, Sequence) and not isinstance(images, (str, bytes)) and not images):
         return
@@ -82,6 +85,24 @@ def check_message(message: object, where: str) -> None:
         raise ValueError(
             f"{where} has {len(images)} images but its content has {markers} image markers ({MEDIA_MARKER})"
         )
+
+
+def _check_tool_calls(calls: object, where: str) -> None:
+    """An assistant's ``tool_calls``: OpenAI's shape, with arguments as a JSON object (or its text)."""
+    if not isinstance(calls, list):
+        raise ValueError(f"{where} must be a list, got {type(calls).__name__}")
+    for i, call in enumerate(calls):
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise ValueError(f"{where}[{i}] must be {{'function': {{'name': str, 'arguments': ...}}}}")
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError:
+                raise ValueError(f"{where}[{i}]['function']['arguments'] is not JSON") from None
+        if not isinstance(arguments, dict):
+            raise ValueError(f"{where}[{i}]['function']['arguments'] must be a JSON object")
 
 
 def check_history(history: object, where: str = "messages") -> list[dict[str, Any]]:

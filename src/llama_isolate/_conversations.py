@@ -13,7 +13,9 @@ from typing import Any
 
 from . import _protocol as protocol
 from ._checks import check_history
+from ._events import ToolCall
 from ._queue import Conversation, PromptRecord
+from ._tools import openai_calls, render_calls
 
 
 class Conversations:
@@ -37,18 +39,23 @@ class Conversations:
         history = self.history(record.scope)
         record.history_len = len(history)
         turn: dict[str, Any] = {"role": "user", "content": record.text}
+        if record.tool_call_id is not None:
+            turn = {"role": "tool", "tool_call_id": record.tool_call_id, "content": record.text}
         if record.images:
             turn["images"] = record.images
         history.append(turn)
         return _submit(record, history)
 
-    def settle(self, record: PromptRecord, text: str, *, failed: bool) -> None:
-        """A reply joins the conversation; a failed prompt takes its user turn back out."""
+    def settle(self, record: PromptRecord, text: str, *, failed: bool, calls: tuple[ToolCall, ...] = ()) -> None:
+        """A reply (and its tool calls) joins the conversation; a failed prompt takes its user turn back out."""
         if record.history_len is None:
             return  # never started: its user turn was never added
         history = self.history(record.scope)
         if not failed:
-            history.append({"role": "assistant", "content": text})
+            reply: dict[str, Any] = {"role": "assistant", "content": text}
+            if calls:
+                reply["tool_calls"] = openai_calls(calls)
+            history.append(reply)
             return
         last = history[-1] if len(history) == record.history_len + 1 else None
         if isinstance(last, dict) and last.get("content") == record.text:
@@ -57,10 +64,27 @@ class Conversations:
 
 def _submit(record: PromptRecord, history: list[dict[str, Any]]) -> protocol.Submit:
     """The command that starts `record`, with its whole conversation (and its images, if any)."""
-    turns = tuple((str(m["role"]), str(m["content"])) for m in history)
+    turns = tuple((str(m["role"]), _content(m)) for m in history)
     images: tuple[tuple[tuple[str, bytes], ...], ...] = ()
     if any(m.get("images") for m in history):
         images = tuple(tuple((i.name, i.data) for i in m.get("images") or ()) for m in history)
+    tools = record.tools
     return protocol.Submit(
-        record.id, record.scope_key, turns, record.sampler, record.max_tokens, images, record.raw, record.logprobs
+        record.id,
+        record.scope_key,
+        turns,
+        record.sampler,
+        record.max_tokens,
+        images,
+        record.raw,
+        record.logprobs,
+        tools=None if tools is None else tools.specs_json,
+        tool_marker=None if tools is None else tools.marker,
+        tool_grammar=tools.grammar if tools is not None and tools.mode == "auto" else None,
     )
+
+
+def _content(message: dict[str, Any]) -> str:
+    """A message's text for the template; an assistant's tool calls are written in, as the model wrote them."""
+    calls = message.get("tool_calls")
+    return render_calls(str(message["content"]), calls) if calls else str(message["content"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 FinishReason = Literal["stop", "length", "stopped", "cancelled", "error"]
 
@@ -63,6 +63,29 @@ class CompletionTimings:
     total_s: float
     prompt_eval_s: float = 0.0
     tokens_per_second: float = 0.0
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function call the model made, for a prompt sent with ``tools=``.
+
+    Answer it with ``send_prompt(result, tool_call_id=call.id)``.
+
+    Example::
+
+        event = await parent.wait_for_completion(pid)
+        for call in event.tool_calls:
+            print(call.name, call.arguments)  # get_weather {'city': 'Paris'}
+
+    Attributes:
+        id: this call's id (``call_...``), to answer it with.
+        name: the function's name, one of the tools given.
+        arguments: the arguments, valid against the function's parameter schema.
+    """
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -132,6 +155,8 @@ class CompletionEvent:
             ``"worker_died"`` or ``"internal_error"``.
         logprobs: for a prompt sent with ``logprobs=k``, one `TokenLogprob`
             per token of `text` (a stop string's tokens left out); None otherwise.
+        tool_calls: the functions the model called, for a prompt sent with
+            ``tools=`` (`text` is then what it wrote before its first call).
     """
 
     prompt_id: str
@@ -147,6 +172,7 @@ class CompletionEvent:
     timings: CompletionTimings
     error_code: ErrorCode | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True)

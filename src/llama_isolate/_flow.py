@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import _protocol as protocol
@@ -25,6 +25,8 @@ from ._params import LlamaLoad, SamplerParams
 from ._queue import Conversation, PromptQueue, PromptRecord
 from ._schema import json_schema_grammar
 from ._streams import EventStream, TokenStream
+from ._tools import ToolChoice, parse_calls
+from ._tools import plan as plan_tools
 
 MAX_LOGPROBS = 20  # alternatives per token, as OpenAI allows
 
@@ -62,6 +64,9 @@ class PromptFlow:
         raw: bool = False,
         json_schema: Mapping[str, Any] | None = None,
         logprobs: int | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: ToolChoice = "auto",
+        tool_call_id: str | None = None,
     ) -> PromptRecord:
         """Check a prompt and queue it; `ValueError`/`TypeError` name a bad argument, nothing is queued then."""
         if not isinstance(prompt, str):
@@ -79,6 +84,17 @@ class PromptFlow:
             if sampler.grammar is not None:
                 raise ValueError("json_schema and SamplerParams.grammar exclude each other (the schema is a grammar)")
             sampler = dataclasses.replace(sampler, grammar=json_schema_grammar(json_schema))
+        tool_plan = None
+        if tools is not None:
+            if json_schema is not None or sampler.grammar is not None:
+                raise ValueError("tools exclude json_schema and SamplerParams.grammar (a call has its own grammar)")
+            if raw:
+                raise ValueError("tools need the chat template to show them; a raw prompt has none")
+            tool_plan = plan_tools(tools, tool_choice)
+            if tool_plan.mode == "required":
+                sampler = dataclasses.replace(sampler, grammar=tool_plan.grammar)
+        if tool_call_id is not None:
+            check_text(tool_call_id, "tool_call_id")
         record = PromptRecord(
             id=uuid.uuid4().hex,
             scope=scope,
@@ -88,6 +104,8 @@ class PromptFlow:
             images=images,
             raw=bool(raw),
             logprobs=logprobs,
+            tools=tool_plan,
+            tool_call_id=tool_call_id,
         )
         self.queue.push(record)
         self.ledger.open(record)
@@ -140,7 +158,12 @@ class PromptFlow:
         """The one way a prompt ends: its conversation settles, then its event goes out (once)."""
         if not self.ledger.is_open(record.id):
             return
-        self.conversations.settle(record, record.reply, failed=reason == "error")
+        call_text = stats.tool_text if stats is not None and record.tools is not None else None
+        if call_text:
+            record.calls = parse_calls(call_text)
+            if not record.calls:  # begun but not in a form the grammar took: it stays text
+                record.pieces.append(call_text)
+        self.conversations.settle(record, record.reply, failed=reason == "error", calls=record.calls)
         self.ledger.complete(record, reason, error, stats, error_code)
 
     # ------------------------------------------------------------------ ending many

@@ -139,6 +139,7 @@ def _event(
         ),
         error_code=(stats.error_code or error_code or "internal_error") if reason == "error" else None,
         logprobs=None if record.logprobs is None else _within(record.token_logprobs, record.reply),
+        tool_calls=record.calls,
     )
 
 

@@ -36,6 +36,7 @@ from ._link import WorkerLink
 from ._params import LlamaLoad, SamplerParams
 from ._scope import LlamaScope
 from ._streams import EventStream, TokenStream
+from ._tools import ToolChoice
 
 logger = logging.getLogger("llama_isolate")
 
@@ -308,6 +309,9 @@ class LlamaParent:
         raw: bool = False,
         json_schema: Mapping[str, Any] | None = None,
         logprobs: int | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: ToolChoice = "auto",
+        tool_call_id: str | None = None,
     ) -> str:
         """Queue one chat turn and return its prompt id at once, without waiting for it to start.
 
@@ -333,6 +337,15 @@ class LlamaParent:
                 probability and this many most likely alternatives, on the
                 `token_logprobs` streams and on `CompletionEvent.logprobs`
                 (see `TokenLogprob`). None (the default) costs nothing.
+            tools: OpenAI-style function specs (``{"type": "function",
+                "function": {"name", "description", "parameters"}}``) the model
+                may call; the chat template shows them, and the calls it makes
+                come back on `CompletionEvent.tool_calls`. See docs/tools.md.
+            tool_choice: ``"auto"`` (the model chooses; a call it begins is held
+                to the function's schema), ``"required"`` (it must call one),
+                ``"none"``, or ``{"name": ...}`` (it must call that one).
+            tool_call_id: the prompt is the result of this call (a ``tool``
+                turn, not a user turn), for the model to carry on from.
 
         Raises:
             LlamaStatusError: before `init()`, after `dispose()`, after the worker
@@ -350,7 +363,17 @@ class LlamaParent:
             pid = await parent.send_prompt("Hello!", max_tokens=64)
         """
         return self._enqueue(
-            prompt, scope, sampler_params, max_tokens, (), raw=raw, json_schema=json_schema, logprobs=logprobs
+            prompt,
+            scope,
+            sampler_params,
+            max_tokens,
+            (),
+            raw=raw,
+            json_schema=json_schema,
+            logprobs=logprobs,
+            tools=tools,
+            tool_choice=tool_choice,
+            tool_call_id=tool_call_id,
         )
 
     async def send_prompt_with_images(
@@ -413,10 +436,15 @@ class LlamaParent:
         raw: bool = False,
         json_schema: Mapping[str, Any] | None = None,
         logprobs: int | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: ToolChoice = "auto",
+        tool_call_id: str | None = None,
     ) -> str:
         self._require_ready("send_prompt", queueing=True)
         if scope is not None and (not isinstance(scope, LlamaScope) or scope.parent is not self or scope.disposed):
             raise LlamaStatusError(f"scope {getattr(scope, 'id', scope)!r} is disposed or belongs to another parent")
+        if tools is not None and self._info is not None and not self._info.has_chat_template:
+            raise ValueError("tools need a chat template to show them; this model has none (see chat_template)")
         if sampler_params is not None and sampler_params.logit_bias and self._info is not None:
             top = max(token for token, _ in sampler_params.logit_bias)
             if top >= self._info.n_vocab:
@@ -424,7 +452,17 @@ class LlamaParent:
                     f"SamplerParams.logit_bias names token {top}, outside the vocabulary (0..{self._info.n_vocab - 1})"
                 )
         record = self._flow.enqueue(
-            prompt, scope, sampler_params, max_tokens, images, raw=raw, json_schema=json_schema, logprobs=logprobs
+            prompt,
+            scope,
+            sampler_params,
+            max_tokens,
+            images,
+            raw=raw,
+            json_schema=json_schema,
+            logprobs=logprobs,
+            tools=tools,
+            tool_choice=tool_choice,
+            tool_call_id=tool_call_id,
         )
         self._dispatch()
         return record.id

@@ -71,6 +71,9 @@ class Submit:
     images: tuple[tuple[tuple[str, bytes], ...], ...] = ()
     raw: bool = False  # the turns' text as it is, without the chat template
     logprobs: int | None = None  # send each token's log probability and this many alternatives
+    tools: str | None = None  # the function specs (JSON) the chat template shows
+    tool_marker: str | None = None  # where a tool call starts in the reply: text from there on is the call's
+    tool_grammar: str | None = None  # switched on once the marker is written (what follows it)
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,7 @@ class Finished:
     prompt_eval_s: float = 0.0
     generation_s: float = 0.0
     error_code: ErrorCode | None = None  # set when `error` is
+    tool_text: str | None = None  # the reply from its tool-call marker on, if it wrote one
 
     @classmethod
     def failed(cls, prompt_id: str, error: str, error_code: ErrorCode = "invalid_prompt") -> Finished:

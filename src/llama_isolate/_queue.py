@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ._errors import LlamaQueueFull
-from ._events import CompletionEvent, TokenLogprob
+from ._events import CompletionEvent, TokenLogprob, ToolCall
 from ._images import LlamaImage
 from ._params import SamplerParams
 from ._streams import EventStream, TokenStream
+from ._tools import ToolPlan
 
 
 class Conversation(Protocol):
@@ -43,6 +44,9 @@ class PromptRecord:
     images: tuple[LlamaImage, ...] = ()
     raw: bool = False  # text completion, without the chat template
     logprobs: int | None = None  # alternatives per token, when token log probabilities are wanted
+    tools: ToolPlan | None = None  # the functions the model may call, and how
+    tool_call_id: str | None = None  # the prompt is the result of this call (a "tool" turn)
+    calls: tuple[ToolCall, ...] = ()  # the calls the reply made
     submitted: float = field(default_factory=time.monotonic)
     started: float | None = None
     first_token: float | None = None

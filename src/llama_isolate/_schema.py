@@ -305,8 +305,9 @@ class _Checker:
             out["properties"] = {n: self.node(s, _pointer(where, n)) for n, s in properties.items()}
         if required:
             out["required"] = list(dict.fromkeys(required))
-        extra = keys.get("additionalProperties", None if properties else True)
-        if extra is False:
+        # Declared properties, even none, are all that is written (valid: the others are optional).
+        extra = keys.get("additionalProperties", None if "properties" in keys else True)
+        if extra is False or extra is None:
             out["additionalProperties"] = False
         elif extra is not None:
             if properties:

@@ -18,6 +18,7 @@ from ._images import LlamaImage
 from ._params import LlamaLoad, SamplerParams
 from ._state import ScopeSnapshot, cache_kind, model_fingerprint, pack, unpack
 from ._streams import EventStream, TokenStream
+from ._tools import ToolChoice
 
 
 class ScopeHost(Protocol):
@@ -44,6 +45,9 @@ class ScopeHost(Protocol):
         raw: bool = False,
         json_schema: Mapping[str, Any] | None = None,
         logprobs: int | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: ToolChoice = "auto",
+        tool_call_id: str | None = None,
     ) -> str: ...
 
     async def send_prompt_with_images(
@@ -111,6 +115,9 @@ class LlamaScope:
         raw: bool = False,
         json_schema: Mapping[str, Any] | None = None,
         logprobs: int | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: ToolChoice = "auto",
+        tool_call_id: str | None = None,
     ) -> str:
         """``parent.send_prompt(prompt, scope=self, ...)``.
 
@@ -126,6 +133,9 @@ class LlamaScope:
             raw=raw,
             json_schema=json_schema,
             logprobs=logprobs,
+            tools=tools,
+            tool_choice=tool_choice,
+            tool_call_id=tool_call_id,
         )
 
     async def send_prompt_with_images(

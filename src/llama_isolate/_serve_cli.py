@@ -11,11 +11,13 @@ import asyncio
 import logging
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 from ._errors import LlamaError
 from ._model_path import default_model_path
 from ._params import ContextParams, LlamaLoad
+from ._tools import CHATML_TOOLS_TEMPLATE
 
 # Measured here (bench prefix): with flash attention, the 20-token next turn of a
 # 2,650-token conversation took 1.5 s on 2 CPU threads, without it 0.3 s.
@@ -49,6 +51,12 @@ def add_parser(commands: Any) -> None:
         default=DEFAULT_FLASH_ATTENTION,
         help="llama.cpp's flash attention (default off: on CPUs it makes a short turn after a long history "
         "several times slower)",
+    )
+    model.add_argument(
+        "--chat-template",
+        metavar="FILE|chatml-tools",
+        help="a Jinja chat template file instead of the model's own; 'chatml-tools' is the built-in ChatML template "
+        "that shows tools (for `tools` with the default model, whose own template ignores them)",
     )
     model.add_argument("--verbose", action="store_true", help="show llama.cpp's own log on stderr")
     http = serve.add_argument_group("http")
@@ -93,10 +101,17 @@ def describe(args: argparse.Namespace) -> LlamaLoad:
     }
     if args.threads is not None:
         context |= {"n_threads": args.threads, "n_threads_batch": args.threads}
+    template = args.chat_template
+    if template is not None and template != "chatml-tools":
+        try:
+            template = Path(template).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--chat-template {args.chat_template!r} cannot be read: {exc}") from None
     return LlamaLoad(
         path=args.model or default_model_path(),
         mmproj_path=args.mmproj,
         context_params=ContextParams(**context),
+        chat_template=CHATML_TOOLS_TEMPLATE if template == "chatml-tools" else template,
         verbose=args.verbose,
     )
 

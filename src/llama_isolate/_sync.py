@@ -24,6 +24,7 @@ from ._params import LlamaLoad, SamplerParams
 from ._parent import LlamaParent
 from ._scope import LlamaScope
 from ._streams import EventStream, Subscription
+from ._tools import ToolChoice
 
 T = TypeVar("T")
 _CLOSED = object()
@@ -167,6 +168,9 @@ class SyncLlamaScope:
         raw: bool = False,
         json_schema: Mapping[str, Any] | None = None,
         logprobs: int | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: ToolChoice = "auto",
+        tool_call_id: str | None = None,
     ) -> str:
         """Queue a turn; returns its prompt id at once."""
         return self._loop.call(
@@ -177,6 +181,9 @@ class SyncLlamaScope:
                 raw=raw,
                 json_schema=json_schema,
                 logprobs=logprobs,
+                tools=tools,
+                tool_choice=tool_choice,
+                tool_call_id=tool_call_id,
             )
         )
 
@@ -343,6 +350,9 @@ class SyncLlamaParent:
         raw: bool = False,
         json_schema: Mapping[str, Any] | None = None,
         logprobs: int | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: ToolChoice = "auto",
+        tool_call_id: str | None = None,
     ) -> str:
         """Queue one chat turn; returns its prompt id at once (see `LlamaParent.send_prompt`)."""
         inner = None if scope is None else scope._scope
@@ -355,6 +365,9 @@ class SyncLlamaParent:
                 raw=raw,
                 json_schema=json_schema,
                 logprobs=logprobs,
+                tools=tools,
+                tool_choice=tool_choice,
+                tool_call_id=tool_call_id,
             )
         )
 

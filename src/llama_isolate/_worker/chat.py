@@ -10,7 +10,9 @@ as they are, so the model simply continues the text of the conversation.
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Sequence
+from typing import Any
 
 import jinja2
 import jinja2.sandbox
@@ -40,22 +42,26 @@ class ChatFormatter:
             env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
             env.globals["raise_exception"] = _raise_exception
             env.globals["strftime_now"] = _strftime_now
+            # As Hugging Face's tokenizers do: keys kept in order, no HTML escaping.
+            env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
             try:
                 self._template = env.from_string(template)
             except jinja2.TemplateError as exc:
                 raise ChatTemplateError(f"the chat template does not compile: {exc}") from exc
 
-    def render(self, messages: Sequence[tuple[str, str]]) -> str:
-        """The prompt text for `messages`, ending where the assistant's reply begins."""
+    def render(self, messages: Sequence[tuple[str, str]], tools: list[Any] | None = None) -> str:
+        """The prompt text for `messages` (and the function specs `tools`), ending where the reply begins."""
         if self._template is None:
             return "".join(content for _, content in messages)
         turns = [{"role": role, "content": content} for role, content in messages]
+        extra = {} if tools is None else {"tools": tools}
         try:
             return self._template.render(
                 messages=turns,
                 add_generation_prompt=True,
                 bos_token=self._bos,
                 eos_token=self._eos,
+                **extra,
             )
         except ChatTemplateError:
             raise

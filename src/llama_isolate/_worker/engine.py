@@ -299,7 +299,7 @@ class Engine:
             n_cached=n_cached,
             n_dropped=prepared.dropped,
             sampler=sampler,
-            detok=Detokenizer(request.sampler.stop),
+            detok=Detokenizer(request.sampler.stop, request.tool_marker),
         )
 
     def _evaluate_images(self) -> bool:
@@ -365,7 +365,11 @@ class Engine:
             return
         run.generated += 1
         piece = self._vocab.piece(token)
+        calling = run.detok.call_text is not None
         text, stopped = run.detok.feed(piece)
+        if not calling and run.detok.call_text is not None and not self._tool_call_started(run):
+            more, cut = run.detok.abandon_call()
+            text, stopped = text + more, stopped or cut
         logprob = None
         if run.sampler.last is not None:
             chosen, top = run.sampler.last
@@ -378,6 +382,19 @@ class Engine:
             self._finish(run, "length")
         else:
             run.next_token = token
+
+    def _tool_call_started(self, run: Running) -> bool:
+        """The reply just wrote its tool-call marker: from here on the call's grammar holds (for tool_choice
+        auto; required's grammar held from the start). False if what follows the marker already breaks it."""
+        request = run.request
+        call = run.detok.call_text
+        if request.tool_grammar is None or request.tool_marker is None or call is None:
+            return True
+        written = self._vocab.tokenize(call[len(request.tool_marker) :], add_special=False, parse_special=False)
+        if run.sampler.activate(request.tool_grammar, written):
+            return True
+        logger.info("a tool call began in a form its grammar does not accept; it is left as text")
+        return False
 
     def _finish(
         self,
@@ -411,6 +428,7 @@ class Engine:
                 prompt_eval_s=first - run.started,
                 generation_s=end - first,
                 error_code=code if error is not None else None,
+                tool_text=run.detok.call_text,
             )
         )
 

@@ -15,6 +15,7 @@ worker's.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,6 +145,8 @@ class Preparer:
     def _encoder(self, request: protocol.Submit) -> Encode:
         """Makes the prompt of the messages kept (by index), with their images if any."""
 
+        tools = None if request.tools is None else json.loads(request.tools)
+
         def encode(kept: list[int]) -> Prompt:
             messages = tuple(request.messages[i] for i in kept)
             if request.raw:
@@ -151,14 +154,14 @@ class Preparer:
                 items: list[Item] = [*self._vocab.tokenize(text, add_special=True, parse_special=True)]
                 return Prompt(items)
             if not request.images:
-                return Prompt(list(self._vocab.prompt_tokens(messages)))
+                return Prompt(list(self._vocab.prompt_tokens(messages, tools)))
             if self._vision is None:
                 raise ImageError("image prompts need LlamaLoad(mmproj_path=...)")
             marked = tuple(
                 (role, self._vision.mark(content, len(request.images[i])))
                 for i, (role, content) in zip(kept, messages, strict=True)
             )
-            text, parse_special = self._vocab.prompt_text(marked)
+            text, parse_special = self._vocab.prompt_text(marked, tools)
             images = [image for i in kept for image in request.images[i]]
             return self._vision.tokenize(text, images, parse_special=parse_special)
 

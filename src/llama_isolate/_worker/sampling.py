@@ -107,6 +107,7 @@ class Sampler:
         self._candidates: Candidates | None = None
         self._one = (C.llama_token_data * 1)()  # one candidate, to ask the grammar about the chain's pick
         self._logprobs = logprobs
+        self._vocab, self._n_vocab = vocab, n_vocab
         self.last: tuple[float, tuple[tuple[int, float], ...]] | None = None  # the last pick's log prob, the top
         try:
             if params.grammar is not None:
@@ -152,6 +153,25 @@ class Sampler:
         if dist is not None:
             self.last = (float(dist[token]), _top(dist, self._logprobs or 0))
         return token
+
+    def activate(self, grammar: str, written: list[int]) -> bool:
+        """Constrain the rest of the reply by `grammar`, which must accept `written` first (tokens of text
+        already sampled past where it starts); False, and nothing changes, if it does not."""
+        if self._grammar:
+            return False
+        try:
+            self._grammar = _grammar(grammar, self._vocab, self._n_vocab)
+        except GrammarError:
+            return False
+        for token in written:
+            if not self._grammar_allows(token):
+                C.llama_sampler_free(self._grammar)
+                self._grammar = 0
+                return False
+            C.llama_sampler_accept(self._grammar, token)
+        if self._candidates is None:  # the whole chain stays one: it both shapes and picks
+            self._candidates = Candidates(self._n_vocab)
+        return True
 
     def _apply(self, sampler: int) -> None:
         if sampler:

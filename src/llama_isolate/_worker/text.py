@@ -43,20 +43,71 @@ class StopFilter:
         return longest
 
 
+class CallSplitter:
+    """Splits a reply at its tool-call marker: the text before it is the reply's, the rest the call's."""
+
+    def __init__(self, marker: str) -> None:
+        self._marker = marker
+        self._pending = ""
+        self.call: str | None = None  # the text from the marker on, once it was written
+
+    def feed(self, text: str) -> str:
+        """The reply's text that is safe to emit now (a possible start of the marker is held back)."""
+        if self.call is not None:
+            self.call += text
+            return ""
+        self._pending += text
+        at = self._pending.find(self._marker)
+        if at >= 0:
+            emit, self.call, self._pending = self._pending[:at], self._pending[at:], ""
+            return emit
+        hold = next((n for n in range(min(len(self._marker) - 1, len(self._pending)), 0, -1)
+                     if self._pending.endswith(self._marker[:n])), 0)  # fmt: skip
+        split = len(self._pending) - hold
+        emit, self._pending = self._pending[:split], self._pending[split:]
+        return emit
+
+    def flush(self) -> str:
+        rest, self._pending = self._pending, ""
+        return rest
+
+    def abandon(self) -> str:
+        """The call text back as the reply's own (the call could not be held to its grammar); watch on."""
+        text, self.call = self.call or "", None
+        return text
+
+
 class Detokenizer:
     """Token pieces (bytes) to text, never splitting a multi-byte UTF-8 character.
 
     A character whose bytes arrive in two tokens is emitted whole with the
     second; bytes that are not UTF-8 at all become U+FFFD rather than an error.
+    With a tool-call `marker`, the text from the marker on is kept apart
+    (`call_text`) and never emitted; stop strings apply to the text before it.
     """
 
-    def __init__(self, stops: tuple[str, ...]) -> None:
+    def __init__(self, stops: tuple[str, ...], marker: str | None = None) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stop = StopFilter(stops)
+        self._calls = None if marker is None else CallSplitter(marker)
+
+    @property
+    def call_text(self) -> str | None:
+        """The reply from its tool-call marker on, once the marker was written."""
+        return None if self._calls is None else self._calls.call
+
+    def abandon_call(self) -> tuple[str, bool]:
+        """Give the tool-call text back to the reply: the text to emit now, and whether a stop string ended it."""
+        if self._calls is None:
+            return "", False
+        return self._stop.feed(self._calls.abandon())
 
     def feed(self, piece: bytes) -> tuple[str, bool]:
         """The text to emit after this piece, and whether a stop string ended it."""
-        return self._stop.feed(self._decoder.decode(piece))
+        text = self._decoder.decode(piece)
+        if self._calls is not None:
+            text = self._calls.feed(text)
+        return self._stop.feed(text)
 
     def flush(self) -> str:
         """Whatever text is still held back (a partial stop string).
@@ -66,4 +117,5 @@ class Detokenizer:
         not a character, and U+FFFD in their place would look like one.
         """
         self._decoder.reset()
-        return self._stop.flush()
+        held = self._calls.flush() if self._calls is not None else ""
+        return self._stop.feed(held)[0] + self._stop.flush() if held else self._stop.flush()

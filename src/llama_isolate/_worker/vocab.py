@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 import llama_cpp as C
 
@@ -27,23 +28,23 @@ class Vocab:
     def is_end_of_generation(self, token: int) -> bool:
         return bool(C.llama_vocab_is_eog(self.handle, token))
 
-    def prompt_text(self, messages: tuple[tuple[str, str], ...]) -> tuple[str, bool]:
+    def prompt_text(self, messages: tuple[tuple[str, str], ...], tools: list[Any] | None = None) -> tuple[str, bool]:
         """The conversation formatted for the model, and whether special tokens in it are parsed.
 
         Without a template the text is the turns' contents, and a user's
         "<s>" stays text; the BOS a template writes is dropped, because the
         tokenizer adds it.
         """
-        text = self.chat.render(messages)
+        text = self.chat.render(messages, tools)
         if not self.chat.has_template:
             return text, False
         if self._bos and C.llama_vocab_get_add_bos(self.handle) and text.startswith(self._bos):
             text = text[len(self._bos) :]
         return text, True
 
-    def prompt_tokens(self, messages: tuple[tuple[str, str], ...]) -> list[int]:
+    def prompt_tokens(self, messages: tuple[tuple[str, str], ...], tools: list[Any] | None = None) -> list[int]:
         """The tokens of a conversation, formatted for the model, ready for its reply."""
-        text, parse_special = self.prompt_text(messages)
+        text, parse_special = self.prompt_text(messages, tools)
         return self.tokenize(text, add_special=True, parse_special=parse_special)
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:

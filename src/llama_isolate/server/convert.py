@@ -18,7 +18,7 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from llama_isolate import MEDIA_MARKER, LlamaImage, SamplerParams
 
@@ -37,21 +37,22 @@ class Turn:
     images: tuple[LlamaImage, ...] = ()
     json_schema: Mapping[str, Any] | None = None  # the reply must be JSON valid against it
     logprobs: int | None = None  # alternatives per token, when token log probabilities are asked for
+    tools: list[dict[str, Any]] | None = None  # functions the model may call
+    tool_choice: Literal["auto", "required", "none"] | dict[str, Any] = "auto"
+    tool_call_id: str | None = None  # the prompt is this call's result
 
 
 def chat_turn(body: ChatCompletionRequest, *, images_allowed: bool) -> Turn:
     """The scope history and the prompt of a chat request; `ApiError` 400 names what is wrong."""
     refuse_unsupported(body)
-    if body.tools:
-        raise ApiError(400, "tools are not supported yet", param="tools")
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     messages = body.messages
     last = messages[-1]
-    if last.role != "user":
+    if last.role not in ("user", "tool"):
         raise ApiError(
             400,
-            f"the last message must be the user's (it is {last.role!r}): the model answers it",
+            f"the last message must be the user's or a tool's result (it is {last.role!r}): the model answers it",
             param=f"messages[{len(messages) - 1}].role",
             code="invalid_value",
         )
@@ -59,7 +60,21 @@ def chat_turn(body: ChatCompletionRequest, *, images_allowed: bool) -> Turn:
     prompt = _message(last, len(messages) - 1, images_allowed)
     images = tuple(prompt.get("images", ()))
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    return Turn(history, prompt["content"], images, response_schema(body.response_format), logprobs)
+    schema = response_schema(body.response_format)
+    if body.tools and schema is not None:
+        raise ApiError(400, "tools and a JSON response_format exclude each other", param="response_format")
+    if body.tool_choice is not None and not body.tools:
+        raise ApiError(400, "tool_choice needs tools", param="tool_choice")
+    return Turn(
+        history,
+        prompt["content"],
+        images,
+        schema,
+        logprobs,
+        tools=body.tools,
+        tool_choice=body.tool_choice or "auto",
+        tool_call_id=prompt.get("tool_call_id"),
+    )
 
 
 def response_schema(fmt: ResponseFormat | None) -> Mapping[str, Any] | None:
@@ -83,10 +98,10 @@ def refuse_unsupported(body: Sampling) -> None:
 
 def _message(message: ChatMessage, index: int, images_allowed: bool) -> dict[str, Any]:
     where = f"messages[{index}]"
-    if message.role == "tool":
-        raise ApiError(400, "tool messages are not supported yet", param=f"{where}.role")
     role = "system" if message.role == "developer" else message.role
     content = message.content
+    if role == "tool" or message.tool_calls:
+        return _tool_message(message, where)
     if content is None:
         if role != "assistant":
             raise ApiError(400, f"{where} has no content", param=f"{where}.content")
@@ -131,6 +146,23 @@ def _logit_bias(biases: dict[str, float], n_vocab: int) -> dict[int, float]:
             )
         out[int(key)] = bias
     return out
+
+
+def _tool_message(message: ChatMessage, where: str) -> dict[str, Any]:
+    """A tool's result, or an assistant's message with its tool calls."""
+    content = message.content
+    if message.role == "tool":
+        if not message.tool_call_id:
+            raise ApiError(400, f"{where} is a tool result without tool_call_id", param=f"{where}.tool_call_id")
+        if not isinstance(content, str):
+            raise ApiError(400, f"{where}: a tool result's content must be text", param=f"{where}.content")
+        _check_text(content, f"{where}.content")
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": content}
+    if message.role != "assistant":
+        raise ApiError(400, f"{where}: only assistant messages make tool calls", param=f"{where}.tool_calls")
+    text = content if isinstance(content, str) else ""
+    calls = [call.model_dump() for call in message.tool_calls or ()]
+    return {"role": "assistant", "content": text, "tool_calls": calls}
 
 
 def _check_text(text: str, param: str) -> None:

@@ -108,10 +108,13 @@ class Generation:
                     raw=raw,
                     json_schema=schema,
                     logprobs=logprobs,
+                    tools=turn.tools,
+                    tool_choice=turn.tool_choice,
+                    tool_call_id=turn.tool_call_id,
                 )
         except BaseException as exc:
             await generation.close()
-            refusal = _refusal(exc, param)
+            refusal = _refusal(exc, param, "tools" if turn.tools else "response_format")
             if refusal is exc:
                 raise
             raise refusal from None
@@ -150,18 +153,20 @@ class Generation:
         self._on_close(self)
 
 
-def _refusal(exc: BaseException, param: str) -> BaseException:
+def _refusal(exc: BaseException, param: str, schema_param: str) -> BaseException:
     if isinstance(exc, LlamaQueueFull):
         return ApiError(429, f"the server is busy: {exc}", code="queue_full")
     if isinstance(exc, LlamaStatusError):
         return ApiError(503, f"the model is not ready: {exc}", code="model_not_ready")
     if isinstance(exc, LlamaSchemaError):
         message = f"the JSON schema cannot be enforced: {exc}"
-        return ApiError(400, message, param="response_format", code="invalid_schema")
+        return ApiError(400, message, param=schema_param, code="invalid_schema")
     if isinstance(exc, LlamaFeatureNotEnabled):
         return ApiError(400, str(exc), param=param, code="images_not_supported")
     if isinstance(exc, (ValueError, TypeError)):
-        return ApiError(400, str(exc), param=param, code="invalid_value")
+        named = str(exc).split("[", 1)[0].split(" ", 1)[0]  # "tools[1] needs ...", "tool_choice names ..."
+        where = named if named in ("tools", "tool_choice") else param
+        return ApiError(400, str(exc), param=where, code="invalid_value")
     return exc
 
 

@@ -48,7 +48,18 @@ def completed(event: CompletionEvent) -> bool:
 
 
 def finish_reason(event: CompletionEvent) -> str:
+    if event.tool_calls:
+        return "tool_calls"
     return "length" if event.finish_reason == "length" else "stop"
+
+
+def tool_calls(event: CompletionEvent, *, indexed: bool = False) -> list[dict[str, Any]]:
+    """The event's calls as OpenAI's ``tool_calls`` (with an ``index`` each in a stream's delta)."""
+    calls = []
+    for i, call in enumerate(event.tool_calls):
+        function = {"name": call.name, "arguments": json.dumps(call.arguments, ensure_ascii=False)}
+        calls.append({**({"index": i} if indexed else {}), "id": call.id, "type": "function", "function": function})
+    return calls
 
 
 @dataclass
@@ -107,11 +118,11 @@ class Reply:
         choice = self._choice(text, finish_reason(event), entries=event.logprobs or ())
         if self.kind == "chat":
             delta = choice.pop("delta")
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": delta["content"], "refusal": None},
-                **choice,
-            }
+            message: dict[str, Any] = {"role": "assistant", "content": delta["content"], "refusal": None}
+            if event.tool_calls:
+                message["content"] = delta["content"] or None
+                message["tool_calls"] = tool_calls(event)
+            choice = {"index": 0, "message": message, **choice}
         return {**self._head(False), "choices": [choice], "usage": usage(event)}
 
     async def stream(self, generation: Generation, first: Item, include_usage: bool) -> AsyncIterator[bytes]:
@@ -125,6 +136,9 @@ class Reply:
             yield sse({**self._head(True), "choices": [choice], **usage_field})
             item = await generation.next()
         if completed(item):
+            if item.tool_calls:  # whole: a call's arguments are read once the call is complete
+                calls = {"index": 0, "delta": {"tool_calls": tool_calls(item, indexed=True)}, "logprobs": None}
+                yield sse({**self._head(True), "choices": [{**calls, "finish_reason": None}], **usage_field})
             end = self._choice(None if self.kind == "chat" else "", finish_reason(item))
             yield sse({**self._head(True), "choices": [end], **usage_field})
             if include_usage:

@@ -1,7 +1,7 @@
 """The request bodies the server reads, as OpenAI defines them; unknown fields are ignored.
 
-Fields a later release will support (``n`` above 1, ``tools``) are read, and
-refused with a 400 naming them, rather than silently ignored.
+Fields a later release will support (``n`` above 1) are read, and refused with
+a 400 naming them, rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -37,9 +37,22 @@ class ImagePart(_Lenient):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
+class FunctionCall(_Lenient):
+    name: str
+    arguments: str | dict[str, Any] = "{}"
+
+
+class ToolCallIn(_Lenient):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
 
 
 class StreamOptions(_Lenient):
@@ -82,7 +95,8 @@ class ChatCompletionRequest(Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Count | None = None
     response_format: ResponseFormat | None = None
-    tools: list[Any] | None = None
+    tools: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=128)] | None = None
+    tool_choice: Literal["auto", "required", "none"] | dict[str, Any] | None = None
     logprobs: StrictBool | None = None
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
 
