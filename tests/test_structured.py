@@ -177,6 +177,8 @@ REFUSED = [
     ({"type": "array", "minItems": 3, "maxItems": 2}, "", "nothing can match"),
     ({"type": "strin"}, "/type", "unknown type"),
     ({"type": "string", "maxLength": 2001}, "/maxLength", "2000"),
+    ({"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(101)}}, "/properties", "optional"),
+    ({"enum": ["x" * 70_000]}, "", "characters"),
     ({"type": "integer", "frobnicate": 1}, "/frobnicate", "unknown keyword"),
     ({"type": "object", "properties": {"a": False}}, "/properties/a", "must be an object"),
 ]
@@ -191,6 +193,16 @@ def test_a_schema_the_grammar_cannot_enforce_is_refused_and_nothing_queued(
     assert caught.value.path.startswith(path)
     assert isinstance(caught.value, ValueError)
     assert parent.queue_length == 0 and not parent.is_generating
+
+
+def test_a_schema_nested_too_deeply_is_refused(parent: SyncLlamaParent) -> None:
+    deep: dict[str, Any] = {"type": "object"}
+    inner = deep
+    for _ in range(3000):
+        inner["properties"] = {"a": {"type": "object"}}
+        inner = inner["properties"]["a"]
+    with pytest.raises(LlamaSchemaError, match="nested too deeply"):
+        parent.send_prompt(ASK, json_schema=deep)
 
 
 def test_a_schema_that_is_not_json_is_refused(parent: SyncLlamaParent) -> None:

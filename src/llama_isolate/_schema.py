@@ -52,6 +52,9 @@ ANNOTATIONS = frozenset(
 TYPES = ("string", "number", "integer", "boolean", "null", "object", "array")
 FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"})
 _DEFS = ("$defs", "definitions")
+# The conversion runs where send_prompt is called (the event loop): a bound on its work.
+MAX_SCHEMA_CHARS = 64 * 1024
+MAX_OPTIONAL = 100  # optional properties of one object
 MAX_REPETITIONS = 2000  # llama.cpp's MAX_REPETITION_THRESHOLD: the most a grammar may repeat an item
 _FAMILIES = {
     "object": frozenset({"properties", "required", "additionalProperties"}),
@@ -109,9 +112,16 @@ def json_schema_grammar(schema: Mapping[str, Any]) -> str:
         raise LlamaSchemaError(f"a JSON schema must be an object (a dict), not {type(schema).__name__}", "")
     try:
         text = json.dumps(schema, allow_nan=False)  # keys in their order: the output writes properties so
+    except RecursionError:
+        raise LlamaSchemaError("the schema is nested too deeply", "") from None
     except (TypeError, ValueError) as exc:
         raise LlamaSchemaError(f"the schema is not JSON: {exc}", "") from exc
-    return _grammar(text)
+    if len(text) > MAX_SCHEMA_CHARS:
+        raise LlamaSchemaError(f"the schema has {len(text)} characters of JSON; {MAX_SCHEMA_CHARS} at most", "")
+    try:
+        return _grammar(text)
+    except RecursionError:
+        raise LlamaSchemaError("the schema is nested too deeply", "") from None
 
 
 @functools.lru_cache(maxsize=256)
@@ -299,6 +309,13 @@ class _Checker:
                 raise LlamaSchemaError(
                     f"required property '{name}' has no schema in properties", _pointer(path, "required")
                 )
+        optional = len(set(properties) - set(required))
+        if optional > MAX_OPTIONAL:
+            raise LlamaSchemaError(
+                f"{optional} optional properties; at most {MAX_OPTIONAL} (the grammar grows with their square): "
+                "make some required",
+                _pointer(path, "properties"),
+            )
         out: dict[str, Any] = {"type": "object"}
         if properties:
             where = _pointer(path, "properties")
