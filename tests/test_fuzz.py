@@ -230,7 +230,56 @@ http_messages = st.lists(
     ),
     max_size=4,
 )
+# What JSON schemas, patterns, logit biases and tools a client may send.
+pattern_texts = st.text(alphabet='^$[]{}()|*+?.\\ad-,019"', max_size=12)
+schemas = st.recursive(
+    st.one_of(
+        st.fixed_dictionaries({"type": st.sampled_from(["string", "integer", "object", "array", "boolean", "x"])}),
+        st.fixed_dictionaries({"type": st.just("string"), "pattern": pattern_texts}),
+        st.fixed_dictionaries({"enum": st.lists(json_values, max_size=3)}),
+        st.fixed_dictionaries({"const": json_values}),
+        json_values,
+    ),
+    lambda inner: st.one_of(
+        st.fixed_dictionaries(
+            {"type": st.just("object"), "properties": st.dictionaries(http_texts, inner, max_size=3)},
+            optional={"required": st.lists(http_texts, max_size=2), "additionalProperties": st.booleans()},
+        ),
+        st.fixed_dictionaries({"anyOf": st.lists(inner, max_size=2)}),
+        st.fixed_dictionaries({"type": st.just("array"), "items": inner}, optional={"maxItems": st.integers(-1, 3)}),
+        st.fixed_dictionaries(
+            {"$defs": st.fixed_dictionaries({"A": inner}), "$ref": st.sampled_from(["#/$defs/A", "#/x"])}
+        ),
+    ),
+    max_leaves=4,
+)
+tools = st.lists(
+    st.fixed_dictionaries(
+        {
+            "type": st.just("function"),
+            "function": st.fixed_dictionaries({"name": http_texts}, optional={"parameters": schemas}),
+        }
+    ),
+    max_size=2,
+)
 options = {
+    "response_format": st.one_of(
+        st.fixed_dictionaries(
+            {"type": st.just("json_schema"), "json_schema": st.fixed_dictionaries({"schema": schemas})}
+        ),
+        st.fixed_dictionaries({"type": st.sampled_from(["json_object", "text", "xml"])}),
+        json_values,
+    ),
+    "logit_bias": st.one_of(
+        st.dictionaries(st.one_of(st.integers(-5, 10**6).map(str), http_texts), st.floats(-200, 200), max_size=4),
+        json_values,
+    ),
+    "logprobs": st.one_of(st.booleans(), st.integers(-1, 7), json_values),
+    "top_logprobs": st.one_of(st.integers(-1, 25), json_values),
+    "tools": st.one_of(tools, json_values),
+    "tool_choice": st.one_of(
+        st.sampled_from(["auto", "required", "none"]), st.fixed_dictionaries({"name": http_texts})
+    ),
     "max_tokens": st.one_of(st.integers(-2, 6), json_values),
     "max_completion_tokens": st.integers(-1, 6),
     "temperature": st.one_of(st.floats(-1, 3, allow_nan=False), json_values),

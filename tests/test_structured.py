@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llama_isolate import ContextParams, LlamaLoad, LlamaSchemaError, SamplerParams, SyncLlamaParent
+from llama_isolate._schema import json_schema_grammar
 
 ASK = "Write an example of the data as JSON."
 # Room for every reply the generated schemas allow (strings and arrays are bounded), so each one closes.
@@ -144,6 +146,37 @@ def test_long_repetitions_up_to_llamas_cap_run(parent: SyncLlamaParent) -> None:
     assert event.text.startswith('{ "story"') or event.text.startswith('{"story"')
 
 
+ODD_NAMES = {"c\\d": {"type": "integer"}, "e\nf\tg": {"type": "boolean"}, 'a"b': {"const": '"\\😀猫'}}
+
+
+def test_odd_property_names_and_constants_still_give_valid_json(parent: SyncLlamaParent) -> None:
+    """Backslashes, control characters, quotes and emoji in names and constants are JSON-escaped, as JSON wants."""
+    schema = {"type": "object", "properties": ODD_NAMES, "required": list(ODD_NAMES)}
+    event = reply(parent, schema)
+    assert event.finish_reason == "stop"
+    value = json.loads(event.text)
+    jsonschema.validate(value, schema)
+    assert value['a"b'] == '"\\😀猫'
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet='^$[]{}()|*+?.\\ad-,019"', max_size=14))
+def test_any_pattern_is_refused_or_converted_at_once(body: str) -> None:
+    """The converter loops forever on some patterns: every pattern must be refused or converted promptly."""
+    outcome: list[object] = []
+
+    def convert() -> None:
+        try:
+            outcome.append(json_schema_grammar({"type": "string", "pattern": f"^{body}$"}))
+        except LlamaSchemaError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=convert, daemon=True)
+    worker.start()
+    worker.join(timeout=5)
+    assert outcome, f"converting the pattern ^{body}$ did not end"
+
+
 def test_json_schema_and_a_grammar_exclude_each_other(parent: SyncLlamaParent) -> None:
     with pytest.raises(ValueError, match="exclude each other"):
         parent.send_prompt(ASK, json_schema={"type": "integer"}, sampler_params=SamplerParams(grammar='root ::= "1"'))
@@ -177,6 +210,16 @@ REFUSED = [
     ({"type": "array", "minItems": 3, "maxItems": 2}, "", "nothing can match"),
     ({"type": "strin"}, "/type", "unknown type"),
     ({"type": "string", "maxLength": 2001}, "/maxLength", "2000"),
+    # patterns that made llama-cpp-python's converter loop forever, or the grammar stall the engine
+    ({"type": "string", "pattern": "^a]$"}, "/pattern", "outside a class"),
+    ({"type": "string", "pattern": "^a}$"}, "/pattern", "ends no quantifier"),
+    ({"type": "string", "pattern": "^[]a]$"}, "/pattern", "first"),
+    ({"type": "string", "pattern": "^(a{0,100}){0,100}$"}, "/pattern", "repeated group"),
+    ({"type": "string", "pattern": "^(a*)*$"}, "/pattern", "repeated group"),
+    ({"type": "string", "pattern": "^(|a)+$"}, "/pattern", "empty alternative"),
+    ({"type": "string", "pattern": "^\U0001f600+$"}, "/pattern", "Basic Multilingual Plane"),
+    ({"$defs": {"A": {"$ref": "#/$defs/B"}, "B": {"$ref": "#/$defs/A"}}, "$ref": "#/$defs/A"}, "", "no value"),
+    ({"type": "object", "properties": {"": {"type": "string"}}}, "/properties", "empty property name"),
     ({"type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(101)}}, "/properties", "optional"),
     ({"enum": ["x" * 70_000]}, "", "characters"),
     ({"type": "integer", "frobnicate": 1}, "/frobnicate", "unknown keyword"),

@@ -150,6 +150,7 @@ def test_every_forced_call_parses_and_validates(parent: SyncLlamaParent, paramet
         ([TOOLS[0], TOOLS[0]], "auto", "two tools"),
         (TOOLS, {"name": "nope"}, "not one of the tools"),
         (TOOLS, "sometimes", "tool_choice"),
+        ([{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}], "auto", "object"),
     ],
 )
 def test_bad_tools_are_refused_naming_what(parent: SyncLlamaParent, tools: Any, choice: Any, words: str) -> None:
@@ -164,6 +165,22 @@ def test_parameters_the_grammar_cannot_enforce_are_refused(parent: SyncLlamaPare
         parent.send_prompt(ASK, tools=[{"type": "function", "function": {"name": "f", "parameters": bounded}}])
     with pytest.raises(ValueError, match="exclude"):
         parent.send_prompt(ASK, tools=TOOLS, json_schema={"type": "object"})
+
+
+def test_parameters_whose_defs_are_not_an_object_are_refused(parent: SyncLlamaParent) -> None:
+    parameters = {"type": "object", "properties": {}, "$defs": [1]}
+    with pytest.raises(LlamaSchemaError, match=r"\$defs must be an object") as caught:
+        parent.send_prompt(ASK, tools=[{"type": "function", "function": {"name": "f", "parameters": parameters}}])
+    assert "tools[0]" in caught.value.path
+
+
+def test_an_argument_that_holds_the_end_marker_is_read_whole(parent: SyncLlamaParent) -> None:
+    tricky = "}\n</tool_call>"
+    parameters = {"type": "object", "properties": {"s": {"const": tricky}}, "required": ["s"]}
+    tools = [{"type": "function", "function": {"name": "echo", "parameters": parameters}}]
+    scope = parent.get_scope()
+    event = parent.wait_for_completion(scope.send_prompt(ASK, tools=tools, tool_choice="required", max_tokens=40))
+    assert [(c.name, c.arguments) for c in event.tool_calls] == [("echo", {"s": tricky})]
 
 
 def test_malformed_tool_calls_in_messages_are_refused(parent: SyncLlamaParent) -> None:

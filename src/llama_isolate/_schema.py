@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import Any
 
 from ._errors import LlamaSchemaError
+from ._pattern import translate
 
 __all__ = ["JSON_OBJECT_SCHEMA", "json_schema_grammar"]
 
@@ -147,6 +148,13 @@ def _converter() -> ModuleType:
     # Its string characters are `[^"\\]`, raw control characters included, which
     # JSON forbids (a newline inside a string broke `json.loads`): JSON's own rule.
     module.PRIMITIVE_RULES["char"] = module.BuiltinRule(_JSON_CHAR, [])
+    # Its literals (property names, const and enum values, as JSON text) escape
+    # quotes and newlines for the grammar but not backslashes: JSON's own
+    # escapes (\n, \\, \ud83d...) then reached the grammar as its escapes, and
+    # the model wrote raw control characters or lone surrogates (invalid JSON).
+    escapes = {"\r": "\\r", "\n": "\\n", '"': '\\"', "\\": "\\\\"}
+    setattr(module, "GRAMMAR_LITERAL_ESCAPE_RE", re.compile(r'[\r\n"\\]'))  # noqa: B010
+    setattr(module, "GRAMMAR_LITERAL_ESCAPES", escapes)  # noqa: B010
     # It spells a repetition as nested optional groups, one per item: llama.cpp's
     # parser gave up on a maxLength of 2000. GBNF's own {m,n} is expanded by
     # llama.cpp instead (up to MAX_REPETITIONS).
@@ -246,6 +254,15 @@ class _Checker:
         if not isinstance(ref, str) or not ref.startswith("#/") or "~" in ref or "%" in ref:
             raise LlamaSchemaError(f"only local $refs like '#/$defs/Name' are supported, not {ref!r}", path)
         target = self._resolve(ref, _pointer(path, "$ref"))
+        chain = [ref]
+        while (
+            isinstance(target, dict) and isinstance(target.get("$ref"), str) and set(target) <= {"$ref"} | ANNOTATIONS
+        ):
+            if target["$ref"] in chain:
+                raise LlamaSchemaError(f"the $refs {' -> '.join([*chain, target['$ref']])} stand for no value", path)
+            chain.append(target["$ref"])
+            target = self._resolve(target["$ref"], _pointer(path, "$ref"))
+        target = self._resolve(ref, _pointer(path, "$ref"))
         if ref not in self._reached:
             self._reached[ref] = {}  # a recursive definition refers to itself: checked once
             self._reached[ref] = self.node(target, ref[1:])
@@ -316,6 +333,8 @@ class _Checker:
                 "make some required",
                 _pointer(path, "properties"),
             )
+        if "" in properties:
+            raise LlamaSchemaError("an empty property name is not supported", _pointer(path, "properties"))
         out: dict[str, Any] = {"type": "object"}
         if properties:
             where = _pointer(path, "properties")
@@ -368,7 +387,7 @@ class _Checker:
         if len(constraints) > 1:
             raise LlamaSchemaError(f"only one of {' and '.join(constraints)} can be enforced at once", path)
         if "pattern" in keys:
-            return {"type": "string", "pattern": _pattern(keys["pattern"], _pointer(path, "pattern"))}
+            return {"type": "string", "pattern": translate(keys["pattern"], _pointer(path, "pattern"))}
         if "format" in keys:
             if keys["format"] not in FORMATS:
                 raise LlamaSchemaError(
@@ -399,63 +418,6 @@ def _bounds(keys: dict[str, Any], low_key: str, high_key: str, path: str) -> tup
                 _pointer(path, key),
             )
     return low, high
-
-
-# Pattern syntax the grammar reproduces exactly, inside a JSON string.
-_CLASS_SHORTHANDS = {"d": "0-9", "w": "a-zA-Z0-9_"}
-_PUNCTUATION = set(".*+?()[]{}|/-^$\\:,;!=<>@#%&'~`")
-
-
-def _pattern(pattern: Any, path: str) -> str:
-    """`pattern` rewritten for the converter; refuses what it would turn into something else."""
-    if not isinstance(pattern, str):
-        raise LlamaSchemaError("pattern must be a string", path)
-    if not (pattern.startswith("^") and pattern.endswith("$") and not pattern.endswith("\\$")):
-        raise LlamaSchemaError(
-            f"pattern {pattern!r} must be anchored with ^ and $ (an unanchored pattern allows any text around it)",
-            path,
-        )
-    body, out, i, in_class = pattern[1:-1], [], 0, False
-    while i < len(body):
-        piece, i, in_class = _pattern_piece(body, i, in_class, pattern, path)
-        out.append(piece)
-    if in_class:
-        raise LlamaSchemaError(f"pattern {pattern!r}: unbalanced [", path)
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise LlamaSchemaError(f"pattern {pattern!r} is not a valid regular expression: {exc}", path) from exc
-    return "^" + "".join(out) + "$"
-
-
-def _pattern_piece(body: str, i: int, in_class: bool, pattern: str, path: str) -> tuple[str, int, bool]:
-    """The converter's spelling of the pattern's piece at `i`: (it, the next index, inside a [class] after it)."""
-    c = body[i]
-    if ord(c) < 0x20 or c == '"':
-        raise LlamaSchemaError(f"pattern {pattern!r}: {c!r} cannot be written raw inside a JSON string", path)
-    if c == "\\":
-        nxt = body[i + 1] if i + 1 < len(body) else ""
-        if nxt in _CLASS_SHORTHANDS:
-            spelled = _CLASS_SHORTHANDS[nxt]
-        elif nxt in _PUNCTUATION and nxt != "\\":
-            spelled = f"\\x{ord(nxt):02X}"
-        else:
-            raise LlamaSchemaError(f"pattern {pattern!r}: the escape \\{nxt} is not supported", path)
-        return (spelled if in_class else f"[{spelled}]"), i + 2, in_class
-    if in_class:
-        return c, i + 1, c != "]"
-    refusal = {
-        ".": "'.' is not supported; use a class such as [a-z]",
-        "^": "^ is only supported at the start",
-        "$": "$ is only supported at the end",
-    }.get(c)
-    if c == "[" and body[i + 1 : i + 2] == "^":
-        refusal = "negated classes [^...] are not supported"
-    if c == "(" and body[i + 1 : i + 2] == "?":
-        refusal = "(?...) groups are not supported"
-    if refusal:
-        raise LlamaSchemaError(f"pattern {pattern!r}: {refusal}", path)
-    return c, i + 1, c == "["
 
 
 def _is(value: Any, kind: str) -> bool:

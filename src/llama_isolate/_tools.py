@@ -78,7 +78,6 @@ MARKER = "<tool_call>"
 END = "</tool_call>"
 ToolChoice = Literal["auto", "required", "none"] | Mapping[str, Any]
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_CALL = re.compile(re.escape(MARKER) + r"\s*(\{.*?\})\s*" + re.escape(END), re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -124,8 +123,8 @@ def tool_specs(tools: object) -> list[dict[str, Any]]:
             raise ValueError(f"{where}: two tools are named {name!r}")
         names.add(name)
         parameters = function.get("parameters", {"type": "object", "properties": {}})
-        if not isinstance(parameters, Mapping):
-            raise ValueError(f"{where}['function']['parameters'] must be a JSON schema (a dict)")
+        if not isinstance(parameters, Mapping) or parameters.get("type", "object") != "object":
+            raise ValueError(f"{where}['function']['parameters'] must be an object's JSON schema (a dict)")
         entry: dict[str, Any] = {"name": name, "parameters": dict(parameters)}
         if isinstance(function.get("description"), str):
             entry["description"] = function["description"]
@@ -174,7 +173,12 @@ def _call_rules(specs: list[dict[str, Any]]) -> str:
 
 def _hoist_defs(parameters: Mapping[str, Any], prefix: str, defs: dict[str, Any], where: str) -> Any:
     """`parameters` with its ``$defs`` moved into `defs` under `prefix` and its local refs rewritten to match."""
-    own = {**parameters.get("definitions", {}), **parameters.get("$defs", {})}
+    own: dict[str, Any] = {}
+    for key in ("definitions", "$defs"):
+        found = parameters.get(key, {})
+        if not isinstance(found, Mapping):
+            raise LlamaSchemaError(f"{key} must be an object of schemas", f"{where}.{key}")
+        own.update(found)
 
     def rewrite(node: Any) -> Any:
         if isinstance(node, list):
@@ -205,13 +209,19 @@ def parse_calls(call_text: str | None) -> tuple[ToolCall, ...]:
     if not call_text:
         return ()
     calls = []
-    for match in _CALL.finditer(call_text):
-        try:
-            body = json.loads(match[1])
+    decoder = json.JSONDecoder()
+    at = call_text.find(MARKER)
+    while at >= 0:
+        start = call_text.find("{", at + len(MARKER))
+        if start < 0:
+            break
+        try:  # the JSON object, whatever its strings hold (even "</tool_call>")
+            body, end = decoder.raw_decode(call_text, start)
         except json.JSONDecodeError:
-            continue
+            break
         if isinstance(body, dict) and isinstance(body.get("name"), str) and isinstance(body.get("arguments"), dict):
             calls.append(ToolCall(f"call_{uuid.uuid4().hex[:24]}", body["name"], body["arguments"]))
+        at = call_text.find(MARKER, end)
     return tuple(calls)
 
 

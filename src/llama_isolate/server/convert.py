@@ -137,7 +137,7 @@ def _logit_bias(biases: dict[str, float], n_vocab: int) -> dict[int, float]:
     """OpenAI's ``{"token id": bias}`` as token ids; 400 for a key that is not one of the model's tokens."""
     out = {}
     for key, bias in biases.items():
-        if not key.isascii() or not key.isdigit() or int(key) >= n_vocab:
+        if not key.isascii() or not key.isdigit() or len(key) > 10 or key != str(int(key)) or int(key) >= n_vocab:
             raise ApiError(
                 400,
                 f"logit_bias key {key!r} is not a token id of this model (0..{n_vocab - 1})",

@@ -84,7 +84,7 @@ class Sampling(_Lenient):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     n: Count | None = None
-    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    logit_bias: dict[str, Annotated[float, Field(strict=True, ge=-100.0, le=100.0)]] | None = None
 
     @property
     def include_usage(self) -> bool:
