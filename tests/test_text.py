@@ -60,3 +60,19 @@ def test_a_character_cut_off_by_the_end_is_dropped_not_replaced() -> None:
     llama = "🦙".encode()
     out, _ = feed_all(Detokenizer(()), [b"ok ", llama[:2]])  # max_tokens came between its bytes
     assert "".join(out) == "ok "
+
+
+def test_a_tool_call_marker_splits_the_reply_even_across_pieces() -> None:
+    detok = Detokenizer(("STOP",), "<tool_call>")
+    shown = [detok.feed(piece.encode())[0] for piece in ("Sure <to", "ol_c", "all>\n{", '"name": "f"}')]
+    assert "".join(shown) == "Sure "
+    assert detok.call_text == '<tool_call>\n{"name": "f"}'
+
+
+def test_an_abandoned_call_goes_back_to_the_reply_and_the_marker_is_watched_again() -> None:
+    detok = Detokenizer((), "<tool_call>")
+    assert detok.feed(b"a <tool_call></") == ("a ", False)
+    assert detok.abandon_call() == ("<tool_call></", False)
+    assert detok.call_text is None
+    assert detok.feed(b"b <tool_") == ("b ", False)  # a possible marker is held back again
+    assert detok.flush() == "<tool_"

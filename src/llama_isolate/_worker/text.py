@@ -24,8 +24,7 @@ class StopFilter:
         if cut >= 0:
             emit, self._pending = self._pending[:cut], ""
             return emit, True
-        hold = self._longest_stop_prefix_suffix()
-        split = len(self._pending) - hold
+        split = len(self._pending) - held_back(self._pending, self._stops)
         emit, self._pending = self._pending[:split], self._pending[split:]
         return emit, False
 
@@ -33,14 +32,16 @@ class StopFilter:
         rest, self._pending = self._pending, ""
         return rest
 
-    def _longest_stop_prefix_suffix(self) -> int:
-        longest = 0
-        for stop in self._stops:
-            for size in range(min(len(stop) - 1, len(self._pending)), longest, -1):
-                if self._pending.endswith(stop[:size]):
-                    longest = size
-                    break
-        return longest
+
+def held_back(text: str, strings: tuple[str, ...]) -> int:
+    """How many of `text`'s last characters may be the start of one of `strings` (and must wait for more)."""
+    longest = 0
+    for string in strings:
+        for size in range(min(len(string) - 1, len(text)), longest, -1):
+            if text.endswith(string[:size]):
+                longest = size
+                break
+    return longest
 
 
 class CallSplitter:
@@ -61,9 +62,7 @@ class CallSplitter:
         if at >= 0:
             emit, self.call, self._pending = self._pending[:at], self._pending[at:], ""
             return emit
-        hold = next((n for n in range(min(len(self._marker) - 1, len(self._pending)), 0, -1)
-                     if self._pending.endswith(self._marker[:n])), 0)  # fmt: skip
-        split = len(self._pending) - hold
+        split = len(self._pending) - held_back(self._pending, (self._marker,))
         emit, self._pending = self._pending[:split], self._pending[split:]
         return emit
 
