@@ -53,6 +53,6 @@ def test_every_public_method_and_property_has_a_docstring() -> None:
 def test_the_contracts_per_prompt_options_exist() -> None:
     for owner in (llama_isolate.LlamaParent, llama_isolate.LlamaScope, llama_isolate.SyncLlamaParent):
         options = set(inspect.signature(owner.send_prompt).parameters)
-        assert {"json_schema", "tools", "tool_choice", "logprobs"} <= options, owner
+        assert {"json_schema", "tools", "tool_choice", "logprobs", "n"} <= options, owner
     assert {"id", "name", "arguments"} <= set(inspect.signature(llama_isolate.ToolCall).parameters)
     assert "tool_calls" in inspect.signature(llama_isolate.CompletionEvent).parameters

@@ -272,6 +272,27 @@ def test_completion_logprobs_have_tokens_offsets_and_top(client: openai.OpenAI) 
     assert all(len(top) <= 3 for top in logprobs.top_logprobs)
 
 
+def test_n_choices_with_their_indexes_and_usage(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(model="any", messages=ask("Name a fruit."), n=2, max_tokens=6, seed=3)
+    assert [c.index for c in answer.choices] == [0, 1]
+    assert all(c.message.content for c in answer.choices)
+    assert answer.usage is not None and answer.usage.completion_tokens > 6  # both choices count
+    chunks = list(
+        client.chat.completions.create(
+            model="any", messages=ask("Name a fruit."), n=2, max_tokens=6, seed=3, stream=True
+        )
+    )
+    streamed = {
+        i: "".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i)
+        for i in (0, 1)
+    }
+    assert streamed == {c.index: c.message.content for c in answer.choices}  # the same seed, the same choices
+    ended = {c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason}
+    assert ended == {0, 1}
+    text = client.completions.create(model="any", prompt="The sky is", n=2, max_tokens=4, seed=3)
+    assert [c.index for c in text.choices] == [0, 1]
+
+
 def test_no_logprobs_unless_asked(client: openai.OpenAI) -> None:
     assert client.chat.completions.create(model="any", messages=ask("Hi"), max_tokens=3).choices[0].logprobs is None
 
@@ -301,7 +322,7 @@ def error_of(response: httpx.Response) -> dict[str, object]:
         ({"messages": ask("hi"), "stream": "yes"}, "stream"),
         ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages[0].content[0].text"),
         ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages[0].role"),
-        ({"messages": ask("hi"), "n": 2}, "n"),
+        ({"messages": ask("hi"), "n": 3}, "n"),  # more than the server's 2 slots
         ({"messages": ask("hi"), "top_logprobs": 2}, "top_logprobs"),
         ({"messages": ask("hi"), "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"messages": ask("hi"), "logprobs": 3}, "logprobs"),

@@ -42,7 +42,16 @@ from ._errors import (
     LlamaWorkerDied,
     LlamaWorkerDiedOnLoad,
 )
-from ._events import CompletionEvent, CompletionTimings, Embedding, LlamaStatus, ModelInfo, TokenLogprob, ToolCall
+from ._events import (
+    CompletionChoice,
+    CompletionEvent,
+    CompletionTimings,
+    Embedding,
+    LlamaStatus,
+    ModelInfo,
+    TokenLogprob,
+    ToolCall,
+)
 from ._images import MEDIA_MARKER, LlamaImage
 from ._model_path import default_model_path
 from ._params import ContextParams, LlamaLoad, ModelParams, SamplerParams
@@ -83,6 +92,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CHATML_TOOLS_TEMPLATE",
     "MEDIA_MARKER",
+    "CompletionChoice",
     "CompletionEvent",
     "CompletionTimings",
     "ContextParams",

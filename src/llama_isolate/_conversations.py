@@ -81,6 +81,7 @@ def _submit(record: PromptRecord, history: list[dict[str, Any]]) -> protocol.Sub
         tools=None if tools is None else tools.specs_json,
         tool_marker=None if tools is None else tools.marker,
         tool_grammar=tools.grammar if tools is not None and tools.mode == "auto" else None,
+        n=record.n,
     )
 
 

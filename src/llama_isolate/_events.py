@@ -89,6 +89,29 @@ class ToolCall:
 
 
 @dataclass(frozen=True)
+class CompletionChoice:
+    """One of the replies of a prompt sent with ``n=`` (choice 0 is the event's own `text`).
+
+    Example::
+
+        pid = await scope.send_prompt("A name for a cat?", n=3, sampler_params=SamplerParams(seed=1))
+        for choice in (await parent.wait_for_completion(pid)).choices:
+            print(choice.index, choice.text, choice.finish_reason)
+
+    Attributes:
+        index: 0 to n-1.
+        text: this choice's reply.
+        finish_reason: as `CompletionEvent.finish_reason`.
+        completion_tokens: tokens this choice generated.
+    """
+
+    index: int
+    text: str
+    finish_reason: FinishReason
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
 class TokenLogprob:
     """One generated token, how likely it was, and the tokens that were most likely in its place.
 
@@ -157,6 +180,9 @@ class CompletionEvent:
             per token of `text` (a stop string's tokens left out); None otherwise.
         tool_calls: the functions the model called, for a prompt sent with
             ``tools=`` (`text` is then what it wrote before its first call).
+        choices: for a prompt sent with ``n`` above 1, every reply
+            (`CompletionChoice`), choice 0 first (the one `text`, the streams
+            and `messages` carry); empty otherwise.
     """
 
     prompt_id: str
@@ -173,6 +199,7 @@ class CompletionEvent:
     error_code: ErrorCode | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None
     tool_calls: tuple[ToolCall, ...] = ()
+    choices: tuple[CompletionChoice, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ class PromptFlow:
         tools: Sequence[Mapping[str, Any]] | None = None,
         tool_choice: ToolChoice = "auto",
         tool_call_id: str | None = None,
+        n: int = 1,
     ) -> PromptRecord:
         """Check a prompt and queue it; `ValueError`/`TypeError` name a bad argument, nothing is queued then."""
         if not isinstance(prompt, str):
@@ -78,6 +79,9 @@ class PromptFlow:
             check_int(max_tokens, "max_tokens", 1)
         if logprobs is not None:
             check_int(logprobs, "logprobs", 0, MAX_LOGPROBS)
+        check_int(n, "n", 1, self._load.context_params.n_parallel)  # each choice decodes in a slot of its own
+        if n > 1 and (tools is not None or logprobs is not None):
+            raise ValueError("n above 1 cannot be combined with tools or logprobs yet")
         self.conversations.check(scope)
         sampler = sampler_params or self._load.sampler_params
         if json_schema is not None:
@@ -106,6 +110,7 @@ class PromptFlow:
             logprobs=logprobs,
             tools=tool_plan,
             tool_call_id=tool_call_id,
+            n=n,
         )
         self.queue.push(record)
         self.ledger.open(record)
@@ -131,10 +136,21 @@ class PromptFlow:
 
     def tokens(self, reply: protocol.Tokens) -> None:
         record = self.queue.running.get(reply.prompt_id)
-        if record is not None:
+        if record is None:
+            return
+        if reply.choice:  # choices after the first are kept for the event, not streamed
+            record.choice_pieces.setdefault(reply.choice, []).append(reply.text)
+        else:
             self.ledger.token(record, reply.text, reply.logprob)
 
     def finished(self, reply: protocol.Finished) -> None:
+        waiting = self.queue.running.get(reply.prompt_id)
+        if waiting is not None and waiting.n > 1:  # the prompt ends with its last choice
+            waiting.choice_ends[reply.choice] = reply
+            first = waiting.choice_ends.get(0)
+            if first is None or len(waiting.choice_ends) <= first.forks:
+                return
+            reply = first
         record = self.queue.finish(reply.prompt_id)
         if record is not None:
             self.end(record, reply.finish_reason, reply.error, reply)

@@ -13,7 +13,7 @@ import collections
 import time
 
 from . import _protocol as protocol
-from ._events import CompletionEvent, CompletionTimings, ErrorCode, FinishReason, TokenLogprob
+from ._events import CompletionChoice, CompletionEvent, CompletionTimings, ErrorCode, FinishReason, TokenLogprob
 from ._queue import PromptRecord
 from ._streams import EventStream, TokenStream
 
@@ -140,7 +140,20 @@ def _event(
         error_code=(stats.error_code or error_code or "internal_error") if reason == "error" else None,
         logprobs=None if record.logprobs is None else _within(record.token_logprobs, record.reply),
         tool_calls=record.calls,
+        choices=_choices(record, reason, stats),
     )
+
+
+def _choices(record: PromptRecord, reason: FinishReason, stats: protocol.Finished) -> tuple[CompletionChoice, ...]:
+    """Every reply of a prompt sent with n above 1, choice 0 first."""
+    if record.n <= 1:
+        return ()
+    out = [CompletionChoice(0, record.reply, reason, stats.completion_tokens)]
+    for index, end in sorted(record.choice_ends.items()):
+        if index:
+            text = "".join(record.choice_pieces.get(index, ()))
+            out.append(CompletionChoice(index, text, end.finish_reason, end.completion_tokens))
+    return tuple(out)
 
 
 def _within(entries: list[TokenLogprob], text: str) -> tuple[TokenLogprob, ...]:

@@ -312,6 +312,7 @@ class LlamaParent:
         tools: Sequence[Mapping[str, Any]] | None = None,
         tool_choice: ToolChoice = "auto",
         tool_call_id: str | None = None,
+        n: int = 1,
     ) -> str:
         """Queue one chat turn and return its prompt id at once, without waiting for it to start.
 
@@ -346,6 +347,12 @@ class LlamaParent:
                 ``"none"``, or ``{"name": ...}`` (it must call that one).
             tool_call_id: the prompt is the result of this call (a ``tool``
                 turn, not a user turn), for the model to carry on from.
+            n: how many replies (1 to ``n_parallel``). The prompt is read
+                once and its KV cache copied to n slots, which then decode
+                together, each with its own sampler (a given seed plus the
+                choice's index). `CompletionEvent.choices` holds them all;
+                choice 0 is the event's `text`, the one streamed and kept in
+                `messages`.
 
         Raises:
             LlamaStatusError: before `init()`, after `dispose()`, after the worker
@@ -374,6 +381,7 @@ class LlamaParent:
             tools=tools,
             tool_choice=tool_choice,
             tool_call_id=tool_call_id,
+            n=n,
         )
 
     async def send_prompt_with_images(
@@ -386,6 +394,7 @@ class LlamaParent:
         max_tokens: int | None = None,
         json_schema: Mapping[str, Any] | None = None,
         logprobs: int | None = None,
+        n: int = 1,
     ) -> str:
         """Like `send_prompt`, with images; needs `LlamaLoad(mmproj_path=...)`.
 
@@ -422,7 +431,7 @@ class LlamaParent:
                     "the model needs text after it to answer (put the marker before your question)"
                 )
         return self._enqueue(
-            prompt, scope, sampler_params, max_tokens, pictures, json_schema=json_schema, logprobs=logprobs
+            prompt, scope, sampler_params, max_tokens, pictures, json_schema=json_schema, logprobs=logprobs, n=n
         )
 
     def _enqueue(
@@ -439,6 +448,7 @@ class LlamaParent:
         tools: Sequence[Mapping[str, Any]] | None = None,
         tool_choice: ToolChoice = "auto",
         tool_call_id: str | None = None,
+        n: int = 1,
     ) -> str:
         self._require_ready("send_prompt", queueing=True)
         if scope is not None and (not isinstance(scope, LlamaScope) or scope.parent is not self or scope.disposed):
@@ -463,6 +473,7 @@ class LlamaParent:
             tools=tools,
             tool_choice=tool_choice,
             tool_call_id=tool_call_id,
+            n=n,
         )
         self._dispatch()
         return record.id

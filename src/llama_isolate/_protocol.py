@@ -74,6 +74,7 @@ class Submit:
     tools: str | None = None  # the function specs (JSON) the chat template shows
     tool_marker: str | None = None  # where a tool call starts in the reply: text from there on is the call's
     tool_grammar: str | None = None  # switched on once the marker is written (what follows it)
+    n: int = 1  # choices: the prompt is read once, its KV copied to n-1 more slots, each with its own sampler
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,7 @@ class Tokens:
     prompt_id: str
     text: str
     logprob: Logprob | None = None
+    choice: int = 0  # which of the prompt's `Submit.n` choices
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,6 +211,8 @@ class Finished:
     generation_s: float = 0.0
     error_code: ErrorCode | None = None  # set when `error` is
     tool_text: str | None = None  # the reply from its tool-call marker on, if it wrote one
+    choice: int = 0  # which of the prompt's choices ended (each ends once)
+    forks: int = 0  # on choice 0: how many more choices were started (their Finished follow or came before)
 
     @classmethod
     def failed(cls, prompt_id: str, error: str, error_code: ErrorCode = "invalid_prompt") -> Finished:
@@ -311,7 +315,7 @@ class _Unpickler(pickle.Unpickler):
 
 def encode(message: Message) -> bytes:
     """The frame for one message: length header and payload."""
-    if type(message) is Tokens and message.logprob is None:  # the hot path, without pickle
+    if type(message) is Tokens and message.logprob is None and not message.choice:  # the hot path, without pickle
         prompt_id = message.prompt_id.encode("utf-8")
         payload = b"T" + _ID_LENGTH.pack(len(prompt_id)) + prompt_id + message.text.encode("utf-8", "surrogatepass")
     else:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import _protocol as protocol
 from ._errors import LlamaQueueFull
 from ._events import CompletionEvent, TokenLogprob, ToolCall
 from ._images import LlamaImage
@@ -47,6 +48,9 @@ class PromptRecord:
     tools: ToolPlan | None = None  # the functions the model may call, and how
     tool_call_id: str | None = None  # the prompt is the result of this call (a "tool" turn)
     calls: tuple[ToolCall, ...] = ()  # the calls the reply made
+    n: int = 1  # choices asked for
+    choice_pieces: dict[int, list[str]] = field(default_factory=dict)  # the text of choices 1..n-1
+    choice_ends: dict[int, protocol.Finished] = field(default_factory=dict)  # how each choice ended
     submitted: float = field(default_factory=time.monotonic)
     started: float | None = None
     first_token: float | None = None

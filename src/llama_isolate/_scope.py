@@ -48,6 +48,7 @@ class ScopeHost(Protocol):
         tools: Sequence[Mapping[str, Any]] | None = None,
         tool_choice: ToolChoice = "auto",
         tool_call_id: str | None = None,
+        n: int = 1,
     ) -> str: ...
 
     async def send_prompt_with_images(
@@ -60,6 +61,7 @@ class ScopeHost(Protocol):
         max_tokens: int | None = None,
         json_schema: Mapping[str, Any] | None = None,
         logprobs: int | None = None,
+        n: int = 1,
     ) -> str: ...
 
     async def wait_for_completion(self, prompt_id: str) -> CompletionEvent: ...
@@ -118,6 +120,7 @@ class LlamaScope:
         tools: Sequence[Mapping[str, Any]] | None = None,
         tool_choice: ToolChoice = "auto",
         tool_call_id: str | None = None,
+        n: int = 1,
     ) -> str:
         """``parent.send_prompt(prompt, scope=self, ...)``.
 
@@ -136,6 +139,7 @@ class LlamaScope:
             tools=tools,
             tool_choice=tool_choice,
             tool_call_id=tool_call_id,
+            n=n,
         )
 
     async def send_prompt_with_images(
@@ -147,6 +151,7 @@ class LlamaScope:
         max_tokens: int | None = None,
         json_schema: Mapping[str, Any] | None = None,
         logprobs: int | None = None,
+        n: int = 1,
     ) -> str:
         """``parent.send_prompt_with_images(prompt, images, scope=self, ...)``.
 
@@ -162,6 +167,7 @@ class LlamaScope:
             max_tokens=max_tokens,
             json_schema=json_schema,
             logprobs=logprobs,
+            n=n,
         )
 
     async def stop(self) -> None:

@@ -171,6 +171,7 @@ class SyncLlamaScope:
         tools: Sequence[Mapping[str, Any]] | None = None,
         tool_choice: ToolChoice = "auto",
         tool_call_id: str | None = None,
+        n: int = 1,
     ) -> str:
         """Queue a turn; returns its prompt id at once."""
         return self._loop.call(
@@ -184,6 +185,7 @@ class SyncLlamaScope:
                 tools=tools,
                 tool_choice=tool_choice,
                 tool_call_id=tool_call_id,
+                n=n,
             )
         )
 
@@ -196,6 +198,7 @@ class SyncLlamaScope:
         max_tokens: int | None = None,
         json_schema: Mapping[str, Any] | None = None,
         logprobs: int | None = None,
+        n: int = 1,
     ) -> str:
         """Queue a turn with images; returns its prompt id at once."""
         return self._loop.call(
@@ -206,6 +209,7 @@ class SyncLlamaScope:
                 max_tokens=max_tokens,
                 json_schema=json_schema,
                 logprobs=logprobs,
+                n=n,
             )
         )
 
@@ -353,6 +357,7 @@ class SyncLlamaParent:
         tools: Sequence[Mapping[str, Any]] | None = None,
         tool_choice: ToolChoice = "auto",
         tool_call_id: str | None = None,
+        n: int = 1,
     ) -> str:
         """Queue one chat turn; returns its prompt id at once (see `LlamaParent.send_prompt`)."""
         inner = None if scope is None else scope._scope
@@ -368,6 +373,7 @@ class SyncLlamaParent:
                 tools=tools,
                 tool_choice=tool_choice,
                 tool_call_id=tool_call_id,
+                n=n,
             )
         )
 
@@ -381,6 +387,7 @@ class SyncLlamaParent:
         max_tokens: int | None = None,
         json_schema: Mapping[str, Any] | None = None,
         logprobs: int | None = None,
+        n: int = 1,
     ) -> str:
         """Queue one chat turn with images; returns its prompt id at once."""
         inner = None if scope is None else scope._scope
@@ -393,6 +400,7 @@ class SyncLlamaParent:
                 max_tokens=max_tokens,
                 json_schema=json_schema,
                 logprobs=logprobs,
+                n=n,
             )
         )
 

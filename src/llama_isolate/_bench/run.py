@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 
-from . import contention, decode, parent_cpu, prefix, serve, soak, stall, stop, throughput, ttft
+from . import choices, contention, decode, parent_cpu, prefix, serve, soak, stall, stop, throughput, ttft
 from .common import Report
 
 SECTIONS = {
@@ -27,8 +27,9 @@ SECTIONS = {
     "soak": soak.run,
     "serve": serve.run,
     "prefix": prefix.run,
+    "choices": choices.run,
 }
-DEFAULT = ["decode", "throughput", "stall", "parent_cpu", "contention", "stop", "ttft"]
+DEFAULT = ["decode", "throughput", "stall", "parent_cpu", "contention", "stop", "ttft", "choices"]
 
 
 def machine() -> str:

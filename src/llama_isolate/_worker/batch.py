@@ -45,6 +45,9 @@ class Running:
     next_token: int | None = None  # sampled, to be decoded next step
     started: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
+    choice: int = 0  # which of the request's `n` choices this is
+    forked: bool = False  # on choice 0: the other choices were started (see `choices.fork`)
+    forks: int = 0  # on choice 0: how many were
     # this step's share of the batch:
     batch_tokens: list[int] = field(default_factory=list)
     logits_index: int = -1

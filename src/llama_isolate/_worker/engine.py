@@ -35,6 +35,7 @@ import llama_cpp as C
 from .. import _protocol as protocol
 from .._events import ErrorCode, FinishReason, ModelInfo
 from .._params import LlamaLoad
+from . import choices
 from .abort import AbortFlag
 from .batch import Batch, Running
 from .chat import ChatTemplateError
@@ -261,7 +262,12 @@ class Engine:
             self._advance(scheduled)  # 6
 
     def _admit(self) -> None:
-        while self._waiting and self._slots.any_free(set(self._running)):
+        """Start waiting prompts in order while slots are free (a prompt with n choices needs n)."""
+        while self._waiting:
+            busy = set(self._running)
+            free = self._slots.free_count(busy) - choices.reserved(self._running.values())
+            if free < _request(self._waiting[0]).n:
+                return
             self._start(self._waiting.popleft())
 
     def _start(self, item: protocol.Submit | Prepared) -> None:
@@ -353,6 +359,11 @@ class Engine:
                 self._sample(run)
 
     def _sample(self, run: Running) -> None:
+        if run.choice == 0 and run.request.n > 1 and not run.forked:
+            handles = {"vocab": self._vocab.handle, "n_vocab": self._vocab.n_tokens, "n_ctx": self._n_ctx}
+            for extra in choices.fork(run, self._slots, set(self._running), **handles):
+                self._running[extra.slot.seq_id] = extra
+                self._sample(extra)  # from the same logits as choice 0
         try:
             token = run.sampler.sample(self._handles.ctx, run.logits_index)
         except NoCandidate as exc:
@@ -375,7 +386,7 @@ class Engine:
             chosen, top = run.sampler.last
             logprob = (token, piece, chosen, tuple((t, self._vocab.piece(t), lp) for t, lp in top))
         if text or logprob is not None:
-            self._emit(protocol.Tokens(run.request.prompt_id, text, logprob))
+            self._emit(protocol.Tokens(run.request.prompt_id, text, logprob, run.choice))
         if stopped:
             self._finish(run, "stop", flush=False)
         elif run.generated == run.request.max_tokens or run.n_past + 1 >= self._n_ctx:
@@ -408,7 +419,7 @@ class Engine:
         if flush and error is None:
             rest = run.detok.flush()
             if rest:
-                self._emit(protocol.Tokens(run.request.prompt_id, rest))
+                self._emit(protocol.Tokens(run.request.prompt_id, rest, None, run.choice))
         run.sampler.free()
         run.prompt.free()
         del self._running[run.slot.seq_id]
@@ -429,8 +440,12 @@ class Engine:
                 generation_s=end - first,
                 error_code=code if error is not None else None,
                 tool_text=run.detok.call_text,
+                choice=run.choice,
+                forks=run.forks,
             )
         )
+        if run.choice:
+            run.slot.owner = None  # its cache stays, as an orphan, for prompts that start the same way
 
     def _refuse(self, request: protocol.Submit, error: str, code: ErrorCode = "invalid_prompt") -> None:
         self._emit(protocol.Finished.failed(request.prompt_id, error, code))

@@ -133,6 +133,22 @@ class SlotPool:
             self._park(source)  # its owner (or a later client) may want the whole cache back
         return source
 
+    def fork(self, source: Slot, owner: str, busy: set[int]) -> Slot | None:
+        """A free slot other than `source`, made to hold a copy of its KV (copied at the next decode)."""
+        free = [slot for slot in self.slots if slot.seq_id not in busy and slot is not source]
+        if not free or self._memory is None:
+            return None
+        slot = self._vacate(free)
+        C.llama_memory_seq_cp(self._memory, source.seq_id, slot.seq_id, -1, -1)
+        slot.tokens = list(source.tokens)
+        slot.owner = owner
+        slot.last_used = next(self._clock)
+        return slot
+
+    def free_count(self, busy: set[int]) -> int:
+        """Slots not running a prompt."""
+        return sum(slot.seq_id not in busy for slot in self.slots)
+
     def _vacate(self, free: list[Slot]) -> Slot:
         """An empty free slot: one already empty, else the least recently used, its cache parked."""
         slot = min(free, key=lambda s: (bool(s.tokens), s.owner is not None, s.last_used))

@@ -40,6 +40,7 @@ class Turn:
     tools: list[dict[str, Any]] | None = None  # functions the model may call
     tool_choice: Literal["auto", "required", "none"] | dict[str, Any] = "auto"
     tool_call_id: str | None = None  # the prompt is this call's result
+    n: int = 1  # choices
 
 
 def chat_turn(body: ChatCompletionRequest, *, images_allowed: bool) -> Turn:
@@ -74,6 +75,7 @@ def chat_turn(body: ChatCompletionRequest, *, images_allowed: bool) -> Turn:
         tools=body.tools,
         tool_choice=body.tool_choice or "auto",
         tool_call_id=prompt.get("tool_call_id"),
+        n=body.n or 1,
     )
 
 
@@ -92,8 +94,6 @@ def response_schema(fmt: ResponseFormat | None) -> Mapping[str, Any] | None:
 
 def refuse_unsupported(body: Sampling) -> None:
     """400 for fields this server reads but does not do yet, instead of ignoring them."""
-    if body.n not in (None, 1):
-        raise ApiError(400, "n > 1 is not supported yet; send one request per choice", param="n")
 
 
 def _message(message: ChatMessage, index: int, images_allowed: bool) -> dict[str, Any]:

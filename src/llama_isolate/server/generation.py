@@ -99,6 +99,7 @@ class Generation:
                     max_tokens=max_tokens,
                     json_schema=schema,
                     logprobs=logprobs,
+                    n=turn.n,
                 )
             else:
                 await generation._scope.send_prompt(
@@ -111,6 +112,7 @@ class Generation:
                     tools=turn.tools,
                     tool_choice=turn.tool_choice,
                     tool_call_id=turn.tool_call_id,
+                    n=turn.n,
                 )
         except BaseException as exc:
             await generation.close()
@@ -165,7 +167,7 @@ def _refusal(exc: BaseException, param: str, schema_param: str) -> BaseException
         return ApiError(400, str(exc), param=param, code="images_not_supported")
     if isinstance(exc, (ValueError, TypeError)):
         named = str(exc).split("[", 1)[0].split(" ", 1)[0]  # "tools[1] needs ...", "tool_choice names ..."
-        where = named if named in ("tools", "tool_choice") else param
+        where = named if named in ("tools", "tool_choice", "n") else param
         return ApiError(400, str(exc), param=where, code="invalid_value")
     return exc
 

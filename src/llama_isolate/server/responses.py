@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from llama_isolate import CompletionEvent, TokenLogprob
+from llama_isolate import CompletionChoice, CompletionEvent, TokenLogprob
 
 from .errors import error_body, event_error
 from .generation import Generation, Item
@@ -34,10 +34,11 @@ def sse(data: dict[str, Any]) -> bytes:
 def usage(event: CompletionEvent) -> dict[str, Any]:
     """OpenAI's usage: prompt tokens count the cached ones too, which `prompt_tokens_details` names."""
     prompt = event.prompt_tokens + event.cached_tokens
+    completion = sum(c.completion_tokens for c in event.choices) if event.choices else event.completion_tokens
     return {
         "prompt_tokens": prompt,
-        "completion_tokens": event.completion_tokens,
-        "total_tokens": prompt + event.completion_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": event.cached_tokens},
     }
 
@@ -123,7 +124,24 @@ class Reply:
                 message["content"] = delta["content"] or None
                 message["tool_calls"] = tool_calls(event)
             choice = {"index": 0, "message": message, **choice}
-        return {**self._head(False), "choices": [choice], "usage": usage(event)}
+        others = [self._whole_choice(c) for c in event.choices[1:]]
+        return {**self._head(False), "choices": [choice, *others], "usage": usage(event)}
+
+    def _streamed_choice(self, choice: CompletionChoice) -> dict[str, Any]:
+        """Choice 1 or later in a stream: its text and its end in one chunk."""
+        whole = self._whole_choice(choice)
+        if self.kind == "text":
+            return whole
+        message = whole.pop("message")
+        return {**whole, "delta": {"role": "assistant", "content": message["content"]}}
+
+    def _whole_choice(self, choice: CompletionChoice) -> dict[str, Any]:
+        """Choice 1 or later of a prompt with n above 1, whole."""
+        reason = "length" if choice.finish_reason == "length" else "stop"
+        if self.kind == "text":
+            return {"index": choice.index, "text": choice.text, "logprobs": None, "finish_reason": reason}
+        message = {"role": "assistant", "content": choice.text, "refusal": None}
+        return {"index": choice.index, "message": message, "logprobs": None, "finish_reason": reason}
 
     async def stream(self, generation: Generation, first: Item, include_usage: bool) -> AsyncIterator[bytes]:
         """The chunks of a streamed answer, starting from its first item (already received)."""
@@ -139,6 +157,8 @@ class Reply:
             if item.tool_calls:  # whole: a call's arguments are read once the call is complete
                 calls = {"index": 0, "delta": {"tool_calls": tool_calls(item, indexed=True)}, "logprobs": None}
                 yield sse({**self._head(True), "choices": [{**calls, "finish_reason": None}], **usage_field})
+            for other in item.choices[1:]:  # the other choices, whole, once the prompt has ended
+                yield sse({**self._head(True), "choices": [self._streamed_choice(other)], **usage_field})
             end = self._choice(None if self.kind == "chat" else "", finish_reason(item))
             yield sse({**self._head(True), "choices": [end], **usage_field})
             if include_usage:

@@ -57,7 +57,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
     if not prompt:
         raise ApiError(400, "the prompt is empty", param="prompt")
-    turn = convert.Turn([], prompt, logprobs=body.logprobs)
+    turn = convert.Turn([], prompt, logprobs=body.logprobs, n=body.n or 1)
     reply = Reply("text", service.name, logprobs=body.logprobs is not None)
     return await _answer(request, reply, body, turn, body.max_tokens, raw=True, param="prompt")
 
