@@ -13,6 +13,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from . import _protocol as protocol
@@ -25,10 +26,23 @@ from ._params import LlamaLoad, SamplerParams
 from ._queue import Conversation, PromptQueue, PromptRecord
 from ._schema import json_schema_grammar
 from ._streams import EventStream, TokenStream
-from ._tools import ToolChoice, parse_calls
+from ._tools import ToolChoice, ToolPlan, parse_calls
 from ._tools import plan as plan_tools
 
 MAX_LOGPROBS = 20  # alternatives per token, as OpenAI allows
+
+
+@dataclass(frozen=True)
+class PromptOptions:
+    """What a prompt asks for beyond its text and sampler (see `LlamaParent.send_prompt`, where each is documented)."""
+
+    raw: bool = False
+    json_schema: Mapping[str, Any] | None = None
+    logprobs: int | None = None
+    tools: Sequence[Mapping[str, Any]] | None = None
+    tool_choice: ToolChoice = "auto"
+    tool_call_id: str | None = None
+    n: int = 1
 
 
 class PromptFlow:
@@ -61,13 +75,7 @@ class PromptFlow:
         max_tokens: int | None,
         images: tuple[LlamaImage, ...] = (),
         *,
-        raw: bool = False,
-        json_schema: Mapping[str, Any] | None = None,
-        logprobs: int | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: ToolChoice = "auto",
-        tool_call_id: str | None = None,
-        n: int = 1,
+        options: PromptOptions = PromptOptions(),
     ) -> PromptRecord:
         """Check a prompt and queue it; `ValueError`/`TypeError` name a bad argument, nothing is queued then."""
         if not isinstance(prompt, str):
@@ -77,28 +85,15 @@ class PromptFlow:
             raise TypeError(f"sampler_params must be a SamplerParams, got {type(sampler_params).__name__}")
         if max_tokens is not None:
             check_int(max_tokens, "max_tokens", 1)
-        if logprobs is not None:
-            check_int(logprobs, "logprobs", 0, MAX_LOGPROBS)
-        check_int(n, "n", 1, self._load.context_params.n_parallel)  # each choice decodes in a slot of its own
-        if n > 1 and (tools is not None or logprobs is not None):
+        if options.logprobs is not None:
+            check_int(options.logprobs, "logprobs", 0, MAX_LOGPROBS)
+        check_int(options.n, "n", 1, self._load.context_params.n_parallel)  # each choice decodes in a slot of its own
+        if options.n > 1 and (options.tools is not None or options.logprobs is not None):
             raise ValueError("n above 1 cannot be combined with tools or logprobs yet")
+        if options.tool_call_id is not None:
+            check_text(options.tool_call_id, "tool_call_id")
         self.conversations.check(scope)
-        sampler = sampler_params or self._load.sampler_params
-        if json_schema is not None:
-            if sampler.grammar is not None:
-                raise ValueError("json_schema and SamplerParams.grammar exclude each other (the schema is a grammar)")
-            sampler = dataclasses.replace(sampler, grammar=json_schema_grammar(json_schema))
-        tool_plan = None
-        if tools is not None:
-            if json_schema is not None or sampler.grammar is not None:
-                raise ValueError("tools exclude json_schema and SamplerParams.grammar (a call has its own grammar)")
-            if raw:
-                raise ValueError("tools need the chat template to show them; a raw prompt has none")
-            tool_plan = plan_tools(tools, tool_choice)
-            if tool_plan.mode == "required":
-                sampler = dataclasses.replace(sampler, grammar=tool_plan.grammar)
-        if tool_call_id is not None:
-            check_text(tool_call_id, "tool_call_id")
+        sampler, tool_plan = _grammar_of(sampler_params or self._load.sampler_params, options)
         record = PromptRecord(
             id=uuid.uuid4().hex,
             scope=scope,
@@ -106,11 +101,11 @@ class PromptFlow:
             sampler=sampler,
             max_tokens=max_tokens or self._load.context_params.n_predict,
             images=images,
-            raw=bool(raw),
-            logprobs=logprobs,
+            raw=bool(options.raw),
+            logprobs=options.logprobs,
             tools=tool_plan,
-            tool_call_id=tool_call_id,
-            n=n,
+            tool_call_id=options.tool_call_id,
+            n=options.n,
         )
         self.queue.push(record)
         self.ledger.open(record)
@@ -217,3 +212,21 @@ def with_markers(prompt: str, count: int) -> str:
     if markers != count:
         raise ValueError(f"the prompt has {markers} image markers ({MEDIA_MARKER}) for {count} images")
     return prompt
+
+
+def _grammar_of(sampler: SamplerParams, options: PromptOptions) -> tuple[SamplerParams, ToolPlan | None]:
+    """The sampler with the grammar a JSON schema or a forced tool call needs, and the tool plan."""
+    if options.json_schema is not None:
+        if sampler.grammar is not None:
+            raise ValueError("json_schema and SamplerParams.grammar exclude each other (the schema is a grammar)")
+        sampler = dataclasses.replace(sampler, grammar=json_schema_grammar(options.json_schema))
+    if options.tools is None:
+        return sampler, None
+    if options.json_schema is not None or sampler.grammar is not None:
+        raise ValueError("tools exclude json_schema and SamplerParams.grammar (a call has its own grammar)")
+    if options.raw:
+        raise ValueError("tools need the chat template to show them; a raw prompt has none")
+    tool_plan = plan_tools(options.tools, options.tool_choice)
+    if tool_plan.mode == "required":
+        sampler = dataclasses.replace(sampler, grammar=tool_plan.grammar)
+    return sampler, tool_plan

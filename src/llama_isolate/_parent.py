@@ -30,7 +30,7 @@ from . import _protocol as protocol
 from ._checks import check_images, check_int, check_text
 from ._errors import LlamaError, LlamaFeatureNotEnabled, LlamaStatusError, LlamaWorkerDied
 from ._events import CompletionEvent, Embedding, LlamaStatus, ModelInfo, TokenLogprob
-from ._flow import PromptFlow, with_markers
+from ._flow import PromptFlow, PromptOptions, with_markers
 from ._images import MEDIA_MARKER, LlamaImage
 from ._link import WorkerLink
 from ._params import LlamaLoad, SamplerParams
@@ -369,12 +369,7 @@ class LlamaParent:
 
             pid = await parent.send_prompt("Hello!", max_tokens=64)
         """
-        return self._enqueue(
-            prompt,
-            scope,
-            sampler_params,
-            max_tokens,
-            (),
+        options = PromptOptions(
             raw=raw,
             json_schema=json_schema,
             logprobs=logprobs,
@@ -383,6 +378,7 @@ class LlamaParent:
             tool_call_id=tool_call_id,
             n=n,
         )
+        return self._enqueue(prompt, scope, sampler_params, max_tokens, (), options=options)
 
     async def send_prompt_with_images(
         self,
@@ -430,9 +426,8 @@ class LlamaParent:
                     "on a model without a chat template the prompt must not end with an image: "
                     "the model needs text after it to answer (put the marker before your question)"
                 )
-        return self._enqueue(
-            prompt, scope, sampler_params, max_tokens, pictures, json_schema=json_schema, logprobs=logprobs, n=n
-        )
+        options = PromptOptions(json_schema=json_schema, logprobs=logprobs, n=n)
+        return self._enqueue(prompt, scope, sampler_params, max_tokens, pictures, options=options)
 
     def _enqueue(
         self,
@@ -442,18 +437,12 @@ class LlamaParent:
         max_tokens: int | None,
         images: tuple[LlamaImage, ...],
         *,
-        raw: bool = False,
-        json_schema: Mapping[str, Any] | None = None,
-        logprobs: int | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: ToolChoice = "auto",
-        tool_call_id: str | None = None,
-        n: int = 1,
+        options: PromptOptions,
     ) -> str:
         self._require_ready("send_prompt", queueing=True)
         if scope is not None and (not isinstance(scope, LlamaScope) or scope.parent is not self or scope.disposed):
             raise LlamaStatusError(f"scope {getattr(scope, 'id', scope)!r} is disposed or belongs to another parent")
-        if tools is not None and self._info is not None and not self._info.has_chat_template:
+        if options.tools is not None and self._info is not None and not self._info.has_chat_template:
             raise ValueError("tools need a chat template to show them; this model has none (see chat_template)")
         if sampler_params is not None and sampler_params.logit_bias and self._info is not None:
             top = max(token for token, _ in sampler_params.logit_bias)
@@ -461,20 +450,7 @@ class LlamaParent:
                 raise ValueError(
                     f"SamplerParams.logit_bias names token {top}, outside the vocabulary (0..{self._info.n_vocab - 1})"
                 )
-        record = self._flow.enqueue(
-            prompt,
-            scope,
-            sampler_params,
-            max_tokens,
-            images,
-            raw=raw,
-            json_schema=json_schema,
-            logprobs=logprobs,
-            tools=tools,
-            tool_choice=tool_choice,
-            tool_call_id=tool_call_id,
-            n=n,
-        )
+        record = self._flow.enqueue(prompt, scope, sampler_params, max_tokens, images, options=options)
         self._dispatch()
         return record.id
 
