@@ -50,16 +50,21 @@ def test_required_gives_a_valid_call_and_finish_reason_tool_calls(client: openai
     jsonschema.validate(json.loads(call.function.arguments), schema_of(call.function.name))
 
 
-def test_a_named_function_streams_as_a_tool_call_delta(client: openai.OpenAI) -> None:
+def test_a_named_function_streams_as_argument_deltas(client: openai.OpenAI) -> None:
     choice: Any = {"type": "function", "function": {"name": "get_weather"}}
     chunks = list(
         client.chat.completions.create(model="any", messages=ASK, tools=TOOLS, tool_choice=choice, stream=True)
     )
     deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
-    assert [d.function.name for d in deltas if d.function and d.function.name] == ["get_weather"]
+    head, *rest = deltas
+    assert head.id and head.id.startswith("call_") and head.type == "function"
+    assert head.function is not None and head.function.name == "get_weather"
+    assert all(d.index == 0 and d.id is None and d.function and d.function.name is None for d in rest)
+    assert len(rest) > 2  # the arguments come piece by piece, as they are written
     arguments = "".join(d.function.arguments or "" for d in deltas if d.function)
     jsonschema.validate(json.loads(arguments), schema_of("get_weather"))
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert [c.choices[0].delta.role for c in chunks if c.choices and c.choices[0].delta.role] == ["assistant"]
 
 
 def test_auto_answers_in_text_when_no_call_is_needed(client: openai.OpenAI) -> None:

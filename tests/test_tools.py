@@ -20,7 +20,10 @@ from llama_isolate import (
     SamplerParams,
     SyncLlamaParent,
     ToolCall,
+    ToolCallDelta,
 )
+from llama_isolate._tools import CallReader, parse_calls, render_calls
+from llama_isolate._worker.chat import tool_format_of
 
 from .test_structured import LEAVES, _objects
 
@@ -81,6 +84,22 @@ def test_required_makes_exactly_one_valid_call(parent: SyncLlamaParent) -> None:
     assert isinstance(call, ToolCall) and call.id.startswith("call_")
     jsonschema.validate(call.arguments, schema_of(call.name))
     assert event.text == "" and shown == ""  # the call's markup never reaches the text
+
+
+def test_a_call_streams_as_it_is_written(parent: SyncLlamaParent) -> None:
+    scope = parent.get_scope()
+    seen: list[Any] = []
+    scope.tool_call_deltas.listen(seen.append)
+    scope.completions.listen(seen.append)
+    event = parent.wait_for_completion(scope.send_prompt(ASK, tools=TOOLS, tool_choice="required", max_tokens=80))
+    (call,) = event.tool_calls
+    *deltas, last = seen
+    assert last == event  # every piece came before the event
+    assert all(isinstance(d, ToolCallDelta) and d.index == 0 and d.id == call.id for d in deltas)
+    assert [d.name for d in deltas if d.name] == [call.name] == [deltas[0].name]
+    pieces = [d.arguments for d in deltas[1:]]
+    assert len(pieces) > 2 and all(pieces)  # the arguments come piece by piece, not whole at the end
+    assert json.loads("".join(pieces)) == call.arguments
 
 
 def test_a_named_function_is_the_one_called(parent: SyncLlamaParent) -> None:
@@ -190,3 +209,106 @@ def test_malformed_tool_calls_in_messages_are_refused(parent: SyncLlamaParent) -
     )
     with pytest.raises(ValueError, match="not JSON"):
         scope.send_prompt(ASK, tools=TOOLS)
+
+
+# A Llama 3.1-style template (its tool-result turn is "ipython"): calls are the reply's JSON object itself.
+LLAMA3_TEMPLATE = (Path(__file__).parent / "data" / "llama3_tools.jinja").read_text()
+
+
+@pytest.fixture(scope="module")
+def llama3(model_path: Path) -> Iterator[SyncLlamaParent]:
+    load = LlamaLoad(
+        path=model_path,
+        context_params=ContextParams(n_ctx=2048, n_parallel=2),
+        chat_template=LLAMA3_TEMPLATE,
+        sampler_params=SamplerParams(greedy=True),
+    )
+    with SyncLlamaParent(load) as parent:
+        yield parent
+
+
+def test_the_format_is_read_from_the_template(llama3: SyncLlamaParent, parent: SyncLlamaParent) -> None:
+    assert llama3.model_info is not None and llama3.model_info.tool_format == "llama3"
+    assert parent.model_info is not None and parent.model_info.tool_format == "hermes"
+
+
+def test_llama3_calls_are_json_replies_that_stream_and_go_on(llama3: SyncLlamaParent) -> None:
+    scope = llama3.get_scope()
+    deltas: list[ToolCallDelta] = []
+    scope.tool_call_deltas.listen(deltas.append)
+    event = llama3.wait_for_completion(scope.send_prompt(ASK, tools=TOOLS, tool_choice="required", max_tokens=80))
+    assert event.success and event.text == ""
+    (call,) = event.tool_calls
+    jsonschema.validate(call.arguments, schema_of(call.name))
+    assert json.loads("".join(d.arguments for d in deltas)) == call.arguments
+    result = json.dumps({"temp_c": 18})
+    after = llama3.wait_for_completion(scope.send_prompt(result, tool_call_id=call.id, tools=TOOLS, max_tokens=8))
+    assert after.success
+    assert [m["role"] for m in scope.messages] == ["user", "assistant", "tool", "assistant"]
+    # the call goes back into the history as Llama 3 writes it
+    written = render_calls("", scope.messages[1]["tool_calls"], "llama3")
+    assert json.loads(written) == {"name": call.name, "parameters": call.arguments}
+
+
+def test_llama3_auto_reads_a_call_begun_after_text(llama3: SyncLlamaParent) -> None:
+    scope = llama3.get_scope()
+    shown: list[str] = []
+    scope.stream.listen(shown.append)
+    ask = "What's the weather in Paris? Answer with a function call."  # greedy: a sentence, then the call
+    event = llama3.wait_for_completion(scope.send_prompt(ask, tools=TOOLS, max_tokens=60))
+    (call,) = event.tool_calls
+    jsonschema.validate(call.arguments, schema_of(call.name))
+    assert '{"name"' not in event.text and "".join(shown) == event.text
+
+
+def test_load_can_name_the_format(model_path: Path) -> None:
+    load = LlamaLoad(path=model_path, chat_template=LLAMA3_TEMPLATE, tool_format="hermes")
+    with SyncLlamaParent(load) as parent:
+        assert parent.model_info is not None and parent.model_info.tool_format == "hermes"
+        event = parent.wait_for_completion(parent.send_prompt(ASK, tools=TOOLS, tool_choice="required", max_tokens=80))
+        (call,) = event.tool_calls
+        jsonschema.validate(call.arguments, schema_of(call.name))
+    with pytest.raises(ValueError, match="tool_format"):
+        LlamaLoad(path=model_path, tool_format="xml")  # type: ignore[arg-type]
+
+
+def test_templates_tell_their_format() -> None:
+    assert tool_format_of(CHATML_TOOLS_TEMPLATE) == "hermes"
+    assert tool_format_of(LLAMA3_TEMPLATE) == "llama3"
+    assert tool_format_of(None) == tool_format_of("{{ messages }}") == "hermes"  # nothing tells: Hermes
+    # a template of Llama 3's turns that also speaks of <tool_call> shows Hermes calls
+    assert tool_format_of(LLAMA3_TEMPLATE + "<tool_call>") == "hermes"
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='ab{}[]"\\\n :,'),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(alphabet='a"{}\\', max_size=4), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    arguments=st.dictionaries(st.text(alphabet='ab"}{\\', max_size=5), _JSON, max_size=4),
+    format=st.sampled_from(["hermes", "llama3"]),
+    cuts=st.lists(st.integers(0, 400), max_size=12),
+    spaced=st.booleans(),
+)
+def test_the_reader_passes_arguments_on_as_written(
+    arguments: dict[str, Any], format: str, cuts: list[int], spaced: bool
+) -> None:
+    key = "arguments" if format == "hermes" else "parameters"
+    separators = (", ", ": ") if spaced else (",", ":")
+    body = json.dumps({"name": "f.x-1", key: arguments}, separators=separators, ensure_ascii=False)
+    text = f"<tool_call>\n{body}\n</tool_call>" if format == "hermes" else body
+    reader = CallReader(format)
+    deltas = []
+    at = 0
+    for cut in [*sorted(cuts), len(text)]:
+        deltas += reader.feed(text[at:cut])
+        at = max(at, cut)
+    assert [d.name for d in deltas if d.name] == ["f.x-1"]
+    assert json.loads("".join(d.arguments for d in deltas)) == arguments
+    assert parse_calls(text, format, reader.ids) == (ToolCall(reader.ids[0], "f.x-1", arguments),)

@@ -51,6 +51,7 @@ from ._events import (
     ModelInfo,
     TokenLogprob,
     ToolCall,
+    ToolCallDelta,
 )
 from ._images import MEDIA_MARKER, LlamaImage
 from ._model_path import default_model_path
@@ -129,6 +130,7 @@ __all__ = [
     "TokenLogprob",
     "TokenStream",
     "ToolCall",
+    "ToolCallDelta",
     "__version__",
     "default_init_timeout",
     "default_model_path",

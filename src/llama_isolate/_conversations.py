@@ -9,13 +9,14 @@ naming it, never reach the worker.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from . import _protocol as protocol
 from ._checks import check_history
 from ._events import ToolCall
 from ._queue import Conversation, PromptRecord
-from ._tools import openai_calls, render_calls
+from ._tools import FORMATS, ToolFormat, openai_calls, render_calls
 
 
 class Conversations:
@@ -33,8 +34,11 @@ class Conversations:
         """Raise `ValueError` naming the field if the conversation holds a malformed message."""
         check_history(self.history(scope), "messages" if scope is None else f"scope {scope.id} messages")
 
-    def open_turn(self, record: PromptRecord) -> protocol.Submit:
-        """Append the prompt's user turn and return the command that starts it; `ValueError` if malformed."""
+    def open_turn(self, record: PromptRecord, tool_format: ToolFormat) -> protocol.Submit:
+        """Append the prompt's user turn and return the command that starts it; `ValueError` if malformed.
+
+        Tool calls, the reply's and those in the history, are in `tool_format`, the model's.
+        """
         self.check(record.scope)
         history = self.history(record.scope)
         record.history_len = len(history)
@@ -44,7 +48,7 @@ class Conversations:
         if record.images:
             turn["images"] = record.images
         history.append(turn)
-        return _submit(record, history)
+        return _submit(record, history, tool_format)
 
     def settle(self, record: PromptRecord, text: str, *, failed: bool, calls: tuple[ToolCall, ...] = ()) -> None:
         """A reply (and its tool calls) joins the conversation; a failed prompt takes its user turn back out."""
@@ -62,30 +66,33 @@ class Conversations:
             history.pop()
 
 
-def _submit(record: PromptRecord, history: list[dict[str, Any]]) -> protocol.Submit:
+def _submit(record: PromptRecord, history: list[dict[str, Any]], tool_format: ToolFormat) -> protocol.Submit:
     """The command that starts `record`, with its whole conversation (and its images, if any)."""
-    turns = tuple((str(m["role"]), _content(m)) for m in history)
+    turns = tuple((str(m["role"]), _content(m, tool_format)) for m in history)
     images: tuple[tuple[tuple[str, bytes], ...], ...] = ()
     if any(m.get("images") for m in history):
         images = tuple(tuple((i.name, i.data) for i in m.get("images") or ()) for m in history)
     tools = record.tools
+    sampler, grammar = record.sampler, None if tools is None else tools.grammar(tool_format)
+    if tools is not None and tools.mode == "required":  # the reply is a call from its first token
+        sampler = dataclasses.replace(sampler, grammar=grammar)
     return protocol.Submit(
         record.id,
         record.scope_key,
         turns,
-        record.sampler,
+        sampler,
         record.max_tokens,
         images,
         record.raw,
         record.logprobs,
         tools=None if tools is None else tools.specs_json,
-        tool_marker=None if tools is None else tools.marker,
-        tool_grammar=tools.grammar if tools is not None and tools.mode == "auto" else None,
+        tool_marker=None if tools is None or tools.mode == "none" else FORMATS[tool_format].marker,
+        tool_grammar=grammar if tools is not None and tools.mode == "auto" else None,
         n=record.n,
     )
 
 
-def _content(message: dict[str, Any]) -> str:
-    """A message's text for the template; an assistant's tool calls are written in, as the model wrote them."""
+def _content(message: dict[str, Any], tool_format: ToolFormat) -> str:
+    """A message's text for the template; an assistant's tool calls are written in, as the model writes them."""
     calls = message.get("tool_calls")
-    return render_calls(str(message["content"]), calls) if calls else str(message["content"])
+    return render_calls(str(message["content"]), calls, tool_format) if calls else str(message["content"])

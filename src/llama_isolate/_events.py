@@ -89,6 +89,33 @@ class ToolCall:
 
 
 @dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call as the model writes it, on the `tool_call_deltas` streams.
+
+    A call's first delta carries its `name` (and `arguments` ""); the
+    deltas after it carry the next pieces of the arguments' JSON text.
+    Joined, a call's pieces are JSON that parses to the `ToolCall.arguments`
+    of the completion event, whose `ToolCall.id` is this `id`. A call cut
+    short by ``max_tokens`` streams only its beginning and is not on the event.
+
+    Example::
+
+        scope.tool_call_deltas.listen(lambda d: print(d.index, d.name, d.arguments))
+
+    Attributes:
+        index: which of the reply's calls (0 for the first).
+        id: the call's id (``call_...``), the same on each of its deltas.
+        name: the function's name on the call's first delta, "" on the others.
+        arguments: the next piece of the arguments' JSON text.
+    """
+
+    index: int
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class CompletionChoice:
     """One of the replies of a prompt sent with ``n=`` (choice 0 is the event's own `text`).
 
@@ -220,6 +247,8 @@ class ModelInfo:
         n_embd: the embedding width (the length of `get_embeddings()` vectors).
         n_vocab: the vocabulary size.
         has_chat_template: False for a model without a template (plain text completion).
+        tool_format: how the model writes tool calls, ``"hermes"`` or ``"llama3"``
+            (`LlamaLoad.tool_format`, or read from the chat template; see docs/tools.md).
     """
 
     description: str
@@ -230,6 +259,7 @@ class ModelInfo:
     n_embd: int
     n_vocab: int
     has_chat_template: bool
+    tool_format: Literal["hermes", "llama3"] = "hermes"
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,14 @@ from typing import Any
 from . import _protocol as protocol
 from ._checks import check_int, check_text
 from ._conversations import Conversations
-from ._events import CompletionEvent, ErrorCode, FinishReason, TokenLogprob
+from ._events import CompletionEvent, ErrorCode, FinishReason, TokenLogprob, ToolCallDelta
 from ._images import MEDIA_MARKER, LlamaImage
 from ._ledger import CompletionLedger
 from ._params import LlamaLoad, SamplerParams
 from ._queue import Conversation, PromptQueue, PromptRecord
 from ._schema import json_schema_grammar
 from ._streams import EventStream, TokenStream
-from ._tools import ToolChoice, ToolPlan, parse_calls
+from ._tools import CallReader, ToolChoice, ToolFormat, ToolPlan, parse_calls
 from ._tools import plan as plan_tools
 
 MAX_LOGPROBS = 20  # alternatives per token, as OpenAI allows
@@ -57,14 +57,21 @@ class PromptFlow:
         stream: TokenStream,
         completions: EventStream[CompletionEvent],
         token_logprobs: EventStream[TokenLogprob],
+        tool_call_deltas: EventStream[ToolCallDelta],
         send: Callable[[protocol.Command], None],
+        tool_format: Callable[[], ToolFormat],
     ) -> None:
         self._load = load
         self._send = send
+        self._tool_format = tool_format
         self.queue = PromptQueue(slots=load.context_params.n_parallel, max_queue=max_queue)
         self.conversations = Conversations()
         self.ledger = CompletionLedger(
-            keep=keep_completed, stream=stream, completions=completions, token_logprobs=token_logprobs
+            keep=keep_completed,
+            stream=stream,
+            completions=completions,
+            token_logprobs=token_logprobs,
+            tool_call_deltas=tool_call_deltas,
         )
 
     def enqueue(
@@ -114,8 +121,11 @@ class PromptFlow:
     def dispatch(self) -> None:
         """Send queued prompts down while slots are free, in FIFO order (see `PromptQueue`)."""
         while (record := self.queue.pop_next()) is not None:
+            record.tool_format = self._tool_format()
+            if record.tools is not None and record.tools.mode != "none":
+                record.call_reader = CallReader(record.tool_format)
             try:
-                submit = self.conversations.open_turn(record)
+                submit = self.conversations.open_turn(record, record.tool_format)
             except ValueError as exc:  # its conversation was edited into something malformed
                 self.queue.finish(record.id)
                 self.end(record, "error", str(exc), error_code="invalid_prompt")
@@ -137,6 +147,9 @@ class PromptFlow:
             record.choice_pieces.setdefault(reply.choice, []).append(reply.text)
         else:
             self.ledger.token(record, reply.text, reply.logprob)
+        if reply.call and record.call_reader is not None:
+            for delta in record.call_reader.feed(reply.call):
+                self.ledger.tool_call_delta(record, delta)
 
     def finished(self, reply: protocol.Finished) -> None:
         waiting = self.queue.running.get(reply.prompt_id)
@@ -171,7 +184,8 @@ class PromptFlow:
             return
         call_text = stats.tool_text if stats is not None and record.tools is not None else None
         if call_text:
-            record.calls = parse_calls(call_text)
+            ids = () if record.call_reader is None else record.call_reader.ids
+            record.calls = parse_calls(call_text, record.tool_format, ids)
             if not record.calls:  # begun but not in a form the grammar took: it stays text
                 record.pieces.append(call_text)
         self.conversations.settle(record, record.reply, failed=reason == "error", calls=record.calls)
@@ -215,7 +229,8 @@ def with_markers(prompt: str, count: int) -> str:
 
 
 def _grammar_of(sampler: SamplerParams, options: PromptOptions) -> tuple[SamplerParams, ToolPlan | None]:
-    """The sampler with the grammar a JSON schema or a forced tool call needs, and the tool plan."""
+    """The sampler with the grammar a JSON schema needs, and the tool plan (a forced call's grammar is set at dispatch,
+    in the model's call format)."""
     if options.json_schema is not None:
         if sampler.grammar is not None:
             raise ValueError("json_schema and SamplerParams.grammar exclude each other (the schema is a grammar)")
@@ -226,7 +241,4 @@ def _grammar_of(sampler: SamplerParams, options: PromptOptions) -> tuple[Sampler
         raise ValueError("tools exclude json_schema and SamplerParams.grammar (a call has its own grammar)")
     if options.raw:
         raise ValueError("tools need the chat template to show them; a raw prompt has none")
-    tool_plan = plan_tools(options.tools, options.tool_choice)
-    if tool_plan.mode == "required":
-        sampler = dataclasses.replace(sampler, grammar=tool_plan.grammar)
-    return sampler, tool_plan
+    return sampler, plan_tools(options.tools, options.tool_choice)

@@ -13,7 +13,15 @@ import collections
 import time
 
 from . import _protocol as protocol
-from ._events import CompletionChoice, CompletionEvent, CompletionTimings, ErrorCode, FinishReason, TokenLogprob
+from ._events import (
+    CompletionChoice,
+    CompletionEvent,
+    CompletionTimings,
+    ErrorCode,
+    FinishReason,
+    TokenLogprob,
+    ToolCallDelta,
+)
 from ._queue import PromptRecord
 from ._streams import EventStream, TokenStream
 
@@ -28,8 +36,10 @@ class CompletionLedger:
         stream: TokenStream,
         completions: EventStream[CompletionEvent],
         token_logprobs: EventStream[TokenLogprob],
+        tool_call_deltas: EventStream[ToolCallDelta],
     ) -> None:
         self._keep = keep
+        self._tool_call_deltas = tool_call_deltas
         self._stream = stream
         self._completions = completions
         self._token_logprobs = token_logprobs
@@ -66,6 +76,14 @@ class CompletionLedger:
             self._stream._emit(text)
             if record.scope is not None:
                 record.scope.stream._emit(text)
+
+    def tool_call_delta(self, record: PromptRecord, delta: ToolCallDelta) -> None:
+        """A piece of one of a prompt's tool calls, to the streams."""
+        if record.first_token is None:
+            record.first_token = time.monotonic()
+        self._tool_call_deltas._emit(delta)
+        if record.scope is not None:
+            record.scope.tool_call_deltas._emit(delta)
 
     def complete(
         self,

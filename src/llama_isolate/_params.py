@@ -364,6 +364,9 @@ class LlamaLoad:
             `sampler_params` is the default of every prompt.
         mmproj_path: a multimodal projector GGUF; enables image prompts (stored as a str).
         chat_template: a Jinja chat template that replaces the model's own.
+        tool_format: how the model writes tool calls: ``"hermes"`` (``<tool_call>``
+            JSON), ``"llama3"`` (Llama 3's JSON reply), or ``"auto"`` (read from
+            the chat template, Hermes when it does not tell). See docs/tools.md.
         max_image_pixels: the largest image (width x height) an image prompt
             may carry; a larger one is refused before it is decoded (default
             33,554,432 = 32 Mi pixels, e.g. 8192 x 4096). The projector scales every
@@ -379,6 +382,7 @@ class LlamaLoad:
     sampler_params: SamplerParams = field(default_factory=SamplerParams)
     mmproj_path: str | os.PathLike[str] | None = None
     chat_template: str | None = None
+    tool_format: Literal["auto", "hermes", "llama3"] = "auto"
     max_image_pixels: int = MAX_IMAGE_PIXELS
     verbose: bool = False
 
@@ -402,5 +406,6 @@ class LlamaLoad:
             _fail(c, "chat_template", "None or non-empty Jinja text", self.chat_template)
         if self.chat_template is not None:
             _check_str(c, "chat_template", self.chat_template)
+        _check_choice(c, "tool_format", self.tool_format, ("auto", "hermes", "llama3"))
         _check_int(c, "max_image_pixels", self.max_image_pixels, 1)
         _check_bool(c, "verbose", self.verbose)

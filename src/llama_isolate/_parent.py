@@ -29,7 +29,7 @@ from typing import Any
 from . import _protocol as protocol
 from ._checks import check_images, check_int, check_text
 from ._errors import LlamaError, LlamaFeatureNotEnabled, LlamaStatusError, LlamaWorkerDied
-from ._events import CompletionEvent, Embedding, LlamaStatus, ModelInfo, TokenLogprob
+from ._events import CompletionEvent, Embedding, LlamaStatus, ModelInfo, TokenLogprob, ToolCallDelta
 from ._flow import PromptFlow, PromptOptions, with_markers
 from ._images import MEDIA_MARKER, LlamaImage
 from ._link import WorkerLink
@@ -125,6 +125,8 @@ class LlamaParent:
         """One `CompletionEvent` per finished prompt."""
         self.token_logprobs: EventStream[TokenLogprob] = EventStream()
         """Each generated token of prompts sent with ``logprobs=k``, from every scope, as a `TokenLogprob`."""
+        self.tool_call_deltas: EventStream[ToolCallDelta] = EventStream()
+        """The tool calls of prompts sent with ``tools=``, from every scope, as they are written (`ToolCallDelta`)."""
         self._flow = PromptFlow(
             load,
             max_queue=max_queue,
@@ -132,7 +134,9 @@ class LlamaParent:
             stream=self.stream,
             completions=self.completions,
             token_logprobs=self.token_logprobs,
+            tool_call_deltas=self.tool_call_deltas,
             send=lambda command: self._link.send(command),  # noqa: PLW0108 - the link is made next
+            tool_format=lambda: "hermes" if self._info is None else self._info.tool_format,
         )
         self._link = WorkerLink(
             load,
@@ -296,6 +300,7 @@ class LlamaParent:
             self.stream._close()
             self.completions._close()
             self.token_logprobs._close()
+            self.tool_call_deltas._close()
 
     # ------------------------------------------------------------------ prompts
 

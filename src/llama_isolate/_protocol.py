@@ -73,7 +73,7 @@ class Submit:
     logprobs: int | None = None  # send each token's log probability and this many alternatives
     tools: str | None = None  # the function specs (JSON) the chat template shows
     tool_marker: str | None = None  # where a tool call starts in the reply: text from there on is the call's
-    tool_grammar: str | None = None  # switched on once the marker is written (what follows it)
+    tool_grammar: str | None = None  # switched on once the marker is written (a whole call, marker included)
     n: int = 1  # choices: the prompt is read once, its KV copied to n-1 more slots, each with its own sampler
 
 
@@ -190,6 +190,7 @@ class Tokens:
     text: str
     logprob: Logprob | None = None
     choice: int = 0  # which of the prompt's `Submit.n` choices
+    call: str = ""  # new text of the reply's tool call (from its marker on), kept apart from `text`
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -313,9 +314,14 @@ class _Unpickler(pickle.Unpickler):
         return cls
 
 
+def _is_plain(tokens: Tokens) -> bool:
+    """Only text, of a prompt's first choice: the frame carries just the id and the text."""
+    return tokens.logprob is None and not tokens.choice and not tokens.call
+
+
 def encode(message: Message) -> bytes:
     """The frame for one message: length header and payload."""
-    if type(message) is Tokens and message.logprob is None and not message.choice:  # the hot path, without pickle
+    if type(message) is Tokens and _is_plain(message):  # the hot path, without pickle
         prompt_id = message.prompt_id.encode("utf-8")
         payload = b"T" + _ID_LENGTH.pack(len(prompt_id)) + prompt_id + message.text.encode("utf-8", "surrogatepass")
     else:

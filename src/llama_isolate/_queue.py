@@ -16,11 +16,11 @@ from typing import Any, Protocol
 
 from . import _protocol as protocol
 from ._errors import LlamaQueueFull
-from ._events import CompletionEvent, TokenLogprob, ToolCall
+from ._events import CompletionEvent, TokenLogprob, ToolCall, ToolCallDelta
 from ._images import LlamaImage
 from ._params import SamplerParams
 from ._streams import EventStream, TokenStream
-from ._tools import ToolPlan
+from ._tools import CallReader, ToolPlan
 
 
 class Conversation(Protocol):
@@ -30,6 +30,7 @@ class Conversation(Protocol):
     messages: list[dict[str, Any]]
     stream: TokenStream
     token_logprobs: EventStream[TokenLogprob]
+    tool_call_deltas: EventStream[ToolCallDelta]
     completions: EventStream[CompletionEvent]
 
 
@@ -48,6 +49,8 @@ class PromptRecord:
     tools: ToolPlan | None = None  # the functions the model may call, and how
     tool_call_id: str | None = None  # the prompt is the result of this call (a "tool" turn)
     calls: tuple[ToolCall, ...] = ()  # the calls the reply made
+    tool_format: str = "hermes"  # the model's, once dispatched
+    call_reader: CallReader | None = None  # reads the reply's calls as they are written (tools, not "none")
     n: int = 1  # choices asked for
     choice_pieces: dict[int, list[str]] = field(default_factory=dict)  # the text of choices 1..n-1
     choice_ends: dict[int, protocol.Finished] = field(default_factory=dict)  # how each choice ended

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from ._errors import LlamaStateError
-from ._events import CompletionEvent, ModelInfo, TokenLogprob
+from ._events import CompletionEvent, ModelInfo, TokenLogprob, ToolCallDelta
 from ._images import LlamaImage
 from ._params import LlamaLoad, SamplerParams
 from ._state import ScopeSnapshot, cache_kind, model_fingerprint, pack, unpack
@@ -103,6 +103,8 @@ class LlamaScope:
         """The completion events of this scope's prompts only."""
         self.token_logprobs: EventStream[TokenLogprob] = EventStream()
         """Each generated token of this scope's prompts sent with ``logprobs=k`` (see `TokenLogprob`)."""
+        self.tool_call_deltas: EventStream[ToolCallDelta] = EventStream()
+        """This scope's tool calls as they are written (see `ToolCallDelta`)."""
         self.messages: list[dict[str, Any]] = []
         """This conversation's chat history (see `LlamaParent.messages`)."""
         self.disposed = False
@@ -277,3 +279,4 @@ class LlamaScope:
         self.stream._close()
         self.completions._close()
         self.token_logprobs._close()
+        self.tool_call_deltas._close()

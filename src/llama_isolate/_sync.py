@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._errors import LlamaStatusError
-from ._events import CompletionEvent, Embedding, LlamaStatus, ModelInfo, TokenLogprob
+from ._events import CompletionEvent, Embedding, LlamaStatus, ModelInfo, TokenLogprob, ToolCallDelta
 from ._images import LlamaImage
 from ._params import LlamaLoad, SamplerParams
 from ._parent import LlamaParent
@@ -144,8 +144,11 @@ class SyncLlamaScope:
         self._scope = scope
         self._loop = loop
         self.stream: SyncStream[str] = SyncStream(scope.stream, loop)
-        self.token_logprobs: SyncStream[TokenLogprob] = SyncStream(scope.token_logprobs, loop)
         """This scope's tokens (blocking iteration, callbacks on the loop thread)."""
+        self.token_logprobs: SyncStream[TokenLogprob] = SyncStream(scope.token_logprobs, loop)
+        """This scope's tokens with their log probabilities (prompts sent with ``logprobs=k``)."""
+        self.tool_call_deltas: SyncStream[ToolCallDelta] = SyncStream(scope.tool_call_deltas, loop)
+        """This scope's tool calls as they are written (see `ToolCallDelta`)."""
         self.completions: SyncStream[CompletionEvent] = SyncStream(scope.completions, loop)
         """This scope's completion events."""
 
@@ -278,8 +281,11 @@ class SyncLlamaParent:
             self._loop.stop()
             raise
         self.stream: SyncStream[str] = SyncStream(self._parent.stream, self._loop)
-        self.token_logprobs: SyncStream[TokenLogprob] = SyncStream(self._parent.token_logprobs, self._loop)
         """Every generated piece of text (blocking iteration, callbacks on the loop thread)."""
+        self.token_logprobs: SyncStream[TokenLogprob] = SyncStream(self._parent.token_logprobs, self._loop)
+        """Each generated token of prompts sent with ``logprobs=k``, as a `TokenLogprob`."""
+        self.tool_call_deltas: SyncStream[ToolCallDelta] = SyncStream(self._parent.tool_call_deltas, self._loop)
+        """The tool calls of prompts sent with ``tools=``, as they are written (`ToolCallDelta`)."""
         self.completions: SyncStream[CompletionEvent] = SyncStream(self._parent.completions, self._loop)
         """One `CompletionEvent` per finished prompt."""
 

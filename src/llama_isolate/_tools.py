@@ -1,13 +1,21 @@
 """Tool calls: OpenAI-style function specs, the grammar a call must follow, and the calls read back.
 
-The format is Hermes's (also Qwen 2.5's), the one a chat template shows when
-it mentions ``<tool_call>``: each call is a JSON object with the function's
-``name`` and its ``arguments``, between ``<tool_call>`` and ``</tool_call>``
-lines, after whatever text the model writes first.
+Two formats are known, each the one a family of chat templates shows:
+
+- ``"hermes"`` (Hermes, Qwen 2.5, and our `CHATML_TOOLS_TEMPLATE`): each call
+  is a JSON object with the function's ``name`` and its ``arguments``,
+  between ``<tool_call>`` and ``</tool_call>`` lines, after whatever text
+  the model writes first.
+- ``"llama3"`` (Llama 3.1 to 3.3): the reply is the call itself, a JSON
+  object with the ``name`` and its ``parameters``.
+
+In both a call starts where the model writes its marker (``<tool_call>``,
+or ``{"name"`` for Llama 3), and the grammar fixes the object's form:
+``{"name": ...`` first, then the arguments.
 
 - ``tool_choice="required"`` or a named function: the reply is a call from
-  its first token (the grammar covers the markers too).
-- ``"auto"``: the model writes freely; once it writes ``<tool_call>`` the
+  its first token.
+- ``"auto"``: the model writes freely; once it writes the marker, the
   grammar takes over for the rest (the worker switches it on, see
   `Sampler.activate`), so a call it starts is always well formed.
 - ``"none"``: the template still shows the tools, nothing is enforced, and
@@ -15,7 +23,8 @@ lines, after whatever text the model writes first.
 
 A call's arguments follow the function's parameter schema through the same
 checked conversion as `json_schema=` (`_schema`): a schema the grammar cannot
-enforce is refused with `LlamaSchemaError`.
+enforce is refused with `LlamaSchemaError`. `CallReader` reads a call while
+it is written, for streams of argument deltas.
 """
 
 from __future__ import annotations
@@ -24,11 +33,11 @@ import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ._errors import LlamaSchemaError
-from ._events import ToolCall
+from ._events import ToolCall, ToolCallDelta
 from ._schema import json_schema_grammar
 
 # A ChatML template (SmolLM2's, as its own renders a conversation without tools) that shows the tools in
@@ -74,20 +83,51 @@ CHATML_TOOLS_TEMPLATE = """{%- if messages and messages[0].role == "system" -%}
 {%- if add_generation_prompt -%}{{- "<|im_start|>assistant\\n" -}}{%- endif -%}
 """
 
-MARKER = "<tool_call>"
-END = "</tool_call>"
+ToolFormat = Literal["hermes", "llama3"]
 ToolChoice = Literal["auto", "required", "none"] | Mapping[str, Any]
+Mode = Literal["auto", "required", "none"]
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 @dataclass(frozen=True)
+class CallFormat:
+    """How one family of templates writes a call (see the module's docstring)."""
+
+    marker: str  # where a call starts in a reply
+    key: str  # the arguments' key in the call's JSON object
+    opening: str  # written before the JSON object ("" when the marker is the object's own start)
+    closing: str  # written after it
+    root: str  # GBNF of a whole call around the rule ``call``
+
+
+FORMATS: dict[str, CallFormat] = {
+    "hermes": CallFormat(
+        marker="<tool_call>",
+        key="arguments",
+        opening="<tool_call>\n",
+        closing="\n</tool_call>",
+        root='"<tool_call>" "\\n"? call "\\n"? "</tool_call>"',
+    ),
+    "llama3": CallFormat(marker='{"name"', key="parameters", opening="", closing="", root="call"),
+}
+
+
+@dataclass(frozen=True)
 class ToolPlan:
-    """What one prompt with tools sends to the worker."""
+    """What one prompt with tools sends to the worker, in the format the model writes calls in."""
 
     specs_json: str  # the tools, for the chat template
-    mode: Literal["auto", "required", "none"]
-    grammar: str | None  # required: the whole reply; auto: what follows the marker
-    marker: str | None  # where a call starts in the text (None for "none")
+    mode: Mode
+    chosen: tuple[dict[str, Any], ...]  # the functions a call may name
+    _grammars: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def grammar(self, format: str) -> str | None:
+        """GBNF of one whole call, marker included (None for ``"none"``): the reply after the marker follows it."""
+        if self.mode == "none":
+            return None
+        if format not in self._grammars:
+            self._grammars[format] = _call_grammar(list(self.chosen), FORMATS[format])
+        return self._grammars[format]
 
 
 def plan(tools: object, tool_choice: object) -> ToolPlan:
@@ -95,13 +135,9 @@ def plan(tools: object, tool_choice: object) -> ToolPlan:
     specs = tool_specs(tools)
     mode, chosen = _choice(tool_choice, specs)
     specs_json = json.dumps([spec["function"] for spec in specs], ensure_ascii=False)
-    if mode == "none":
-        return ToolPlan(specs_json, mode, None, None)
-    # One call per reply: after it only the end of the reply may come.
-    after_marker = f'"\\n"? call "\\n"? "{_gbnf(END)}"'
-    start = f'"{_gbnf(MARKER)}" ' if mode == "required" else ""
-    grammar = f"root ::= {start}{after_marker}\n{_call_rules(chosen)}"
-    return ToolPlan(specs_json, mode, grammar, MARKER)
+    tool_plan = ToolPlan(specs_json, mode, tuple(chosen))
+    tool_plan.grammar("hermes")  # refuses, now, parameters the grammar cannot enforce (in any format)
+    return tool_plan
 
 
 def tool_specs(tools: object) -> list[dict[str, Any]]:
@@ -132,9 +168,6 @@ def tool_specs(tools: object) -> list[dict[str, Any]]:
     return specs
 
 
-Mode = Literal["auto", "required", "none"]
-
-
 def _choice(tool_choice: object, specs: list[dict[str, Any]]) -> tuple[Mode, list[dict[str, Any]]]:
     for mode in ("auto", "required", "none"):
         if tool_choice == mode:
@@ -149,8 +182,14 @@ def _choice(tool_choice: object, specs: list[dict[str, Any]]) -> tuple[Mode, lis
     raise ValueError(f"tool_choice must be 'auto', 'required', 'none' or {{'name': ...}}, got {tool_choice!r}")
 
 
-def _call_rules(specs: list[dict[str, Any]]) -> str:
-    """GBNF for one call's JSON (rule ``call``): one of the functions, with arguments valid for it."""
+def _call_grammar(specs: list[dict[str, Any]], form: CallFormat) -> str:
+    """GBNF of one call in `form`: ``{"name": <one of the functions>, <key>: <its arguments>}``.
+
+    The JSON object is written ``{"name"`` first, without a space: that is
+    where Llama 3's marker is found. The name's and the arguments' rules
+    come from the checked conversion of one schema with an alternative per
+    function (rules ``alternative-I-name`` and ``alternative-I-<key>-kv``).
+    """
     options = []
     defs: dict[str, Any] = {}
     for i, spec in enumerate(specs):
@@ -159,16 +198,24 @@ def _call_rules(specs: list[dict[str, Any]]) -> str:
         options.append(
             {
                 "type": "object",
-                "properties": {"name": {"const": function["name"]}, "arguments": parameters},
-                "required": ["name", "arguments"],
+                "properties": {"name": {"const": function["name"]}, form.key: parameters},
+                "required": ["name", form.key],
                 "additionalProperties": False,
             }
         )
     schema: dict[str, Any] = {"anyOf": options}
     if defs:
         schema["$defs"] = defs
-    grammar = json_schema_grammar(schema)
-    return re.sub(r"^root ::=", "call ::=", grammar, count=1, flags=re.MULTILINE)
+    rules = re.sub(r"^root ::=.*\n?", "", json_schema_grammar(schema), count=1, flags=re.MULTILINE)
+    pairs = []
+    for i in range(len(specs)):
+        name, arguments = f"alternative-{i}-name", f"alternative-{i}-{form.key}-kv"
+        for rule in (name, arguments):
+            if not re.search(rf"^{re.escape(rule)} ::=", rules, re.MULTILINE):
+                raise RuntimeError(f"the schema converter named its rules differently: no {rule}")
+        pairs.append(f'{name} "," space {arguments}')
+    call = '"{\\"name\\"" space ":" space (' + " | ".join(pairs) + ') "}" space'
+    return f"root ::= {form.root}\ncall ::= {call}\n{rules}"
 
 
 def _hoist_defs(parameters: Mapping[str, Any], prefix: str, defs: dict[str, Any], where: str) -> Any:
@@ -204,38 +251,107 @@ def _gbnf(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def parse_calls(call_text: str | None) -> tuple[ToolCall, ...]:
-    """The calls in the text the model wrote from the first marker on (grammar-checked, so they parse)."""
+def parse_calls(call_text: str | None, format: str, ids: Sequence[str] = ()) -> tuple[ToolCall, ...]:
+    """The calls in the text the model wrote from the first marker on (grammar-checked, so they parse).
+
+    The i-th call gets ``ids[i]`` when there is one (the id its stream deltas had), a new id otherwise.
+    """
     if not call_text:
         return ()
-    calls = []
+    form = FORMATS[format]
+    calls: list[ToolCall] = []
     decoder = json.JSONDecoder()
-    at = call_text.find(MARKER)
+    at = call_text.find(form.marker)
     while at >= 0:
-        start = call_text.find("{", at + len(MARKER))
+        start = call_text.find("{", at)
         if start < 0:
             break
         try:  # the JSON object, whatever its strings hold (even "</tool_call>")
             body, end = decoder.raw_decode(call_text, start)
         except json.JSONDecodeError:
             break
-        if isinstance(body, dict) and isinstance(body.get("name"), str) and isinstance(body.get("arguments"), dict):
-            calls.append(ToolCall(f"call_{uuid.uuid4().hex[:24]}", body["name"], body["arguments"]))
-        at = call_text.find(MARKER, end)
+        if isinstance(body, dict) and isinstance(body.get("name"), str) and isinstance(body.get(form.key), dict):
+            call_id = ids[len(calls)] if len(calls) < len(ids) else new_call_id()
+            calls.append(ToolCall(call_id, body["name"], body[form.key]))
+        at = call_text.find(form.marker, end)
     return tuple(calls)
 
 
-def render_calls(content: str, calls: Sequence[Mapping[str, Any]]) -> str:
+def new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def render_calls(content: str, calls: Sequence[Mapping[str, Any]], format: str) -> str:
     """An assistant message's content with its tool calls written as the model writes them."""
+    form = FORMATS[format]
     parts = [content] if content else []
     for call in calls:
         function = call.get("function", call)
         arguments = function.get("arguments", {})
         if isinstance(arguments, str):
             arguments = json.loads(arguments) if arguments.strip() else {}
-        body = json.dumps({"name": function.get("name"), "arguments": arguments}, ensure_ascii=False)
-        parts.append(f"{MARKER}\n{body}\n{END}")
+        body = json.dumps({"name": function.get("name"), form.key: arguments}, ensure_ascii=False)
+        parts.append(f"{form.opening}{body}{form.closing}")
     return "\n".join(parts)
+
+
+class CallReader:
+    """Reads the calls of a reply while it is written: each call's name once it is whole, then its arguments.
+
+    `feed` takes the reply's text from its first marker on, piece by piece,
+    and returns the `ToolCallDelta`s that text completes. The arguments'
+    JSON text is passed on as written, up to the brace that closes it.
+    """
+
+    def __init__(self, format: str) -> None:
+        key = re.escape(json.dumps(FORMATS[format].key))
+        self._head = re.compile(r'\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*' + key + r"\s*:\s*")
+        self._text = ""
+        self._at = 0  # where reading goes on
+        self.ids: list[str] = []  # of the calls begun, in order
+        self._depth = 0  # inside a call's arguments while > 0
+        self._in_string = False
+        self._escaped = False
+
+    def feed(self, text: str) -> list[ToolCallDelta]:
+        self._text += text
+        deltas: list[ToolCallDelta] = []
+        while self._at < len(self._text):
+            if self._depth == 0:
+                head = self._head.search(self._text, self._at)
+                if head is None or head.end() == len(self._text):  # not whole yet (or no call at all)
+                    break
+                self.ids.append(new_call_id())
+                deltas.append(ToolCallDelta(len(self.ids) - 1, self.ids[-1], json.loads(head[1]), ""))
+                self._at = head.end()
+                if self._text[self._at] != "{":  # arguments are an object; anything else is not read
+                    break
+            start = self._at
+            self._at = self._scan(start)
+            deltas.append(ToolCallDelta(len(self.ids) - 1, self.ids[-1], "", self._text[start : self._at]))
+        return [d for d in deltas if d.name or d.arguments]
+
+    def _scan(self, at: int) -> int:
+        """Where the arguments' text read from `at` ends: at the closing brace, or at the end of the text."""
+        text = self._text
+        for i in range(at, len(text)):
+            char = text[i]
+            if self._in_string:
+                if self._escaped:
+                    self._escaped = False
+                elif char == "\\":
+                    self._escaped = True
+                elif char == '"':
+                    self._in_string = False
+            elif char == '"':
+                self._in_string = True
+            elif char in "{[":
+                self._depth += 1
+            elif char in "}]":
+                self._depth -= 1
+                if self._depth == 0:
+                    return i + 1
+        return len(text)
 
 
 def openai_calls(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:

@@ -48,6 +48,7 @@ class Running:
     choice: int = 0  # which of the request's `n` choices this is
     forked: bool = False  # on choice 0: the other choices were started (see `choices.fork`)
     forks: int = 0  # on choice 0: how many were
+    call_sent: int = 0  # characters of the reply's tool call (`Detokenizer.call_text`) sent so far
     # this step's share of the batch:
     batch_tokens: list[int] = field(default_factory=list)
     logits_index: int = -1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
 import jinja2.sandbox
@@ -30,11 +30,20 @@ def _strftime_now(fmt: str) -> str:
     return datetime.datetime.now().strftime(fmt)
 
 
+def tool_format_of(template: str | None) -> Literal["hermes", "llama3"]:
+    """How a template shows tool calls: Llama 3's JSON when it has Llama 3's tool turn (``ipython``), else Hermes's
+    ``<tool_call>`` (which templates without any tool support get too; see docs/tools.md)."""
+    if template and "<tool_call>" not in template and "<|start_header_id|>" in template and "ipython" in template:
+        return "llama3"
+    return "hermes"
+
+
 class ChatFormatter:
     """Renders conversations with one template, or as plain text when there is none."""
 
     def __init__(self, template: str | None, *, bos_token: str, eos_token: str) -> None:
         self.has_template = template is not None
+        self.tool_format = tool_format_of(template)
         self._bos = bos_token
         self._eos = eos_token
         self._template: jinja2.Template | None = None

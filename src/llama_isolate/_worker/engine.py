@@ -92,6 +92,7 @@ class Engine:
         except LoadFailure:
             self._handles.close()
             raise
+        self._tool_format = self._vocab.chat.tool_format if load.tool_format == "auto" else load.tool_format
         ctx = self._handles.ctx
         self._abort = AbortFlag()
         self._batch: Batch | None = None
@@ -127,6 +128,7 @@ class Engine:
             n_embd=int(C.llama_model_n_embd(model)),
             n_vocab=self._vocab.n_tokens,
             has_chat_template=self._vocab.chat.has_template,
+            tool_format=self._tool_format,
         )
 
     @property
@@ -381,12 +383,15 @@ class Engine:
         if not calling and run.detok.call_text is not None and not self._tool_call_started(run):
             more, cut = run.detok.abandon_call()
             text, stopped = text + more, stopped or cut
+        call = ""
+        if run.detok.call_text is not None:
+            call, run.call_sent = run.detok.call_text[run.call_sent :], len(run.detok.call_text)
         logprob = None
         if run.sampler.last is not None:
             chosen, top = run.sampler.last
             logprob = (token, piece, chosen, tuple((t, self._vocab.piece(t), lp) for t, lp in top))
-        if text or logprob is not None:
-            self._emit(protocol.Tokens(run.request.prompt_id, text, logprob, run.choice))
+        if text or call or logprob is not None:
+            self._emit(protocol.Tokens(run.request.prompt_id, text, logprob, run.choice, call))
         if stopped:
             self._finish(run, "stop", flush=False)
         elif run.generated == run.request.max_tokens or run.n_past + 1 >= self._n_ctx:
@@ -401,7 +406,7 @@ class Engine:
         call = run.detok.call_text
         if request.tool_grammar is None or request.tool_marker is None or call is None:
             return True
-        written = self._vocab.tokenize(call[len(request.tool_marker) :], add_special=False, parse_special=False)
+        written = self._vocab.tokenize(call, add_special=False, parse_special=False)  # the grammar covers the marker
         if run.sampler.activate(request.tool_grammar, written):
             return True
         logger.info("a tool call began in a form its grammar does not accept; it is left as text")

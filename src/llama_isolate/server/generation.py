@@ -32,17 +32,18 @@ from llama_isolate import (
     LlamaStatusError,
     SamplerParams,
     TokenLogprob,
+    ToolCallDelta,
 )
 
 from .convert import Turn
 from .errors import CLIENT_GONE_KEY, ApiError, ClientGone
 
 T = TypeVar("T")
-Item = str | CompletionEvent
+Item = str | ToolCallDelta | CompletionEvent
 
 
 class Generation:
-    """A prompt sent through its own scope; `next()` gives its text pieces, then its `CompletionEvent`."""
+    """A prompt sent through its own scope; `next()` gives its text pieces and tool-call deltas, then its event."""
 
     def __init__(
         self,
@@ -55,6 +56,7 @@ class Generation:
         self._scope = parent.get_scope()
         self._items: asyncio.Queue[Item] = asyncio.Queue()
         self._scope.stream.listen(self._piece)
+        self._scope.tool_call_deltas.listen(self._piece)
         self._scope.completions.listen(self._items.put_nowait)
         self._logprobs: list[TokenLogprob] = []
         self._scope.token_logprobs.listen(self._logprobs.append)
@@ -63,7 +65,7 @@ class Generation:
         """True from the first piece of text on."""
         self._closed = False
 
-    def _piece(self, text: str) -> None:
+    def _piece(self, text: str | ToolCallDelta) -> None:
         if not self.generating:
             self.generating = True
             self._on_first()
@@ -128,17 +130,18 @@ class Generation:
         return taken
 
     async def next(self) -> Item:
-        """The next text piece, or the event (the last item)."""
+        """The next text piece or tool-call delta, or the event (the last item)."""
         item = await self._items.get()
         if isinstance(item, CompletionEvent):
             self.event = item
         return item
 
     async def finish(self) -> tuple[str, CompletionEvent]:
-        """Every piece to the end: the text and the event."""
+        """Every piece to the end: the text and the event (whose calls are whole)."""
         pieces = []
         while not isinstance(item := await self.next(), CompletionEvent):
-            pieces.append(item)
+            if isinstance(item, str):
+                pieces.append(item)
         return "".join(pieces), item
 
     async def close(self) -> None:

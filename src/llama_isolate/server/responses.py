@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from llama_isolate import CompletionChoice, CompletionEvent, TokenLogprob
+from llama_isolate import CompletionChoice, CompletionEvent, TokenLogprob, ToolCallDelta
 
 from .errors import error_body, event_error
 from .generation import Generation, Item
@@ -148,13 +148,18 @@ class Reply:
         usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
         if self.kind == "chat":
             yield sse({**self._head(True), "choices": [self._choice("", None, first=True)], **usage_field})
-        item = first
-        while isinstance(item, str):
-            choice = self._choice(item, None, entries=generation.take_logprobs())
-            yield sse({**self._head(True), "choices": [choice], **usage_field})
+        item, streamed_calls = first, False
+        while not isinstance(item, CompletionEvent):
+            if isinstance(item, ToolCallDelta):
+                streamed_calls = True
+                choice = {"index": 0, "delta": {"tool_calls": [_call_delta(item)]}, "logprobs": None}
+                yield sse({**self._head(True), "choices": [{**choice, "finish_reason": None}], **usage_field})
+            else:
+                choice = self._choice(item, None, entries=generation.take_logprobs())
+                yield sse({**self._head(True), "choices": [choice], **usage_field})
             item = await generation.next()
         if completed(item):
-            if item.tool_calls:  # whole: a call's arguments are read once the call is complete
+            if item.tool_calls and not streamed_calls:  # (a text completion's)
                 calls = {"index": 0, "delta": {"tool_calls": tool_calls(item, indexed=True)}, "logprobs": None}
                 yield sse({**self._head(True), "choices": [{**calls, "finish_reason": None}], **usage_field})
             for other in item.choices[1:]:  # the other choices, whole, once the prompt has ended
@@ -167,6 +172,14 @@ class Reply:
             error = event_error(item)
             yield sse(error_body(error.status, error.message, code=error.code))
         yield DONE
+
+
+def _call_delta(delta: ToolCallDelta) -> dict[str, Any]:
+    """A call's piece in a chunk: its first carries the id, type and name, the others the next arguments' text."""
+    if delta.name:
+        function = {"name": delta.name, "arguments": delta.arguments}
+        return {"index": delta.index, "id": delta.id, "type": "function", "function": function}
+    return {"index": delta.index, "function": {"arguments": delta.arguments}}
 
 
 def _chat_entry(entry: TokenLogprob, top: Sequence[TokenLogprob] | None) -> dict[str, Any]:

@@ -10,7 +10,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from llama_isolate import LlamaContextLengthExceeded, LlamaFeatureNotEnabled, LlamaRequestError, LlamaStatus
+from llama_isolate import (
+    CompletionEvent,
+    LlamaContextLengthExceeded,
+    LlamaFeatureNotEnabled,
+    LlamaRequestError,
+    LlamaStatus,
+)
 
 from . import convert
 from .errors import ApiError, event_error
@@ -78,14 +84,14 @@ async def _answer(
     generation = await service.generate(turn, sampler, max_tokens, raw=raw, param=param)
     try:
         first = await unless_disconnected(request.receive, generation.next())
-        if not isinstance(first, str) and not completed(first):
+        if isinstance(first, CompletionEvent) and not completed(first):
             raise event_error(first, param)
         if body.stream:
             return EventStreamResponse(reply.stream(generation, first, body.include_usage), generation.close)
         text = ""
-        if isinstance(first, str):
+        if not isinstance(first, CompletionEvent):
             rest, _ = await unless_disconnected(request.receive, generation.finish())
-            text = first + rest
+            text = (first if isinstance(first, str) else "") + rest
         event = generation.event
         assert event is not None
         if not completed(event):
