@@ -23,6 +23,7 @@ import asyncio
 import base64
 import collections
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -218,13 +219,30 @@ parts = st.one_of(
     ),
     json_values,
 )
+# An assistant's calls, as a client echoes them back (arguments are JSON text, or anything else).
+tool_calls = st.lists(
+    st.fixed_dictionaries(
+        {
+            "id": http_texts,
+            "type": st.just("function"),
+            "function": st.fixed_dictionaries(
+                {"name": http_texts, "arguments": st.one_of(json_values.map(json.dumps), http_texts, json_values)}
+            ),
+        }
+    ),
+    max_size=2,
+)
 http_messages = st.lists(
     st.one_of(
         st.fixed_dictionaries(
             {
                 "role": st.one_of(st.sampled_from(["user", "assistant", "system", "developer", "tool"]), json_values),
                 "content": st.one_of(http_texts, st.lists(parts, max_size=3), st.none(), json_values),
-            }
+            },
+            optional={
+                "tool_calls": st.one_of(tool_calls, json_values),
+                "tool_call_id": st.one_of(http_texts, json_values),
+            },
         ),
         json_values,
     ),
@@ -334,5 +352,6 @@ def test_no_http_request_gets_a_5xx_or_stops_the_server(http_server: str, endpoi
         answer = json.loads(content)
         if response.status_code == 400:
             assert set(answer) == {"error"} and answer["error"]["message"], answer
+            assert not re.search(r"scope-[0-9]+-", answer["error"]["message"]), answer  # no internal names
     assert httpx.get(http_server + "/health", timeout=WAIT_S).status_code == 200
     wait_until(lambda: metric(http_server, "llama_isolate_prompts_running") == 0, WAIT_S, "every prompt to end")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -162,6 +163,17 @@ def _tool_message(message: ChatMessage, where: str) -> dict[str, Any]:
         raise ApiError(400, f"{where}: only assistant messages make tool calls", param=f"{where}.tool_calls")
     text = content if isinstance(content, str) else ""
     calls = [call.model_dump() for call in message.tool_calls or ()]
+    for j, call in enumerate(calls):
+        arguments = call["function"]["arguments"]
+        parsed: Any = arguments
+        if isinstance(arguments, str):
+            try:
+                parsed = json.loads(arguments) if arguments.strip() else {}
+            except ValueError:
+                parsed = None
+        if not isinstance(parsed, dict):
+            param = f"{where}.tool_calls[{j}].function.arguments"
+            raise ApiError(400, f"{param} must be a JSON object (as text), got {arguments!r:.80}", param=param)
     return {"role": "assistant", "content": text, "tool_calls": calls}
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -158,6 +159,9 @@ class Generation:
         self._on_close(self)
 
 
+_SCOPE_HISTORY = re.compile(r"\bscope scope-[0-9]+-[0-9a-f]+ messages")
+
+
 def _refusal(exc: BaseException, param: str, schema_param: str) -> BaseException:
     if isinstance(exc, LlamaQueueFull):
         return ApiError(429, f"the server is busy: {exc}", code="queue_full")
@@ -169,9 +173,11 @@ def _refusal(exc: BaseException, param: str, schema_param: str) -> BaseException
     if isinstance(exc, LlamaFeatureNotEnabled):
         return ApiError(400, str(exc), param=param, code="images_not_supported")
     if isinstance(exc, (ValueError, TypeError)):
-        named = str(exc).split("[", 1)[0].split(" ", 1)[0]  # "tools[1] needs ...", "tool_choice names ..."
-        where = named if named in ("tools", "tool_choice", "n") else param
-        return ApiError(400, str(exc), param=where, code="invalid_value")
+        # The library names a scope's history by the scope's id; the client knows it as its own messages.
+        message = _SCOPE_HISTORY.sub("messages", str(exc))
+        named = message.split("[", 1)[0].split(" ", 1)[0]  # "tools[1] needs ...", "tool_choice names ..."
+        where = named if named in ("tools", "tool_choice", "n", "messages") else param
+        return ApiError(400, message, param=where, code="invalid_value")
     return exc
 
 
