@@ -441,6 +441,35 @@ def test_a_full_queue_is_429_with_retry_after(model_path: Path) -> None:
         assert statuses == [200]
 
 
+def test_embeddings_beyond_the_queue_are_429(model_path: Path) -> None:
+    import psutil
+
+    before = {child.pid for child in psutil.Process().children()}
+    with serving(create_app(server_load(model_path, n_parallel=1), max_queue=1)) as url:
+        (worker,) = [child for child in psutil.Process().children() if child.pid not in before]
+        embed = url + "/v1/embeddings"
+        outcome: list[httpx.Response] = []
+        senders = [
+            threading.Thread(target=lambda: outcome.append(httpx.post(embed, json={"input": "a"}, timeout=60)))
+            for _ in range(2)
+        ]
+        worker.suspend()  # holds the first request in the worker, and the second behind it
+        try:
+            for sender in senders:
+                sender.start()
+            wait_until(lambda: metric(url, "llama_isolate_embedding_requests") == 2, what="two embeddings requests in")
+            refused = httpx.post(embed, json={"input": "one more"}, timeout=60)  # max_queue=1: one may wait
+        finally:
+            worker.resume()
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        assert error_of(refused)["code"] == "queue_full"
+        for sender in senders:
+            sender.join(timeout=60)
+        assert [r.status_code for r in outcome] == [200, 200]
+        assert metric(url, "llama_isolate_embedding_requests") == 0
+        assert httpx.post(embed, json={"input": "now"}, timeout=60).status_code == 200
+
+
 def test_mounted_under_a_prefix_of_another_app(model_path: Path) -> None:
     from fastapi import FastAPI
 

@@ -25,6 +25,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.in_flight = 0  # prompts sent and not ended
         self.generating = 0  # of which have produced text
+        self.embedding_requests = 0  # embeddings requests in flight
         self._parent: LlamaParent | None = None
         Gauge(f"{PREFIX}_queue_length", "Prompts waiting for a slot.", registry=self.registry).set_function(
             self._queued
@@ -37,6 +38,11 @@ class Metrics:
             "Prompts past their first token (the others running still read their prompt).",
             registry=self.registry,
         ).set_function(lambda: self.generating)
+        Gauge(
+            f"{PREFIX}_embedding_requests",
+            "Embeddings requests in flight (one text is embedded at a time; the others wait).",
+            registry=self.registry,
+        ).set_function(lambda: self.embedding_requests)
         self._generated = Counter(f"{PREFIX}_tokens_generated", "Tokens generated.", registry=self.registry)
         self._processed = Counter(
             f"{PREFIX}_prompt_tokens_processed",

@@ -109,6 +109,20 @@ async def _answer(
 async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
     service = service_of(request)
     texts = [body.input] if isinstance(body.input, str) else body.input
+    with service.embedding_turn():
+        data, tokens = await _embed_all(service, body, texts, request)
+    return {
+        "object": "list",
+        "data": data,
+        "model": service.name,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+async def _embed_all(
+    service: ModelService, body: EmbeddingRequest, texts: list[str], request: Request
+) -> tuple[list[dict[str, Any]], int]:
+    """Each text's embedding, in order, and the tokens they took."""
     data = []
     tokens = 0
     for i, text in enumerate(texts):
@@ -133,12 +147,7 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]
         if body.encoding_format == "base64":
             encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
         data.append({"object": "embedding", "index": i, "embedding": encoded})
-    return {
-        "object": "list",
-        "data": data,
-        "model": service.name,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
+    return data, tokens
 
 
 @router.api_route("/health", methods=["GET", "HEAD"])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from llama_isolate import (
@@ -146,3 +148,15 @@ class ModelService:
 
     async def embed(self, text: str) -> Embedding:
         return await self.ready().embed(text, normalize=True)
+
+    @contextlib.contextmanager
+    def embedding_turn(self) -> Iterator[None]:
+        """Hold a place for one embeddings request; 429 when `max_queue` of them already wait behind one running."""
+        if self._max_queue is not None and self.metrics.embedding_requests > self._max_queue:
+            message = f"the server is busy: {self.metrics.embedding_requests} embeddings requests are in (--max-queue)"
+            raise ApiError(429, message, code="queue_full")
+        self.metrics.embedding_requests += 1
+        try:
+            yield
+        finally:
+            self.metrics.embedding_requests -= 1
