@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import socket
 import struct
 import threading
 from collections.abc import Iterator
@@ -393,6 +394,26 @@ def test_a_body_over_the_cap_is_413(model_path: Path) -> None:
         assert error_of(response)["code"] == "request_too_large"
         chunked = httpx.post(url + CHAT, content=iter([b"{" + b" " * 3000 + b"}"]), timeout=30)  # no Content-Length
         assert chunked.status_code == 413
+        assert httpx.post(url + CHAT, json={"messages": ask("hi"), "max_tokens": 2}, timeout=60).status_code == 200
+
+
+def test_a_body_that_trickles_in_is_408_and_the_server_serves_on(model_path: Path) -> None:
+    with serving(create_app(server_load(model_path, n_parallel=1), body_timeout=0.5)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as slow:
+            head = (
+                f"POST {CHAT} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+            )
+            slow.sendall(head.encode() + b'{"messages": ')  # and then nothing more
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = slow.recv(4096)  # the server answers once the body is late (30 s timeout: a failure)
+                if not chunk:
+                    break
+                answer += chunk
+        status_line, _, rest = answer.partition(b"\r\n")
+        assert status_line.split()[1] == b"408", answer
+        assert json.loads(rest.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
         assert httpx.post(url + CHAT, json={"messages": ask("hi"), "max_tokens": 2}, timeout=60).status_code == 200
 
 

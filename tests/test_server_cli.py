@@ -24,7 +24,8 @@ def test_help_names_every_option() -> None:
     result = cli("serve", "--help")
     assert result.returncode == 0
     for option in ("--model", "--mmproj", "--host", "--port", "--parallel", "--ctx", "--threads", "--max-queue",
-                   "--api-key", "--cors-origin", "--model-name", "--max-body-bytes", "--chat-template"):  # fmt: skip
+                   "--api-key", "--cors-origin", "--model-name", "--max-body-bytes", "--body-timeout",
+                   "--chat-template"):  # fmt: skip
         assert option in result.stdout
     assert "127.0.0.1" in result.stdout  # bound to this machine unless told otherwise
 
@@ -36,6 +37,8 @@ def test_help_names_every_option() -> None:
         (["--port", "70000"], "--port"),
         (["--ctx", "8"], "n_ctx"),
         (["--chat-template", "/no/such/template.jinja"], "--chat-template"),
+        (["--body-timeout", "0"], "--body-timeout"),
+        (["--body-timeout", "nan"], "--body-timeout"),
     ],
 )
 def test_bad_options_exit_2_before_loading(args: list[str], message: str) -> None:

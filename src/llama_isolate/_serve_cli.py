@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import signal
 from pathlib import Path
@@ -81,6 +82,13 @@ def add_parser(commands: Any) -> None:
     http.add_argument(
         "--max-body-bytes", type=int, default=32 * 2**20, metavar="N", help="larger request bodies get 413 (32 MiB)"
     )
+    http.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds a request's body may take to arrive; a slower one gets 408 (default 30)",
+    )
 
 
 def describe(args: argparse.Namespace) -> LlamaLoad:
@@ -91,6 +99,8 @@ def describe(args: argparse.Namespace) -> LlamaLoad:
     key = args.api_key
     if key and (not key.isascii() or not key.isprintable() or " " in key):
         raise ValueError("--api-key must be printable ASCII without spaces (it travels in an HTTP header)")
+    if not (math.isfinite(args.body_timeout) and args.body_timeout > 0):
+        raise ValueError(f"--body-timeout must be a number of seconds > 0, got {args.body_timeout}")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be 0..65535, got {args.port}")
     context: dict[str, Any] = {
@@ -132,6 +142,7 @@ def run(args: argparse.Namespace, load: LlamaLoad) -> int:
         cors_origins=args.cors_origin,
         max_queue=args.max_queue,
         max_body_bytes=args.max_body_bytes,
+        body_timeout=args.body_timeout,
     )
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again
     # under the handler that was there before it: this one, so the process

@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from llama_isolate import LlamaLoad
 
 from . import errors
-from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestCounter
+from .middleware import DEFAULT_BODY_TIMEOUT_S, ApiKeyMiddleware, BodyLimitMiddleware, RequestCounter
 from .routes import router
 from .service import ModelService, default_load, model_name_of
 
@@ -33,6 +33,7 @@ def create_app(
     max_queue: int | None = DEFAULT_MAX_QUEUE,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     init_timeout: float | None = None,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
 ) -> FastAPI:
     """An OpenAI-compatible ASGI app serving one model; the model loads when the app starts (its lifespan).
 
@@ -47,6 +48,7 @@ def create_app(
         cors_origins: origins allowed to call the API from a browser (none by default).
         max_queue: prompts that may wait for a slot; more get 429 (None: no limit).
         max_body_bytes: larger request bodies get 413.
+        body_timeout: seconds a request's body may take to arrive; a slower one gets 408.
         init_timeout: how long the model may take to load (default: `default_init_timeout`).
 
     Mounted inside another app, the model loads with the host's lifespan,
@@ -89,7 +91,7 @@ def create_app(
         async def page() -> FileResponse:
             return FileResponse(STATIC / "index.html")
 
-    app.add_middleware(BodyLimitMiddleware, limit=max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=max_body_bytes, timeout=body_timeout)
     if api_key:
         app.add_middleware(ApiKeyMiddleware, key=api_key)
     app.add_middleware(RequestCounter, count=service.metrics.request, endpoints=COUNTED)  # 401 and 413 too

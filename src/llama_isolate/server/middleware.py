@@ -1,4 +1,4 @@
-"""ASGI middleware: the API key, the request body cap, and request counting.
+"""ASGI middleware: the API key, the request body's cap and deadline, and request counting.
 
 Plain ASGI (not Starlette's `BaseHTTPMiddleware`), so the ``receive``
 channel that disconnect detection reads passes through untouched.
@@ -6,14 +6,17 @@ channel that disconnect detection reads passes through untouched.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import time
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import CLIENT_GONE_KEY, CLIENT_GONE_STATUS, ApiError
 
+DEFAULT_BODY_TIMEOUT_S = 30.0
 PUBLIC_PATHS = ("/health",)  # reachable without the API key; so is the chat page (it asks for the key)
 PAGE_PATHS = ("/", "/static/")
 
@@ -66,11 +69,14 @@ def _public(path: str) -> bool:
 
 
 class BodyLimitMiddleware:
-    """413 for a request body larger than `limit` bytes, by its Content-Length or as it arrives."""
+    """413 for a request body larger than `limit` bytes, by its Content-Length or as it arrives; 408 for a body
+    that has not all arrived `timeout` seconds after the request began (a client trickling bytes holds a
+    connection and its request for as long as it likes otherwise)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, timeout: float = DEFAULT_BODY_TIMEOUT_S) -> None:
         self.app = app
         self._limit = limit
+        self._timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,12 +91,24 @@ class BodyLimitMiddleware:
             return
         received = 0
         answered = False
+        deadline = time.monotonic() + self._timeout
+        whole = False  # the body has all arrived
 
         async def limited_receive() -> Message:
-            nonlocal received, answered
-            message = await receive()
+            nonlocal received, answered, whole
+            if whole or answered:
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    answered = True
+                    late = f"the request body did not arrive within {self._timeout:g} s"
+                    await _send_error(send, ApiError(408, late, code="request_timeout"))
+                    return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                whole = not message.get("more_body", False)
                 if received > self._limit and not answered:
                     answered = True
                     await _send_error(send, too_large)
