@@ -10,8 +10,9 @@ import pytest
 from llama_isolate import ContextParams, LlamaLoad, SamplerParams
 from llama_isolate import _protocol as protocol
 from llama_isolate._bench.floors import busy
+from llama_isolate._worker.abort import AbortFlag
 from llama_isolate._worker.engine import Engine
-from llama_isolate._worker.threads import threads_for
+from llama_isolate._worker.threads import DECODE_ABORTED, ThreadTuner, threads_for
 
 
 def test_threads_are_the_cpus_the_others_leave_free() -> None:
@@ -58,3 +59,34 @@ def test_fixed_threads_stay_fixed(model_path: Path) -> None:
             assert engine.threads == 2
     finally:
         engine.close()
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two CPUs")
+def test_embeddings_too_use_fewer_threads_beside_busy_processes(model_path: Path) -> None:
+    context = ContextParams(n_ctx=512, n_threads=2, n_threads_batch=2, embeddings=True)
+    engine = Engine(LlamaLoad(path=model_path, context_params=context), lambda _: None)
+    text = "A sentence to embed, long enough that its decode takes a while. " * 6
+    try:
+        engine.embed(text, True)
+        assert engine.threads == 2
+        with busy((os.cpu_count() or 2) - 1):
+            for _ in range(500):  # until the watch thread has seen the others (a reading takes 50-100 ms)
+                engine.embed(text, True)
+                if engine.threads == 1:
+                    break
+            assert engine.threads == 1
+    finally:
+        engine.close()
+
+
+def test_a_decode_the_tuner_cut_short_is_redone_and_a_stop_is_not() -> None:
+    tuner = ThreadTuner(0, n_threads=2, n_threads_batch=2, adaptive=False, abort=AbortFlag())
+    codes = iter([DECODE_ABORTED, DECODE_ABORTED, 0])
+
+    def cut_then_done() -> int:
+        code = next(codes)
+        tuner.cut = code == DECODE_ABORTED  # as the watch thread does when it aborts a decode
+        return code
+
+    assert tuner.run(cut_then_done) == 0 and next(codes, None) is None  # redone until it ran through
+    assert tuner.run(lambda: DECODE_ABORTED) == DECODE_ABORTED  # a stop's abort: not redone here

@@ -26,7 +26,7 @@ POOLING_TYPES: tuple[str, ...] = ("unspecified", "none", "mean", "cls", "last", 
 FLASH_ATTENTION: tuple[str, ...] = ("auto", "on", "off")
 ROPE_SCALING: tuple[str, ...] = ("unspecified", "none", "linear", "yarn", "longrope")
 CACHE_TYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
-_UNQUANTIZED_CACHE = ("f32", "f16", "bf16")
+UNQUANTIZED_CACHE = ("f32", "f16", "bf16")
 _MAX_SEED = 2**32 - 2  # 0xFFFFFFFF is llama.cpp's "random seed" marker
 
 
@@ -149,7 +149,10 @@ class ContextParams:
         embeddings: allow `get_embeddings()`.
         pooling_type: how token embeddings become one vector; "unspecified" = the model's own,
             or "mean" for a model that names none.
-        flash_attention: "auto", "on" or "off".
+        flash_attention: "auto", "on" or "off". "auto" is off when no layer runs on a
+            GPU (on the CPUs measured here flash attention made generation about
+            1.4x slower; see docs/parallel.md) unless a quantized `type_v` needs
+            it, and llama.cpp's own choice otherwise.
         type_k, type_v: KV cache data types; a quantized `type_v` needs flash attention.
         rope_scaling_type, rope_freq_base, rope_freq_scale, yarn_*: rope/YaRN overrides;
             None keeps the model's value.
@@ -200,7 +203,7 @@ class ContextParams:
         _check_choice(c, "flash_attention", self.flash_attention, FLASH_ATTENTION)
         _check_choice(c, "type_k", self.type_k, CACHE_TYPES)
         _check_choice(c, "type_v", self.type_v, CACHE_TYPES)
-        if self.type_v not in _UNQUANTIZED_CACHE and self.flash_attention == "off":
+        if self.type_v not in UNQUANTIZED_CACHE and self.flash_attention == "off":
             _fail(c, "type_v", "f32, f16 or bf16 when flash_attention='off'", self.type_v)
         _check_choice(c, "rope_scaling_type", self.rope_scaling_type, ROPE_SCALING)
         for name in ("rope_freq_base", "rope_freq_scale"):

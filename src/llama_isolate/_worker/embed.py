@@ -10,6 +10,7 @@ from .. import _protocol as protocol
 from .abort import AbortFlag
 from .batch import Batch
 from .llama import LoadedModel
+from .threads import ThreadTuner
 from .vocab import Vocab
 
 
@@ -25,12 +26,21 @@ class Embedder:
     """Computes pooled embeddings between decode steps, in its own sequence."""
 
     def __init__(
-        self, handles: LoadedModel, vocab: Vocab, batch: Batch | None, abort: AbortFlag, *, seq_id: int, limit: int
+        self,
+        handles: LoadedModel,
+        vocab: Vocab,
+        batch: Batch | None,
+        abort: AbortFlag,
+        tuner: ThreadTuner,
+        *,
+        seq_id: int,
+        limit: int,
     ) -> None:
         self._handles = handles
         self._vocab = vocab
         self._batch = batch
         self._abort = abort
+        self._tuner = tuner
         self._seq = seq_id
         self._limit = limit  # tokens one decode can pool: min(n_ubatch, n_ctx)
         self._memory = C.llama_get_memory(handles.ctx) if handles.ctx else None
@@ -67,12 +77,14 @@ class Embedder:
 
     def _decode_unaborted(self) -> int:
         # A stop meant for a prompt must not abort an embedding; the flag is
-        # restored so the next step still sees it.
+        # restored so the next step still sees it. The thread count is the
+        # tuner's, as for a step: two threads beside a busy process crawl.
         assert self._batch is not None
+        ctx, batch = self._handles.ctx, self._batch.handle
         was_set = self._abort.is_set()
         self._abort.clear()
         try:
-            return int(C.llama_decode(self._handles.ctx, self._batch.handle))
+            return self._tuner.run(lambda: int(C.llama_decode(ctx, batch)))
         finally:
             if was_set:
                 self._abort.set()

@@ -47,13 +47,12 @@ from .sampling import NoCandidate, Sampler, SamplerRefused
 from .seqstate import StateMismatch, flash_attention_of, from_portable, to_portable
 from .slots import SlotPool
 from .text import Detokenizer
-from .threads import ThreadTuner
+from .threads import DECODE_ABORTED, ThreadTuner
 from .vision import Vision
 from .vocab import Vocab
 
 logger = logging.getLogger("llama_isolate.worker")
 
-_DECODE_ABORTED = 2
 _DECODE_NO_KV_SLOT = 1
 
 
@@ -101,9 +100,6 @@ class Engine:
             self._abort.install(ctx)
         self._slots = SlotPool(ctx, self._handles.model, cp.n_parallel, cp.cache_ram_mib * 2**20)
         self._preparer = Preparer(self._vocab, vision, cp.n_ctx, wake)
-        self._embedder = Embedder(
-            self._handles, self._vocab, self._batch, self._abort, seq_id=cp.n_parallel, limit=min(cp.n_ubatch, cp.n_ctx)
-        )
         self._vision = vision
         self._tuner = ThreadTuner(
             ctx,
@@ -111,6 +107,15 @@ class Engine:
             n_threads_batch=cp.n_threads_batch,
             adaptive=cp.adapt_threads,
             abort=self._abort,
+        )
+        self._embedder = Embedder(
+            self._handles,
+            self._vocab,
+            self._batch,
+            self._abort,
+            self._tuner,
+            seq_id=cp.n_parallel,
+            limit=min(cp.n_ubatch, cp.n_ctx),
         )
         self._running: dict[int, Running] = {}  # by seq_id
         self._waiting: collections.deque[protocol.Submit | Prepared] = collections.deque()
@@ -254,8 +259,8 @@ class Engine:
         scheduled = self._batch.schedule(self._running.values())  # 4
         self._tuner.before_decode()  # 5
         rc = int(C.llama_decode(self._handles.ctx, self._batch.handle))
-        self._tuner.after_decode(rc == _DECODE_ABORTED)
-        if rc == _DECODE_ABORTED:  # a stop, or too many threads for a busy machine: redone next step
+        self._tuner.after_decode(rc == DECODE_ABORTED)
+        if rc == DECODE_ABORTED:  # a stop, or too many threads for a busy machine: redone next step
             self._roll_back(scheduled)
         elif rc != 0:
             self._roll_back(scheduled)
@@ -325,10 +330,10 @@ class Engine:
                     n_batch=self._n_batch,
                     last=False,
                 )
-                self._tuner.after_decode(rc == _DECODE_ABORTED)
+                self._tuner.after_decode(rc == DECODE_ABORTED)
                 if rc != 0:
                     self._slots.cut(run.slot, run.n_past)
-                    if rc == _DECODE_ABORTED:
+                    if rc == DECODE_ABORTED:
                         return False
                     self._finish(run, "error", error=f"the image could not be evaluated (code {rc})")
                     break

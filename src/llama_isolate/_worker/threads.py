@@ -28,6 +28,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import llama_cpp as C
@@ -39,6 +40,7 @@ logger = logging.getLogger("llama_isolate.worker")
 WINDOW_S = 0.1  # the estimate covers this much of the recent past
 SAMPLE_S = 0.05  # how often the watch thread samples while the engine works
 CUT_AFTER_S = 0.05  # a decode running this long when others appear is aborted and redone
+DECODE_ABORTED = 2  # what llama_decode returns when the abort flag stopped it
 # Another process using less than this share of a CPU does not cost us a thread.
 _SPARE_MARGIN = 0.4
 
@@ -132,6 +134,17 @@ class ThreadTuner:
         if aborted and self.cut:
             self.cut = False
             self._abort.clear()
+
+    def run(self, decode: Callable[[], int]) -> int:
+        """`decode()` (a llama_decode's return code) between `before_decode` and `after_decode`, redone with
+        fewer threads while it is this tuner that cut it short; for a decode that cannot wait for the next step."""
+        while True:
+            self.before_decode()
+            rc = decode()
+            cut = rc == DECODE_ABORTED and self.cut
+            self.after_decode(rc == DECODE_ABORTED)
+            if not cut:
+                return rc
 
     def rest(self) -> None:
         """The engine has nothing to do: the watch thread sleeps until the next decode."""

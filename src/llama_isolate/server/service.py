@@ -32,8 +32,8 @@ RESTART_MIN_S, RESTART_MAX_S = 1.0, 30.0  # the back-off between restarts that f
 
 
 def default_load() -> LlamaLoad:
-    """The embedded default model, 4 conversations at once, embeddings on, flash attention off."""
-    context = ContextParams(n_parallel=DEFAULT_PARALLEL, embeddings=True, flash_attention="off")  # see _serve_cli
+    """The embedded default model, 4 conversations at once, embeddings on."""
+    context = ContextParams(n_parallel=DEFAULT_PARALLEL, embeddings=True)
     return LlamaLoad(path=default_model_path(), context_params=context)
 
 
