@@ -14,6 +14,7 @@ MESSAGES: list[protocol.Message] = [
     protocol.Submit("p1", "scope-1", (("user", "hi"),), SamplerParams(stop=("\n",)), 16),
     protocol.Cancel(("p1", "p2"), "stopped"),
     protocol.Embed(3, "text", True),
+    protocol.Probe(9, (("user", "hi"),)),
     protocol.DropScope("scope-1"),
     protocol.Shutdown(),
     protocol.Hello(123),
@@ -25,6 +26,7 @@ MESSAGES: list[protocol.Message] = [
     protocol.Finished.failed("p1", "boom"),
     protocol.Finished.unstarted("p1", "cancelled"),
     protocol.Embedding(3, (0.5, -1.0)),
+    protocol.Probed(9, 12, 30),
     protocol.SaveScope(4, "scope-1"),
     protocol.ScopeState(4, (1, 2), b"kv"),
     protocol.LoadScope(5, "scope-1", (1, 2), b"kv"),
@@ -61,7 +63,9 @@ def test_an_absurd_frame_length_is_refused() -> None:
 
 def test_every_request_names_the_reply_it_gets() -> None:
     requests = [
-        m for m in MESSAGES if isinstance(m, protocol.Embed | protocol.SaveScope | protocol.LoadScope | protocol.Ping)
+        m
+        for m in MESSAGES
+        if isinstance(m, protocol.Embed | protocol.SaveScope | protocol.LoadScope | protocol.Probe | protocol.Ping)
     ]
     assert {type(r) for r in requests} == set(protocol.REPLY_OF)
     assert {type(m) for m in MESSAGES} >= set(protocol.REPLY_OF.values())

@@ -66,6 +66,12 @@ class Conversations:
             history.pop()
 
 
+def turns_of(messages: object, tool_format: ToolFormat) -> tuple[tuple[str, str], ...]:
+    """`messages` (OpenAI-style dicts, as in `messages`) as the worker's turns; `ValueError` names a malformed one."""
+    history = check_history(list(messages) if isinstance(messages, tuple) else messages, "messages")
+    return tuple((str(m["role"]), _content(m, tool_format)) for m in history)
+
+
 def _submit(record: PromptRecord, history: list[dict[str, Any]], tool_format: ToolFormat) -> protocol.Submit:
     """The command that starts `record`, with its whole conversation (and its images, if any)."""
     turns = tuple((str(m["role"]), _content(m, tool_format)) for m in history)

@@ -93,13 +93,12 @@ class WorkerLink:
         self._request_ids = itertools.count(1)
         self._ping_sent: float | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._routes: dict[type, Callable[[Any], None]] = {
+        # Every request's answer goes to its waiting future (a request whose answer had no route would hang).
+        self._routes: dict[type, Callable[[Any], None]] = dict.fromkeys(protocol.REPLY_OF.values(), self._answer)
+        self._routes |= {
             protocol.Tokens: on_tokens,
             protocol.Started: lambda reply: on_started(reply.prompt_id),
             protocol.Finished: on_finished,
-            protocol.Embedding: self._answer,
-            protocol.ScopeState: self._answer,
-            protocol.RequestDone: self._answer,
             protocol.RequestFailed: self._answer,
             protocol.Pong: self._pong,
             protocol.Loaded: self._loaded,

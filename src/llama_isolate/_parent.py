@@ -28,6 +28,7 @@ from typing import Any
 
 from . import _protocol as protocol
 from ._checks import check_images, check_int, check_text
+from ._conversations import turns_of
 from ._errors import LlamaError, LlamaFeatureNotEnabled, LlamaStatusError, LlamaWorkerDied
 from ._events import CompletionEvent, Embedding, LlamaStatus, ModelInfo, TokenLogprob, ToolCallDelta
 from ._flow import PromptFlow, PromptOptions, with_markers
@@ -537,6 +538,31 @@ class LlamaParent:
         """
         answer = await self._embed(text, normalize, "embed")
         return Embedding(list(answer.vector), answer.tokens)
+
+    async def cached_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
+        """How many tokens of the prompt `messages` make (ready for the reply) a KV cache of the worker holds.
+
+        Counted from the prompt's start, in the cache that holds the most of
+        it: a slot's, or one parked in RAM, whichever conversation left it.
+        A prompt with these messages would reuse that many tokens. A router
+        over several parents asks each, to send a conversation where its
+        cache is. Cheap: the worker renders and tokenizes the messages
+        between two decode steps, and nothing changes.
+
+        Raises:
+            ValueError: a malformed message (naming it).
+            LlamaRequestError: the chat template refused the conversation.
+            LlamaStatusError, LlamaWorkerDied: no ready worker.
+
+        Example::
+
+            held = await parent.cached_tokens([{"role": "user", "content": "Hi"}])
+        """
+        self._require_ready("cached_tokens")
+        tool_format = "hermes" if self._info is None else self._info.tool_format
+        turns = turns_of(messages, tool_format)
+        answer = await self._link.request(lambda rid: protocol.Probe(rid, turns), protocol.Probed)
+        return answer.cached
 
     async def get_embeddings(self, text: str, *, normalize: bool = False) -> list[float]:
         """The embedding vector of `text` (length: the model's embedding size).

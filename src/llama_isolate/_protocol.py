@@ -125,13 +125,21 @@ class LoadScope:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """Request: how many tokens of the prompt `turns` make a KV cache (in a slot or parked) holds; reply `Probed`."""
+
+    request_id: int
+    turns: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class Ping:
     """Request: answer at once (from the worker's reader thread, even mid-decode); reply `Pong`."""
 
     request_id: int
 
 
-Request = Embed | SaveScope | LoadScope | Ping
+Request = Embed | SaveScope | LoadScope | Probe | Ping
 Command = Load | Submit | Cancel | DropScope | Shutdown | Request
 
 
@@ -267,7 +275,16 @@ class RequestFailed:
     message: str
 
 
-Answer = Embedding | ScopeState | RequestDone | Pong
+@dataclass(frozen=True)
+class Probed:
+    """The answer to `Probe`: the prompt's tokens, and how many of them from its start a cache holds."""
+
+    request_id: int
+    cached: int
+    total: int
+
+
+Answer = Embedding | ScopeState | RequestDone | Probed | Pong
 Reply = Hello | Progress | Loaded | LoadFailed | Started | Tokens | Finished | Answer | RequestFailed
 Message = Command | Reply
 
@@ -275,6 +292,7 @@ REPLY_OF: dict[type[Request], type[Answer]] = {
     Embed: Embedding,
     SaveScope: ScopeState,
     LoadScope: RequestDone,
+    Probe: Probed,
     Ping: Pong,
 }
 """The reply type each request gets when it succeeds."""
@@ -288,6 +306,7 @@ _MESSAGES: tuple[type, ...] = (
     Embed,
     SaveScope,
     LoadScope,
+    Probe,
     Ping,
     Hello,
     Progress,
@@ -299,6 +318,7 @@ _MESSAGES: tuple[type, ...] = (
     Embedding,
     ScopeState,
     RequestDone,
+    Probed,
     Pong,
     RequestFailed,
 )

@@ -418,6 +418,10 @@ class SyncLlamaParent:
         """Abort the prompts being decoded now."""
         self._loop.call(self._parent.stop())
 
+    def cached_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
+        """How many tokens of the prompt `messages` make a KV cache holds (see `LlamaParent.cached_tokens`)."""
+        return self._loop.call(self._parent.cached_tokens(messages))
+
     def get_embeddings(self, text: str, *, normalize: bool = False) -> list[float]:
         """The embedding of `text` (needs `ContextParams(embeddings=True)`)."""
         return self._loop.call(self._parent.get_embeddings(text, normalize=normalize))

@@ -208,6 +208,14 @@ class Engine:
         except EmbeddingRefused as exc:
             raise RequestFailure(exc.kind, str(exc)) from None
 
+    def probe(self, turns: tuple[tuple[str, str], ...]) -> tuple[int, int]:
+        """How many tokens of the prompt `turns` make a cache holds from its start, and how many it has."""
+        try:
+            tokens = self._vocab.prompt_tokens(turns)
+        except ChatTemplateError as exc:
+            raise RequestFailure("request", str(exc)) from None
+        return self._slots.longest_prefix(tokens), len(tokens)
+
     def rest(self) -> None:
         """Nothing to do until the next command."""
         self._tuner.rest()

@@ -117,6 +117,8 @@ def _apply(command: protocol.Command | _Wake, engine: Engine, channel: Channel) 
                 engine.drop_scope(key)
             case protocol.Embed(request_id=rid, text=text, normalize=normalize):
                 _answer(channel, rid, lambda: protocol.Embedding(rid, *engine.embed(text, normalize)))
+            case protocol.Probe(request_id=rid, turns=turns):
+                _answer(channel, rid, lambda: protocol.Probed(rid, *engine.probe(turns)))
             case protocol.SaveScope(request_id=rid, scope_key=key):
                 _answer(channel, rid, lambda: _with_id(engine.save_scope(key), rid))
             case protocol.LoadScope(request_id=rid, scope_key=key, tokens=tokens, data=data):
@@ -132,7 +134,7 @@ def _apply(command: protocol.Command | _Wake, engine: Engine, channel: Channel) 
 def _fail(channel: Channel, command: protocol.Command | _Wake, error: str) -> None:
     if isinstance(command, protocol.Submit):
         channel.send(protocol.Finished.failed(command.prompt_id, error))
-    elif isinstance(command, protocol.Embed | protocol.SaveScope | protocol.LoadScope):
+    elif isinstance(command, protocol.Embed | protocol.SaveScope | protocol.LoadScope | protocol.Probe):
         channel.send(protocol.RequestFailed(command.request_id, "internal", error))
 
 

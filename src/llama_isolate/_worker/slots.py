@@ -133,6 +133,11 @@ class SlotPool:
             self._park(source)  # its owner (or a later client) may want the whole cache back
         return source
 
+    def longest_prefix(self, wanted: Sequence[int]) -> int:
+        """The most tokens from the start of `wanted` that one cache holds, in a slot or parked (nothing changes)."""
+        held = [slot.tokens for slot in self.slots] + [state.tokens for _, state in self._parked.items()]
+        return max((common_prefix(tokens, wanted) for tokens in held), default=0)
+
     def fork(self, source: Slot, owner: str, busy: set[int]) -> Slot | None:
         """A free slot other than `source`, made to hold a copy of its KV (copied at the next decode)."""
         free = [slot for slot in self.slots if slot.seq_id not in busy and slot is not source]
