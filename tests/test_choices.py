@@ -81,8 +81,19 @@ async def test_stopping_ends_every_choice_and_frees_their_slots(parent: LlamaPar
     assert len(again.choices) == 4
 
 
+async def test_each_choice_has_its_own_logprobs(parent: LlamaParent) -> None:
+    event = await choices(parent, 3, logprobs=2)
+    assert event.logprobs == event.choices[0].logprobs
+    for choice in event.choices:
+        assert choice.logprobs is not None and len(choice.logprobs) == choice.completion_tokens
+        assert b"".join(t.piece for t in choice.logprobs).decode() == choice.text
+        assert all(len(t.top) == 2 and t.logprob <= 0 for t in choice.logprobs)
+    assert all(c.logprobs is None for c in (await choices(parent, 2)).choices)  # not asked: none
+
+
 @pytest.mark.parametrize(
-    ("n", "options", "words"), [(5, {}, "n must be"), (0, {}, "n must be"), (2, {"logprobs": 1}, "n above 1")]
+    ("n", "options", "words"),
+    [(5, {}, "n must be"), (0, {}, "n must be"), (2, {"tools": [{"name": "f"}]}, "n above 1")],
 )
 async def test_n_is_checked(parent: LlamaParent, n: int, options: dict[str, Any], words: str) -> None:
     with pytest.raises(ValueError, match=words):

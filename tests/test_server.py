@@ -294,6 +294,21 @@ def test_n_choices_with_their_indexes_and_usage(client: openai.OpenAI) -> None:
     assert [c.index for c in text.choices] == [0, 1]
 
 
+def test_n_choices_each_with_logprobs(client: openai.OpenAI) -> None:
+    messages = ask("Name a fruit.")
+    answer = client.chat.completions.create(model="any", messages=messages, n=2, max_tokens=6, seed=3, logprobs=True)
+    for choice in answer.choices:
+        assert choice.logprobs is not None and choice.logprobs.content
+        assert "".join(t.token for t in choice.logprobs.content) == choice.message.content
+    text = client.completions.create(model="any", prompt="The sky is", n=2, max_tokens=4, seed=3, logprobs=1)
+    for item in text.choices:
+        assert item.logprobs is not None and item.logprobs.tokens is not None
+        assert "".join(item.logprobs.tokens) == item.text
+        assert item.logprobs.text_offset == [
+            sum(map(len, item.logprobs.tokens[:i])) for i in range(len(item.logprobs.tokens))
+        ]
+
+
 def test_no_logprobs_unless_asked(client: openai.OpenAI) -> None:
     assert client.chat.completions.create(model="any", messages=ask("Hi"), max_tokens=3).choices[0].logprobs is None
 

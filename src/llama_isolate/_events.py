@@ -130,12 +130,15 @@ class CompletionChoice:
         text: this choice's reply.
         finish_reason: as `CompletionEvent.finish_reason`.
         completion_tokens: tokens this choice generated.
+        logprobs: this choice's tokens with their log probabilities, for a
+            prompt sent with ``logprobs=k`` (None otherwise).
     """
 
     index: int
     text: str
     finish_reason: FinishReason
     completion_tokens: int
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from ._checks import check_int, check_text
 from ._conversations import Conversations
 from ._events import CompletionEvent, ErrorCode, FinishReason, TokenLogprob, ToolCallDelta
 from ._images import MEDIA_MARKER, LlamaImage
-from ._ledger import CompletionLedger
+from ._ledger import CompletionLedger, token_logprob
 from ._params import LlamaLoad, SamplerParams
 from ._queue import Conversation, PromptQueue, PromptRecord
 from ._schema import json_schema_grammar
@@ -95,8 +95,8 @@ class PromptFlow:
         if options.logprobs is not None:
             check_int(options.logprobs, "logprobs", 0, MAX_LOGPROBS)
         check_int(options.n, "n", 1, self._load.context_params.n_parallel)  # each choice decodes in a slot of its own
-        if options.n > 1 and (options.tools is not None or options.logprobs is not None):
-            raise ValueError("n above 1 cannot be combined with tools or logprobs yet")
+        if options.n > 1 and options.tools is not None:
+            raise ValueError("n above 1 cannot be combined with tools yet")
         if options.tool_call_id is not None:
             check_text(options.tool_call_id, "tool_call_id")
         self.conversations.check(scope)
@@ -145,6 +145,8 @@ class PromptFlow:
             return
         if reply.choice:  # choices after the first are kept for the event, not streamed
             record.choice_pieces.setdefault(reply.choice, []).append(reply.text)
+            if reply.logprob is not None:
+                record.choice_logprobs.setdefault(reply.choice, []).append(token_logprob(reply.logprob))
         else:
             self.ledger.token(record, reply.text, reply.logprob)
         if reply.call and record.call_reader is not None:

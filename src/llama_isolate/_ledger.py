@@ -64,9 +64,7 @@ class CompletionLedger:
         if record.first_token is None:
             record.first_token = time.monotonic()
         if logprob is not None:
-            token, piece, chosen, top = logprob
-            alternatives = tuple(TokenLogprob(t, p.decode(errors="replace"), p, lp) for t, p, lp in top)
-            entry = TokenLogprob(token, piece.decode(errors="replace"), piece, chosen, alternatives)
+            entry = token_logprob(logprob)
             record.token_logprobs.append(entry)
             self._token_logprobs._emit(entry)
             if record.scope is not None:
@@ -162,15 +160,31 @@ def _event(
     )
 
 
+def token_logprob(logprob: protocol.Logprob) -> TokenLogprob:
+    """A token's log probability as the worker sends it, as the public record."""
+    token, piece, chosen, top = logprob
+    alternatives = tuple(TokenLogprob(t, p.decode(errors="replace"), p, lp) for t, p, lp in top)
+    return TokenLogprob(token, piece.decode(errors="replace"), piece, chosen, alternatives)
+
+
 def _choices(record: PromptRecord, reason: FinishReason, stats: protocol.Finished) -> tuple[CompletionChoice, ...]:
     """Every reply of a prompt sent with n above 1, choice 0 first."""
     if record.n <= 1:
         return ()
-    out = [CompletionChoice(0, record.reply, reason, stats.completion_tokens)]
+
+    def logprobs(entries: list[TokenLogprob], text: str) -> tuple[TokenLogprob, ...] | None:
+        return None if record.logprobs is None else _within(entries, text)
+
+    out = [
+        CompletionChoice(
+            0, record.reply, reason, stats.completion_tokens, logprobs(record.token_logprobs, record.reply)
+        )
+    ]
     for index, end in sorted(record.choice_ends.items()):
         if index:
             text = "".join(record.choice_pieces.get(index, ()))
-            out.append(CompletionChoice(index, text, end.finish_reason, end.completion_tokens))
+            entries = logprobs(record.choice_logprobs.get(index, []), text)
+            out.append(CompletionChoice(index, text, end.finish_reason, end.completion_tokens, entries))
     return tuple(out)
 
 

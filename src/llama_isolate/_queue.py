@@ -53,6 +53,7 @@ class PromptRecord:
     call_reader: CallReader | None = None  # reads the reply's calls as they are written (tools, not "none")
     n: int = 1  # choices asked for
     choice_pieces: dict[int, list[str]] = field(default_factory=dict)  # the text of choices 1..n-1
+    choice_logprobs: dict[int, list[TokenLogprob]] = field(default_factory=dict)  # their tokens (with logprobs=k)
     choice_ends: dict[int, protocol.Finished] = field(default_factory=dict)  # how each choice ended
     submitted: float = field(default_factory=time.monotonic)
     started: float | None = None

@@ -52,7 +52,7 @@ def fork(run: Running, slots: SlotPool, busy: set[int], *, vocab: int, n_vocab: 
                 n_prompt=0,
                 n_cached=run.n_cached,
                 n_dropped=run.n_dropped,
-                sampler=Sampler(params, vocab=vocab, n_vocab=n_vocab, n_ctx=n_ctx),
+                sampler=Sampler(params, vocab=vocab, n_vocab=n_vocab, n_ctx=n_ctx, logprobs=request.logprobs),
                 detok=Detokenizer(request.sampler.stop),
                 started=run.started,
                 first_token=time.perf_counter(),

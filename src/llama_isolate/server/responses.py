@@ -99,14 +99,20 @@ class Reply:
             delta["content"] = text
         return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
 
-    def _logprobs(self, entries: Sequence[TokenLogprob]) -> dict[str, Any]:
-        """OpenAI's logprobs object for these tokens: a chat's ``content`` list, or a completion's four lists."""
+    def _logprobs(self, entries: Sequence[TokenLogprob], *, own: bool = False) -> dict[str, Any]:
+        """OpenAI's logprobs object for these tokens: a chat's ``content`` list, or a completion's four lists.
+
+        A completion's offsets go on from the last chunk's, or start at 0 for a choice's `own` whole text.
+        """
         if self.kind == "chat":
             return {"content": [_chat_entry(e, e.top) for e in entries], "refusal": None}
         offsets = []
+        offset = 0 if own else self._offset
         for entry in entries:
-            offsets.append(self._offset)
-            self._offset += len(entry.text)
+            offsets.append(offset)
+            offset += len(entry.text)
+        if not own:
+            self._offset = offset
         return {
             "tokens": [e.text for e in entries],
             "token_logprobs": [_finite(e.logprob) for e in entries],
@@ -138,10 +144,11 @@ class Reply:
     def _whole_choice(self, choice: CompletionChoice) -> dict[str, Any]:
         """Choice 1 or later of a prompt with n above 1, whole."""
         reason = "length" if choice.finish_reason == "length" else "stop"
+        logprobs = self._logprobs(choice.logprobs, own=True) if self.logprobs and choice.logprobs is not None else None
         if self.kind == "text":
-            return {"index": choice.index, "text": choice.text, "logprobs": None, "finish_reason": reason}
+            return {"index": choice.index, "text": choice.text, "logprobs": logprobs, "finish_reason": reason}
         message = {"role": "assistant", "content": choice.text, "refusal": None}
-        return {"index": choice.index, "message": message, "logprobs": None, "finish_reason": reason}
+        return {"index": choice.index, "message": message, "logprobs": logprobs, "finish_reason": reason}
 
     async def stream(self, generation: Generation, first: Item, include_usage: bool) -> AsyncIterator[bytes]:
         """The chunks of a streamed answer, starting from its first item (already received)."""
