@@ -251,7 +251,7 @@ def _check_bench(args: argparse.Namespace) -> None:
 
 # Each command: what it does with the parsed options and the load they describe, and that load
 # (built, and so checked, before anything starts).
-COMMANDS: dict[str, tuple[Callable[..., int | None], Callable[[argparse.Namespace], LlamaLoad | None]]] = {
+COMMANDS: dict[str, tuple[Callable[..., int | None], Callable[[argparse.Namespace], object]]] = {
     "run": (_run, _load),
     "chat": (_chat, _load),
     "embed": (_embed, functools.partial(_load, embeddings=True)),

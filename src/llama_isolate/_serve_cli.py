@@ -12,6 +12,8 @@ import logging
 import math
 import os
 import signal
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,27 @@ def add_parser(commands: Any) -> None:
         "See docs/server.md.",
     )
     model = serve.add_argument_group("model")
-    model.add_argument("--model", metavar="PATH", help="GGUF model file (default: the embedded SmolLM2-135M)")
+    model.add_argument(
+        "--model",
+        action="append",
+        metavar="[NAME=]PATH",
+        help="GGUF model file (default: the embedded SmolLM2-135M); repeat as NAME=PATH to serve several models, "
+        "which requests pick by their 'model' field",
+    )
+    model.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="copies of each model, each a worker process of its own; a conversation goes back to the copy that "
+        "holds its cache (default 1; see docs/scaling.md)",
+    )
+    model.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a TOML file of [models.NAME] tables (path, mmproj, ctx, parallel, replicas, threads, chat_template), "
+        "instead of --model",
+    )
     model.add_argument("--mmproj", metavar="PATH", help="multimodal projector GGUF: enables image content parts")
     model.add_argument("--model-name", metavar="NAME", help="the id /v1/models shows (default: the file name)")
     model.add_argument(
@@ -91,8 +113,85 @@ def add_parser(commands: Any) -> None:
     )
 
 
-def describe(args: argparse.Namespace) -> LlamaLoad:
-    """The load the options describe; ValueError names a bad value (exit 2 before anything loads)."""
+@dataclass(frozen=True)
+class ModelPlan:
+    """One model to serve: its name (None: the file's), what to load, and how many replicas."""
+
+    name: str | None
+    load: LlamaLoad
+    replicas: int
+
+
+def describe(args: argparse.Namespace) -> list[ModelPlan]:
+    """The models the options describe; ValueError names a bad value (exit 2 before anything loads)."""
+    if args.config is not None:
+        if args.model or args.mmproj or args.model_name:
+            raise ValueError("--config names the models: give no --model, --mmproj or --model-name with it")
+        return _from_config(args)
+    models = args.model or [None]
+    if len(models) > 1 and (args.mmproj or args.model_name):
+        raise ValueError("--mmproj and --model-name are for one model; put several in a --config file")
+    plans = []
+    for given in models:
+        name, path = _named(given)
+        plans.append(ModelPlan(name or args.model_name, _describe_load(args, path, args.mmproj), args.replicas))
+    names = [plan.name for plan in plans]
+    if len(plans) > 1 and (None in names or len(set(names)) != len(names)):
+        raise ValueError(f"several --model options need distinct NAME=PATH forms, got {args.model}")
+    return plans
+
+
+def _named(given: str | None) -> tuple[str | None, str | None]:
+    """``NAME=PATH`` as its two parts; a plain path (one with a '/' before any '=') has no name."""
+    if given is None or "=" not in given or "/" in given.split("=", 1)[0]:
+        return None, given
+    name, path = given.split("=", 1)
+    if not name or not path:
+        raise ValueError(f"--model {given!r}: expected NAME=PATH")
+    return name, path
+
+
+def _from_config(args: argparse.Namespace) -> list[ModelPlan]:
+    """The [models.NAME] tables of a TOML file; each key overrides the option of the same name."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - the server extra installs tomli there
+        import tomli as tomllib
+    try:
+        with open(args.config, "rb") as f:
+            tables = tomllib.load(f).get("models")
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"--config {args.config!r} cannot be read: {exc}") from None
+    if not isinstance(tables, dict) or not tables:
+        raise ValueError(f"--config {args.config!r} has no [models.NAME] tables")
+    known = {"path", "mmproj", "ctx", "parallel", "replicas", "threads", "chat_template"}
+    plans = []
+    for name, table in tables.items():
+        where = f"--config {args.config!r} [models.{name}]"
+        if not isinstance(table, dict) or not isinstance(table.get("path"), str):
+            raise ValueError(f"{where} needs a path")
+        unknown = set(table) - known
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
+        for key in ("ctx", "parallel", "replicas", "threads"):
+            if key in table and (not isinstance(table[key], int) or isinstance(table[key], bool) or table[key] < 1):
+                raise ValueError(f"{where}: {key} must be an int >= 1, got {table[key]!r}")
+        options = argparse.Namespace(**vars(args))
+        for key, attribute in (("ctx", "ctx"), ("parallel", "parallel"), ("threads", "threads")):
+            if key in table:
+                setattr(options, attribute, table[key])
+        if "chat_template" in table:
+            options.chat_template = table["chat_template"]
+        plans.append(
+            ModelPlan(name, _describe_load(options, table["path"], table.get("mmproj")), table.get("replicas", 1))
+        )
+    return plans
+
+
+def _describe_load(args: argparse.Namespace, path: str | None, mmproj: str | None) -> LlamaLoad:
+    """One model's load from the options (and a config table's values put in them)."""
+    if args.replicas < 1:
+        raise ValueError(f"--replicas must be >= 1, got {args.replicas}")
     for name in ("parallel", "max_queue", "max_body_bytes"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -118,26 +217,27 @@ def describe(args: argparse.Namespace) -> LlamaLoad:
         except (OSError, UnicodeDecodeError) as exc:
             raise ValueError(f"--chat-template {args.chat_template!r} cannot be read: {exc}") from None
     return LlamaLoad(
-        path=args.model or default_model_path(),
-        mmproj_path=args.mmproj,
+        path=path or default_model_path(),
+        mmproj_path=mmproj,
         context_params=ContextParams(**context),
         chat_template=CHATML_TOOLS_TEMPLATE if template == "chatml-tools" else template,
         verbose=args.verbose,
     )
 
 
-def run(args: argparse.Namespace, load: LlamaLoad) -> int:
-    """Serve until SIGTERM (exit 0) or Ctrl-C (exit 130); the worker is stopped either way."""
+def run(args: argparse.Namespace, plans: list[ModelPlan]) -> int:
+    """Serve until SIGTERM (exit 0) or Ctrl-C (exit 130); the workers are stopped either way."""
     try:
         import uvicorn
 
-        from .server import create_app
+        from .server import ServedModel, create_app
+        from .server.service import model_name_of
     except ImportError as exc:
         raise LlamaError(f"serve needs the server extra: pip install 'llama-isolate[server]' ({exc})") from exc
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
+    models = [ServedModel(plan.name or model_name_of(plan.load), plan.load, plan.replicas) for plan in plans]
     app = create_app(
-        load,
-        model_name=args.model_name,
+        models=models,
         api_key=args.api_key or None,
         cors_origins=args.cors_origin,
         max_queue=args.max_queue,
@@ -148,14 +248,14 @@ def run(args: argparse.Namespace, load: LlamaLoad) -> int:
     # under the handler that was there before it: this one, so the process
     # exits 0 (Ctrl-C still ends as KeyboardInterrupt, exit 130).
     signal.signal(signal.SIGTERM, lambda *_: None)
-    service = app.state.service
+    pool = app.state.pool
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
             super().handle_exit(sig, frame)
             # Pending requests end now, with a 503 or an error event, instead
             # of being cut when uvicorn's grace period for connections ends.
-            asyncio.get_running_loop().call_soon_threadsafe(service.begin_shutdown)
+            asyncio.get_running_loop().call_soon_threadsafe(pool.begin_shutdown)
 
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
     Server(config).run()

@@ -1,7 +1,8 @@
 """An OpenAI-compatible HTTP server on llama_isolate (install ``llama-isolate[server]``).
 
 ``llama-isolate serve`` runs it; `create_app` returns the same ASGI app for
-mounting in your own service. See docs/server.md.
+mounting in your own service, serving one model or several (`ServedModel`),
+each in one or more replicas. See docs/server.md and docs/scaling.md.
 
 Example::
 
@@ -11,5 +12,6 @@ Example::
 """
 
 from .app import create_app
+from .pool import ServedModel
 
-__all__ = ["create_app"]
+__all__ = ["ServedModel", "create_app"]

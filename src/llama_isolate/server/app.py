@@ -15,8 +15,9 @@ from llama_isolate import LlamaLoad
 
 from . import errors
 from .middleware import DEFAULT_BODY_TIMEOUT_S, ApiKeyMiddleware, BodyLimitMiddleware, RequestCounter
+from .pool import ModelPool, ServedModel
 from .routes import router
-from .service import ModelService, default_load, model_name_of
+from .service import default_load, model_name_of
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_QUEUE = 256
@@ -34,8 +35,10 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     init_timeout: float | None = None,
     body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
+    replicas: int = 1,
+    models: Sequence[ServedModel] = (),
 ) -> FastAPI:
-    """An OpenAI-compatible ASGI app serving one model; the model loads when the app starts (its lifespan).
+    """An OpenAI-compatible ASGI app serving models; they load when the app starts (its lifespan).
 
     Args:
         load: the model (default: the embedded SmolLM2-135M-Instruct, 4
@@ -43,6 +46,10 @@ def create_app(
             ``ContextParams(embeddings=True)`` for ``/v1/embeddings``.
         model_name: the id `/v1/models` shows (default: the file name without
             ``.gguf``). Requests may name any model: there is only this one.
+        replicas: copies of that model, each a worker of its own (see docs/scaling.md).
+        models: several models instead of `load`, `model_name` and `replicas`
+            (`ServedModel(name, load, replicas)`); a request's ``model`` picks
+            one, and an unknown name gets 404.
         api_key: when set, every endpoint but ``/health`` and the chat page
             needs ``Authorization: Bearer <api_key>``.
         cors_origins: origins allowed to call the API from a browser (none by default).
@@ -69,19 +76,23 @@ def create_app(
     """
     if api_key is not None and (not api_key.isascii() or not api_key.isprintable() or " " in api_key):
         raise ValueError("the API key must be printable ASCII without spaces (it travels in an HTTP header)")
-    load = load or default_load()
-    service = ModelService(load, name=model_name or model_name_of(load), max_queue=max_queue, init_timeout=init_timeout)
+    if models and (load is not None or model_name is not None or replicas != 1):
+        raise ValueError("give either models, or load / model_name / replicas, not both")
+    if not models:
+        load = load or default_load()
+        models = [ServedModel(model_name or model_name_of(load), load, replicas)]
+    pool = ModelPool(models, max_queue=max_queue, init_timeout=init_timeout)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await service.start()
+        await pool.start()
         try:
             yield
         finally:
-            await service.stop()
+            await pool.stop()
 
     app = FastAPI(title="llama-isolate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.service = service
+    app.state.pool = pool
     errors.install(app)
     app.include_router(router)
     if STATIC.is_dir():
@@ -94,7 +105,7 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, limit=max_body_bytes, timeout=body_timeout)
     if api_key:
         app.add_middleware(ApiKeyMiddleware, key=api_key)
-    app.add_middleware(RequestCounter, count=service.metrics.request, endpoints=COUNTED)  # 401 and 413 too
+    app.add_middleware(RequestCounter, count=pool.metrics.request, endpoints=COUNTED)  # 401 and 413 too
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,

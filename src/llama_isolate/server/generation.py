@@ -213,8 +213,13 @@ class EventStreamResponse(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[bytes], on_end: Callable[[], Awaitable[Any]]) -> None:
-        super().__init__(events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    def __init__(
+        self,
+        events: AsyncIterator[bytes],
+        on_end: Callable[[], Awaitable[Any]],
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
         self._events = events
         self._on_end = on_end
         self.disconnected = False

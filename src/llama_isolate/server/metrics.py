@@ -1,83 +1,96 @@
-"""Prometheus metrics of one server, in a registry of its own (two apps in one process do not mix)."""
+"""Prometheus metrics of one server, in a registry of its own (two apps in one process do not mix).
+
+The unlabelled series are the server's totals over every replica of every
+model. The ``llama_isolate_replica_*`` series carry ``model`` and
+``replica`` labels: one per replica, so a crashed or busy one shows.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from llama_isolate import CompletionEvent, LlamaParent
+from llama_isolate import CompletionEvent, LlamaParent, LlamaStatus
 
 PREFIX = "llama_isolate"
 _TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_REPLICA = ["model", "replica"]
 
 
-class Metrics:
-    """Queue length, prompts running, tokens, time to first token, requests by endpoint and status.
+class ServerMetrics:
+    """The server's totals, its requests by endpoint and status, and a `Metrics` per replica.
 
     Example::
 
-        metrics = Metrics()
-        metrics.watch(parent)
+        metrics = ServerMetrics()
+        replica = metrics.replica("smollm2", 0)
+        replica.watch(parent)
         metrics.request("/v1/chat/completions", 200)
         text = metrics.exposition()
     """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.in_flight = 0  # prompts sent and not ended
-        self.generating = 0  # of which have produced text
-        self.embedding_requests = 0  # embeddings requests in flight
-        self._parent: LlamaParent | None = None
-        Gauge(f"{PREFIX}_queue_length", "Prompts waiting for a slot.", registry=self.registry).set_function(
-            self._queued
+        self.replicas: list[Metrics] = []
+        registry = self.registry
+
+        def total(attribute: str) -> float:
+            return float(sum(getattr(replica, attribute) for replica in self.replicas))
+
+        Gauge(f"{PREFIX}_queue_length", "Prompts waiting for a slot.", registry=registry).set_function(
+            lambda: total("queued")
         )
         Gauge(
-            f"{PREFIX}_prompts_running", "Prompts reading their prompt or generating.", registry=self.registry
-        ).set_function(lambda: max(0, self.in_flight - self._queued()))
+            f"{PREFIX}_prompts_running", "Prompts reading their prompt or generating.", registry=registry
+        ).set_function(lambda: total("running"))
         Gauge(
             f"{PREFIX}_prompts_generating",
             "Prompts past their first token (the others running still read their prompt).",
-            registry=self.registry,
-        ).set_function(lambda: self.generating)
+            registry=registry,
+        ).set_function(lambda: total("generating"))
         Gauge(
             f"{PREFIX}_embedding_requests",
             "Embeddings requests in flight (one text is embedded at a time; the others wait).",
-            registry=self.registry,
-        ).set_function(lambda: self.embedding_requests)
-        self._generated = Counter(f"{PREFIX}_tokens_generated", "Tokens generated.", registry=self.registry)
-        self._processed = Counter(
+            registry=registry,
+        ).set_function(lambda: total("embedding_requests"))
+        self.generated = Counter(f"{PREFIX}_tokens_generated", "Tokens generated.", registry=registry)
+        self.processed = Counter(
             f"{PREFIX}_prompt_tokens_processed",
             "Prompt tokens processed (not counting cached ones).",
-            registry=self.registry,
+            registry=registry,
         )
-        self._cached = Counter(
-            f"{PREFIX}_prompt_tokens_cached", "Prompt tokens reused from a KV cache.", registry=self.registry
+        self.cached = Counter(
+            f"{PREFIX}_prompt_tokens_cached", "Prompt tokens reused from a KV cache.", registry=registry
         )
-        self._ttft = Histogram(
+        self.ttft = Histogram(
             f"{PREFIX}_time_to_first_token_seconds",
             "From a prompt's arrival to its first token.",
             buckets=_TTFT_BUCKETS,
-            registry=self.registry,
+            registry=registry,
         )
         self._requests = Counter(
             f"{PREFIX}_requests",
             "HTTP requests by endpoint and status (499: the client closed the connection).",
             ["endpoint", "status"],
-            registry=self.registry,
+            registry=registry,
+        )
+        self.replica_up = Gauge(
+            f"{PREFIX}_replica_up", "1 while the replica's worker is ready, else 0.", _REPLICA, registry=registry
+        )
+        self.replica_running = Gauge(
+            f"{PREFIX}_replica_prompts_running", "The replica's prompts running.", _REPLICA, registry=registry
+        )
+        self.replica_queued = Gauge(
+            f"{PREFIX}_replica_queue_length", "The replica's prompts waiting for a slot.", _REPLICA, registry=registry
+        )
+        self.replica_generated = Counter(
+            f"{PREFIX}_replica_tokens_generated", "Tokens the replica generated.", _REPLICA, registry=registry
         )
 
-    def watch(self, parent: LlamaParent | None) -> None:
-        """The parent whose queue is reported."""
-        self._parent = parent
-
-    def _queued(self) -> int:
-        return 0 if self._parent is None else self._parent.queue_length
-
-    def prompt_ended(self, event: CompletionEvent) -> None:
-        self._generated.inc(event.completion_tokens)
-        self._processed.inc(event.prompt_tokens)
-        self._cached.inc(event.cached_tokens)
-        if event.timings.first_token_s is not None:
-            self._ttft.observe(event.timings.first_token_s)
+    def replica(self, model: str, index: int) -> Metrics:
+        """The figures of one more replica, in this registry."""
+        metrics = Metrics(self, model, index)
+        self.replicas.append(metrics)
+        return metrics
 
     def request(self, endpoint: str, status: int) -> None:
         self._requests.labels(endpoint=endpoint, status=str(status)).inc()
@@ -85,3 +98,45 @@ class Metrics:
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format."""
         return generate_latest(self.registry)
+
+
+class Metrics:
+    """One replica's live figures (what its requests hold) and its share of the server's counters."""
+
+    def __init__(self, server: ServerMetrics, model: str, index: int) -> None:
+        self._server = server
+        self.in_flight = 0  # prompts sent and not ended
+        self.generating = 0  # of which have produced text
+        self.embedding_requests = 0  # embeddings requests in flight
+        self.outstanding_tokens = 0  # the max_tokens of the prompts in flight (what routing balances)
+        self._parent: LlamaParent | None = None
+        labels = {"model": model, "replica": str(index)}
+        server.replica_up.labels(**labels).set_function(lambda: float(self.up))
+        server.replica_running.labels(**labels).set_function(lambda: float(self.running))
+        server.replica_queued.labels(**labels).set_function(lambda: float(self.queued))
+        self._generated = server.replica_generated.labels(**labels)
+
+    def watch(self, parent: LlamaParent | None) -> None:
+        """The parent whose queue and status are reported."""
+        self._parent = parent
+
+    @property
+    def queued(self) -> int:
+        return 0 if self._parent is None else self._parent.queue_length
+
+    @property
+    def running(self) -> int:
+        return max(0, self.in_flight - self.queued)
+
+    @property
+    def up(self) -> bool:
+        return self._parent is not None and self._parent.status in (LlamaStatus.READY, LlamaStatus.GENERATING)
+
+    def prompt_ended(self, event: CompletionEvent) -> None:
+        server = self._server
+        server.generated.inc(event.completion_tokens)
+        self._generated.inc(event.completion_tokens)
+        server.processed.inc(event.prompt_tokens)
+        server.cached.inc(event.cached_tokens)
+        if event.timings.first_token_s is not None:
+            server.ttft.observe(event.timings.first_token_s)

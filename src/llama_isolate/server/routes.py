@@ -21,6 +21,7 @@ from llama_isolate import (
 from . import convert
 from .errors import ApiError, event_error
 from .generation import EventStreamResponse, unless_disconnected
+from .pool import ModelPool
 from .responses import Reply, completed
 from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Sampling
 from .service import ModelService
@@ -29,32 +30,43 @@ router = APIRouter()
 STARTED = int(time.time())
 
 
-def service_of(request: Request) -> ModelService:
-    service: ModelService = request.app.state.service
-    return service
+def pool_of(request: Request) -> ModelPool:
+    pool: ModelPool = request.app.state.pool
+    return pool
+
+
+REPLICA_HEADER = "x-llama-isolate-replica"  # which model and replica answered: "name/index"
 
 
 @router.get("/v1/models")
 async def models(request: Request) -> dict[str, Any]:
-    service = service_of(request)
-    return {
-        "object": "list",
-        "data": [{"id": service.name, "object": "model", "created": STARTED, "owned_by": "llama-isolate"}],
-    }
+    data = [
+        {"id": name, "object": "model", "created": STARTED, "owned_by": "llama-isolate"}
+        for name in pool_of(request).models
+    ]
+    return {"object": "list", "data": data}
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    service = service_of(request)
-    turn = convert.chat_turn(body, images_allowed=service.load.mmproj_path is not None)
+    pool = pool_of(request)
+    turn = convert.chat_turn(body, images_allowed=pool.first(body.model).load.mmproj_path is not None)
+    service = await pool.route(body.model, _conversation(turn))
     max_tokens = body.max_completion_tokens or body.max_tokens
     reply = Reply("chat", service.name, logprobs=turn.logprobs is not None)
-    return await _answer(request, reply, body, turn, max_tokens, raw=False)
+    return await _answer(request, service, reply, body=body, turn=turn, max_tokens=max_tokens, raw=False)
+
+
+def _conversation(turn: convert.Turn) -> list[dict[str, Any]]:
+    """The messages a chat prompt makes, to find the replica whose cache holds most of them."""
+    last: dict[str, Any] = {"role": "user", "content": turn.prompt}
+    if turn.tool_call_id is not None:
+        last = {"role": "tool", "tool_call_id": turn.tool_call_id, "content": turn.prompt}
+    return [*turn.history, last]
 
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    service = service_of(request)
     convert.refuse_unsupported(body)
     refused = {"echo": body.echo is True, "suffix": body.suffix is not None, "best_of": body.best_of not in (None, 1)}
     for name, given in refused.items():
@@ -63,23 +75,27 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
     if not prompt:
         raise ApiError(400, "the prompt is empty", param="prompt")
+    service = await pool_of(request).route(body.model)
     turn = convert.Turn([], prompt, logprobs=body.logprobs, n=body.n or 1)
     reply = Reply("text", service.name, logprobs=body.logprobs is not None)
-    return await _answer(request, reply, body, turn, body.max_tokens, raw=True, param="prompt")
+    return await _answer(
+        request, service, reply, body=body, turn=turn, max_tokens=body.max_tokens, raw=True, param="prompt"
+    )
 
 
 async def _answer(
     request: Request,
+    service: ModelService,
     reply: Reply,
+    *,
     body: Sampling,
     turn: convert.Turn,
     max_tokens: int | None,
-    *,
     raw: bool,
     param: str = "messages",
 ) -> Response:
     """Run the prompt; errors before its first token are HTTP errors, after it they end the stream."""
-    service = service_of(request)
+    replica = {REPLICA_HEADER: f"{service.name}/{service.replica}"}
     sampler = convert.sampler(service.sampler_params, body, n_vocab=service.n_vocab)
     generation = await service.generate(turn, sampler, max_tokens, raw=raw, param=param)
     try:
@@ -87,7 +103,8 @@ async def _answer(
         if isinstance(first, CompletionEvent) and not completed(first):
             raise event_error(first, param)
         if body.stream:
-            return EventStreamResponse(reply.stream(generation, first, body.include_usage), generation.close)
+            stream = reply.stream(generation, first, body.include_usage)
+            return EventStreamResponse(stream, generation.close, headers=replica)
         text = ""
         if not isinstance(first, CompletionEvent):
             rest, _ = await unless_disconnected(request.receive, generation.finish())
@@ -96,7 +113,7 @@ async def _answer(
         assert event is not None
         if not completed(event):
             raise event_error(event, param)
-        return JSONResponse(reply.whole(text, event))
+        return JSONResponse(reply.whole(text, event), headers=replica)
     except BaseException:
         await generation.close()
         raise
@@ -107,7 +124,7 @@ async def _answer(
 
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
-    service = service_of(request)
+    service = await pool_of(request).route(body.model)
     texts = [body.input] if isinstance(body.input, str) else body.input
     with service.embedding_turn():
         data, tokens = await _embed_all(service, body, texts, request)
@@ -152,11 +169,16 @@ async def _embed_all(
 
 @router.api_route("/health", methods=["GET", "HEAD"])
 async def health(request: Request) -> JSONResponse:
-    status = service_of(request).status
-    ok = status in (LlamaStatus.READY, LlamaStatus.GENERATING)
-    return JSONResponse({"status": "ok" if ok else status.value}, status_code=200 if ok else 503)
+    """200 while every model has a ready replica; each replica's status when there is more than one."""
+    models = pool_of(request).models
+    ready = (LlamaStatus.READY, LlamaStatus.GENERATING)
+    down = [r.status for replicas in models.values() if not any(r.status in ready for r in replicas) for r in replicas]
+    body: dict[str, Any] = {"status": down[0].value if down else "ok"}
+    if sum(map(len, models.values())) > 1:
+        body["models"] = {name: [r.status.value for r in replicas] for name, replicas in models.items()}
+    return JSONResponse(body, status_code=503 if down else 200)
 
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    return Response(service_of(request).metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(pool_of(request).metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,4 +1,4 @@
-"""The model behind the server: one `LlamaParent`, started and stopped with the app, and its metrics."""
+"""One replica of a served model: a `LlamaParent`, started and stopped with the app, and its metrics."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from llama_isolate import (
     ContextParams,
@@ -46,10 +47,20 @@ def model_name_of(load: LlamaLoad) -> str:
 class ModelService:
     """The parent (created in the app's lifespan, on the server's event loop) and what requests need of it."""
 
-    def __init__(self, load: LlamaLoad, *, name: str, max_queue: int | None, init_timeout: float | None) -> None:
+    def __init__(
+        self,
+        load: LlamaLoad,
+        *,
+        name: str,
+        metrics: Metrics,
+        max_queue: int | None,
+        init_timeout: float | None,
+        replica: int = 0,
+    ) -> None:
         self.load = load
         self.name = name
-        self.metrics = Metrics()
+        self.replica = replica
+        self.metrics = metrics
         self._max_queue = max_queue
         self._init_timeout = init_timeout
         self._parent: LlamaParent | None = None
@@ -62,7 +73,7 @@ class ModelService:
         self._parent = parent
         self.metrics.watch(parent)
         self._watchdog = asyncio.get_running_loop().create_task(self._keep_alive(parent))
-        logger.info("model %s ready: %s", self.name, parent.model_info)
+        logger.info("model %s (replica %d) ready: %s", self.name, self.replica, parent.model_info)
 
     async def stop(self) -> None:
         """Stop the worker; every request still pending ends (503, or an error event in its stream)."""
@@ -131,9 +142,17 @@ class ModelService:
     ) -> Generation:
         """Queue a prompt in a scope of its own (see `Generation`); `param` names the prompt's field in errors."""
         parent = self.ready()
+        context = self.load.context_params
+        budget = max_tokens or (context.n_predict if context.n_predict > 0 else context.n_ctx)  # tokens it may take
         self.metrics.in_flight += 1
+        self.metrics.outstanding_tokens += budget
+
+        def closed(generation: Generation) -> None:
+            self.metrics.outstanding_tokens -= budget
+            self._closed(generation)
+
         return await Generation.start(
-            parent, turn, sampler, max_tokens, raw=raw, on_close=self._closed, on_first=self._first, param=param
+            parent, turn, sampler, max_tokens, raw=raw, on_close=closed, on_first=self._first, param=param
         )
 
     def _first(self) -> None:
@@ -145,6 +164,16 @@ class ModelService:
             self.metrics.generating -= 1
         if generation.event is not None:
             self.metrics.prompt_ended(generation.event)
+
+    async def cached_tokens(self, messages: list[dict[str, Any]]) -> int:
+        """How much of the prompt `messages` make this replica's caches hold (0 when it cannot say)."""
+        parent = self._parent
+        if parent is None or parent.status not in (LlamaStatus.READY, LlamaStatus.GENERATING):
+            return 0
+        try:
+            return await parent.cached_tokens(messages)
+        except (LlamaError, ValueError):
+            return 0
 
     async def embed(self, text: str) -> Embedding:
         return await self.ready().embed(text, normalize=True)
