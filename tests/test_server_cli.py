@@ -25,7 +25,7 @@ def test_help_names_every_option() -> None:
     assert result.returncode == 0
     for option in ("--model", "--mmproj", "--host", "--port", "--parallel", "--ctx", "--threads", "--max-queue",
                    "--api-key", "--cors-origin", "--model-name", "--max-body-bytes", "--body-timeout",
-                   "--chat-template"):  # fmt: skip
+                   "--drain-timeout", "--replicas", "--config", "--chat-template"):  # fmt: skip
         assert option in result.stdout
     assert "127.0.0.1" in result.stdout  # bound to this machine unless told otherwise
 
@@ -39,6 +39,7 @@ def test_help_names_every_option() -> None:
         (["--chat-template", "/no/such/template.jinja"], "--chat-template"),
         (["--body-timeout", "0"], "--body-timeout"),
         (["--body-timeout", "nan"], "--body-timeout"),
+        (["--drain-timeout", "-1"], "--drain-timeout"),
     ],
 )
 def test_bad_options_exit_2_before_loading(args: list[str], message: str) -> None:
@@ -47,17 +48,22 @@ def test_bad_options_exit_2_before_loading(args: list[str], message: str) -> Non
     assert message in result.stderr
 
 
-def test_serves_then_stops_cleanly_on_sigterm() -> None:
+@pytest.mark.parametrize(
+    ("drain", "max_tokens", "ends"),
+    [("60", 40, "finishes"), ("0", 2000, "is cut with an error")],
+)
+def test_sigterm_drains_running_requests_then_exits_0(drain: str, max_tokens: int, ends: str) -> None:
     port = free_port()
     env = {"LLAMA_ISOLATE_API_KEY": "from-env", "PATH": "/usr/bin:/bin"}
     process = subprocess.Popen(
-        [*CLI, "serve", "--port", str(port), "--parallel", "1", "--ctx", "512"],
+        [*CLI, "serve", "--port", str(port), "--parallel", "1", "--ctx", "2048", "--drain-timeout", drain],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**env, **{k: v for k, v in __import__("os").environ.items() if k not in env}},
     )
     url = f"http://127.0.0.1:{port}"
+    key = {"Authorization": "Bearer from-env"}
     try:
 
         def up() -> bool:
@@ -69,27 +75,33 @@ def test_serves_then_stops_cleanly_on_sigterm() -> None:
 
         wait_until(up, timeout=120, what="the server to start")
         assert httpx.get(f"{url}/v1/models").status_code == 401  # the key came from the environment
-        answer = httpx.post(
-            f"{url}/v1/chat/completions",
-            json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
-            headers={"Authorization": "Bearer from-env"},
-            timeout=60,
-        )
-        assert answer.status_code == 200
+        chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        assert httpx.post(f"{url}/v1/chat/completions", json=chat, headers=key, timeout=60).status_code == 200
         workers = psutil.Process(process.pid).children(recursive=True)
         assert workers
-        counting = {"prompt": "1, 2, 3, 4, 5, 6, 7,", "max_tokens": 400, "stream": True}
-        with httpx.stream(
-            "POST", f"{url}/v1/completions", json=counting, headers={"Authorization": "Bearer from-env"}, timeout=60
-        ) as running:
+        counting = {"prompt": "1, 2, 3, 4, 5, 6, 7,", "max_tokens": max_tokens, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=counting, headers=key, timeout=60) as running:
             lines = running.iter_lines()
             next(lines)
             process.send_signal(signal.SIGTERM)
+
+            def refused() -> bool:
+                try:
+                    httpx.get(f"{url}/health", timeout=5)
+                except httpx.ConnectError:
+                    return True
+                return False
+
+            if drain != "0":
+                wait_until(refused, timeout=30, what="new connections to be refused while the stream drains")
             rest = [line for line in lines if line]
-        # The stream running when the server was told to stop ends with an error, not cut off.
         assert rest[-1] == "data: [DONE]"
-        assert "shutting down" in rest[-2]
-        assert process.wait(timeout=10) == 0
+        if ends == "finishes":  # the stream that was running when the server was told to stop ran to its end
+            assert '"finish_reason":"length"' in rest[-2].replace(" ", "") or "usage" in rest[-2], rest[-3:]
+            assert not any('"error"' in line for line in rest)
+        else:  # past the deadline it ends with an error, not cut off
+            assert "shutting down" in rest[-2]
+        assert process.wait(timeout=30) == 0
         _, alive = psutil.wait_procs(workers, timeout=10)
         assert alive == []
     finally:

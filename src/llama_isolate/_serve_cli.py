@@ -105,6 +105,14 @@ def add_parser(commands: Any) -> None:
         "--max-body-bytes", type=int, default=32 * 2**20, metavar="N", help="larger request bodies get 413 (32 MiB)"
     )
     http.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM, stop accepting and give running requests this long to finish; then the rest end with "
+        "an error (default 30)",
+    )
+    http.add_argument(
         "--body-timeout",
         type=float,
         default=30.0,
@@ -200,6 +208,8 @@ def _describe_load(args: argparse.Namespace, path: str | None, mmproj: str | Non
         raise ValueError("--api-key must be printable ASCII without spaces (it travels in an HTTP header)")
     if not (math.isfinite(args.body_timeout) and args.body_timeout > 0):
         raise ValueError(f"--body-timeout must be a number of seconds > 0, got {args.body_timeout}")
+    if not (math.isfinite(args.drain_timeout) and args.drain_timeout >= 0):
+        raise ValueError(f"--drain-timeout must be a number of seconds >= 0, got {args.drain_timeout}")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be 0..65535, got {args.port}")
     context: dict[str, Any] = {
@@ -252,11 +262,16 @@ def run(args: argparse.Namespace, plans: list[ModelPlan]) -> int:
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
+            # uvicorn stops accepting and waits for the requests running; those still running when the
+            # drain deadline comes end then, with a 503 or an error event, before its own grace period cuts
+            # the connections.
+            draining = not self.should_exit
             super().handle_exit(sig, frame)
-            # Pending requests end now, with a 503 or an error event, instead
-            # of being cut when uvicorn's grace period for connections ends.
-            asyncio.get_running_loop().call_soon_threadsafe(pool.begin_shutdown)
+            if draining:
+                loop = asyncio.get_running_loop()
+                loop.call_soon_threadsafe(loop.call_later, args.drain_timeout, pool.begin_shutdown)
 
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
+    grace = args.drain_timeout + 5  # then uvicorn cuts what is left
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=grace)
     Server(config).run()
     return 0
