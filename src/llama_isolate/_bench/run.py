@@ -3,6 +3,7 @@
 python -m bench            # everything
 python -m bench decode     # some sections only
 python -m bench serve      # the HTTP servers (not in the default set)
+python -m bench replicas   # 2 replicas x 4 slots against 1 x 8 (not in the default set)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import platform
 import sys
 
-from . import choices, contention, decode, parent_cpu, prefix, serve, soak, stall, stop, throughput, ttft
+from . import choices, contention, decode, parent_cpu, prefix, replicas, serve, soak, stall, stop, throughput, ttft
 from .common import Report
 
 SECTIONS = {
@@ -28,6 +29,7 @@ SECTIONS = {
     "serve": serve.run,
     "prefix": prefix.run,
     "choices": choices.run,
+    "replicas": replicas.run,
 }
 DEFAULT = ["decode", "throughput", "stall", "parent_cpu", "contention", "stop", "ttft", "choices"]
 
