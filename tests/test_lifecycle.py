@@ -9,6 +9,8 @@ import pytest
 
 from llama_isolate import (
     CompletionEvent,
+    ContextParams,
+    LlamaLoad,
     LlamaParent,
     LlamaStatus,
     LlamaStatusError,
@@ -151,3 +153,15 @@ async def test_dispose_before_init_needs_no_worker(model_path: Path) -> None:
     await parent.dispose()
     assert parent.status is LlamaStatus.DISPOSED
     assert not children()
+
+
+def test_the_parent_runs_on_uvloop(model_path: Path) -> None:
+    uvloop = pytest.importorskip("uvloop")  # uvicorn runs on it whenever it is installed
+
+    async def main() -> str:
+        async with LlamaParent(LlamaLoad(path=model_path, context_params=ContextParams(n_ctx=256))) as parent:
+            event = await parent.wait_for_completion(await parent.send_prompt("Hi", max_tokens=3))
+            assert event.success, event.error
+            return event.text
+
+    assert uvloop.run(main())

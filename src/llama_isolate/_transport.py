@@ -28,6 +28,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from . import _protocol as protocol
 
@@ -61,8 +62,9 @@ class _FrameReader(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport. Not necessarily an asyncio.Transport subclass: uvloop's (which uvicorn picks
+        # when it is installed) are not.
+        self.transport = cast("asyncio.Transport", transport)
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
