@@ -63,16 +63,23 @@ def test_a_character_cut_off_by_the_end_is_dropped_not_replaced() -> None:
 
 
 def test_a_tool_call_marker_splits_the_reply_even_across_pieces() -> None:
-    detok = Detokenizer(("STOP",), "<tool_call>")
+    detok = Detokenizer(("STOP",), ("<tool_call>",))
     shown = [detok.feed(piece.encode())[0] for piece in ("Sure <to", "ol_c", "all>\n{", '"name": "f"}')]
     assert "".join(shown) == "Sure "
     assert detok.call_text == '<tool_call>\n{"name": "f"}'
 
 
 def test_an_abandoned_call_goes_back_to_the_reply_and_the_marker_is_watched_again() -> None:
-    detok = Detokenizer((), "<tool_call>")
+    detok = Detokenizer((), ("<tool_call>",))
     assert detok.feed(b"a <tool_call></") == ("a ", False)
     assert detok.abandon_call() == ("<tool_call></", False)
     assert detok.call_text is None
     assert detok.feed(b"b <tool_") == ("b ", False)  # a possible marker is held back again
     assert detok.flush() == "<tool_"
+
+
+def test_the_first_of_several_markers_splits_the_reply() -> None:
+    detok = Detokenizer((), ('{"name": "a"', '{"name": "b"'))
+    assert detok.feed(b'JSON: {"name": "Bob"} and {"name": ') == ('JSON: {"name": "Bob"} and ', False)
+    assert detok.feed(b'"b", "parameters": {}}') == ("", False)
+    assert detok.call_text == '{"name": "b", "parameters": {}}'

@@ -250,15 +250,32 @@ def test_llama3_calls_are_json_replies_that_stream_and_go_on(llama3: SyncLlamaPa
     assert json.loads(written) == {"name": call.name, "parameters": call.arguments}
 
 
-def test_llama3_auto_reads_a_call_begun_after_text(llama3: SyncLlamaParent) -> None:
-    scope = llama3.get_scope()
-    shown: list[str] = []
-    scope.stream.listen(shown.append)
-    ask = "What's the weather in Paris? Answer with a function call."  # greedy: a sentence, then the call
-    event = llama3.wait_for_completion(scope.send_prompt(ask, tools=TOOLS, max_tokens=60))
-    (call,) = event.tool_calls
-    jsonschema.validate(call.arguments, schema_of(call.name))
-    assert '{"name"' not in event.text and "".join(shown) == event.text
+def test_llama3_auto_takes_a_call_only_from_its_named_marker(model_path: Path) -> None:
+    # The default model never writes a Llama 3 call by itself; so this drives the worker's switch directly:
+    # the text from the marker on, replayed into the call's grammar, as the engine does when it sees the marker.
+    from llama_isolate._tools import FORMATS, plan
+    from llama_isolate._worker.engine import Engine
+    from llama_isolate._worker.sampling import Sampler
+
+    grammar = plan(TOOLS, "auto").grammar("llama3")
+    assert grammar is not None
+    markers = FORMATS["llama3"].markers(["get_weather", "get_time"])
+    assert markers == ('{"name": "get_weather"', '{"name": "get_time"')
+    engine = Engine(LlamaLoad(path=model_path, context_params=ContextParams(n_ctx=256, n_parallel=1)), lambda _: None)
+    try:
+        vocab = engine._vocab
+
+        def switch_on(written: str) -> bool:
+            sampler = Sampler(SamplerParams(), vocab=vocab.handle, n_vocab=vocab.n_tokens, n_ctx=256)
+            try:
+                return sampler.activate(grammar, vocab.tokenize(written, add_special=False, parse_special=False))
+            finally:
+                sampler.free()
+
+        assert switch_on(markers[0]) and switch_on('{"name": "get_time", "parameters": {')
+        assert not switch_on('{"name": "get_weather", "arguments": {')  # Llama 3 calls them parameters
+    finally:
+        engine.close()
 
 
 def test_load_can_name_the_format(model_path: Path) -> None:
@@ -312,3 +329,13 @@ def test_the_reader_passes_arguments_on_as_written(
     assert [d.name for d in deltas if d.name] == ["f.x-1"]
     assert json.loads("".join(d.arguments for d in deltas)) == arguments
     assert parse_calls(text, format, reader.ids) == (ToolCall(reader.ids[0], "f.x-1", arguments),)
+
+
+def test_llama3_json_that_names_no_function_stays_text(llama3: SyncLlamaParent) -> None:
+    scope = llama3.get_scope()
+    ask = "What's the weather in Paris? Answer with a function call."  # greedy: JSON of its own, {"name": "Paris", ...
+    event = llama3.wait_for_completion(scope.send_prompt(ask, tools=TOOLS, max_tokens=30))
+    # {"name" alone starts no call (once it did, and the grammar turned that JSON into a get_weather call):
+    # only {"name": "<one of the functions>" does.
+    assert event.tool_calls == ()
+    assert '{"name": "Paris"' in event.text

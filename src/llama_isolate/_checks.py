@@ -93,16 +93,37 @@ def _check_tool_calls(calls: object, where: str) -> None:
         raise ValueError(f"{where} must be a list, got {type(calls).__name__}")
     for i, call in enumerate(calls):
         function = call.get("function", call) if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
             raise ValueError(f"{where}[{i}] must be {{'function': {{'name': str, 'arguments': ...}}}}")
         arguments = function.get("arguments", {})
         if isinstance(arguments, str):
             try:
-                arguments = json.loads(arguments) if arguments.strip() else {}
-            except json.JSONDecodeError:
-                raise ValueError(f"{where}[{i}]['function']['arguments'] is not JSON") from None
+                arguments = json_object_text(arguments)
+            except ValueError as exc:
+                raise ValueError(f"{where}[{i}]['function']['arguments'] {exc}") from None
         if not isinstance(arguments, dict):
             raise ValueError(f"{where}[{i}]['function']['arguments'] must be a JSON object")
+        try:
+            json.dumps(arguments, allow_nan=False)
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise ValueError(f"{where}[{i}]['function']['arguments'] cannot be written as JSON ({exc})") from None
+
+
+def json_object_text(text: str) -> dict[str, Any]:
+    """The JSON object `text` holds ("" is {}); `ValueError` saying why not (also for NaN, or nesting too deep)."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"holds {constant}, which JSON does not allow")
+
+    try:
+        value = json.loads(text, parse_constant=refuse) if text.strip() else {}
+    except json.JSONDecodeError:
+        raise ValueError("is not JSON") from None
+    except RecursionError:
+        raise ValueError("is nested too deeply") from None
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object")
+    return value
 
 
 def check_history(history: object, where: str = "messages") -> list[dict[str, Any]]:

@@ -92,7 +92,7 @@ def _submit(record: PromptRecord, history: list[dict[str, Any]], tool_format: To
         record.raw,
         record.logprobs,
         tools=None if tools is None else tools.specs_json,
-        tool_marker=None if tools is None or tools.mode == "none" else FORMATS[tool_format].marker,
+        tool_markers=() if tools is None or tools.mode == "none" else FORMATS[tool_format].markers(tools.names),
         tool_grammar=grammar if tools is not None and tools.mode == "auto" else None,
         n=record.n,
     )

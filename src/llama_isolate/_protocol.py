@@ -72,7 +72,7 @@ class Submit:
     raw: bool = False  # the turns' text as it is, without the chat template
     logprobs: int | None = None  # send each token's log probability and this many alternatives
     tools: str | None = None  # the function specs (JSON) the chat template shows
-    tool_marker: str | None = None  # where a tool call starts in the reply: text from there on is the call's
+    tool_markers: tuple[str, ...] = ()  # where a tool call starts in the reply: text from there on is the call's
     tool_grammar: str | None = None  # switched on once the marker is written (a whole call, marker included)
     n: int = 1  # choices: the prompt is read once, its KV copied to n-1 more slots, each with its own sampler
 

@@ -98,6 +98,18 @@ class CallFormat:
     opening: str  # written before the JSON object ("" when the marker is the object's own start)
     closing: str  # written after it
     root: str  # GBNF of a whole call around the rule ``call``
+    named: bool = False  # a call starts only where the marker is followed by one of the functions' names
+
+    def markers(self, names: Sequence[str]) -> tuple[str, ...]:
+        """What starts a call to one of `names` in a reply.
+
+        Llama 3's marker, ``{"name"``, is plain JSON that a reply asked for
+        JSON may well begin with; so there a call starts only with
+        ``{"name": "<one of the functions>"``, as the grammar writes it.
+        """
+        if not self.named:
+            return (self.marker,)
+        return tuple(f"{self.marker}: {json.dumps(name)}" for name in names)
 
 
 FORMATS: dict[str, CallFormat] = {
@@ -108,7 +120,7 @@ FORMATS: dict[str, CallFormat] = {
         closing="\n</tool_call>",
         root='"<tool_call>" "\\n"? call "\\n"? "</tool_call>"',
     ),
-    "llama3": CallFormat(marker='{"name"', key="parameters", opening="", closing="", root="call"),
+    "llama3": CallFormat(marker='{"name"', key="parameters", opening="", closing="", root="call", named=True),
 }
 
 
@@ -120,6 +132,11 @@ class ToolPlan:
     mode: Mode
     chosen: tuple[dict[str, Any], ...]  # the functions a call may name
     _grammars: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def names(self) -> list[str]:
+        """The functions a call may name."""
+        return [spec["function"]["name"] for spec in self.chosen]
 
     def grammar(self, format: str) -> str | None:
         """GBNF of one whole call, marker included (None for ``"none"``): the reply after the marker follows it."""
@@ -136,7 +153,10 @@ def plan(tools: object, tool_choice: object) -> ToolPlan:
     mode, chosen = _choice(tool_choice, specs)
     specs_json = json.dumps([spec["function"] for spec in specs], ensure_ascii=False)
     tool_plan = ToolPlan(specs_json, mode, tuple(chosen))
-    tool_plan.grammar("hermes")  # refuses, now, parameters the grammar cannot enforce (in any format)
+    try:
+        tool_plan.grammar("hermes")  # refuses, now, parameters the grammar cannot enforce (in any format)
+    except RecursionError:
+        raise LlamaSchemaError("the parameters are nested too deeply", "tools") from None
     return tool_plan
 
 
@@ -185,8 +205,8 @@ def _choice(tool_choice: object, specs: list[dict[str, Any]]) -> tuple[Mode, lis
 def _call_grammar(specs: list[dict[str, Any]], form: CallFormat) -> str:
     """GBNF of one call in `form`: ``{"name": <one of the functions>, <key>: <its arguments>}``.
 
-    The JSON object is written ``{"name"`` first, without a space: that is
-    where Llama 3's marker is found. The name's and the arguments' rules
+    The JSON object is written ``{"name": `` first, exactly: that is where a
+    call's marker is found (Llama 3's names the function too). The name's and the arguments' rules
     come from the checked conversion of one schema with an alternative per
     function (rules ``alternative-I-name`` and ``alternative-I-<key>-kv``).
     """
@@ -214,7 +234,7 @@ def _call_grammar(specs: list[dict[str, Any]], form: CallFormat) -> str:
             if not re.search(rf"^{re.escape(rule)} ::=", rules, re.MULTILINE):
                 raise RuntimeError(f"the schema converter named its rules differently: no {rule}")
         pairs.append(f'{name} "," space {arguments}')
-    call = '"{\\"name\\"" space ":" space (' + " | ".join(pairs) + ') "}" space'
+    call = '"{\\"name\\": " (' + " | ".join(pairs) + ') "}" space'
     return f"root ::= {form.root}\ncall ::= {call}\n{rules}"
 
 
@@ -290,7 +310,7 @@ def render_calls(content: str, calls: Sequence[Mapping[str, Any]], format: str) 
         arguments = function.get("arguments", {})
         if isinstance(arguments, str):
             arguments = json.loads(arguments) if arguments.strip() else {}
-        body = json.dumps({"name": function.get("name"), form.key: arguments}, ensure_ascii=False)
+        body = json.dumps({"name": function.get("name"), form.key: arguments}, ensure_ascii=False, allow_nan=False)
         parts.append(f"{form.opening}{body}{form.closing}")
     return "\n".join(parts)
 

@@ -320,7 +320,7 @@ class Engine:
             n_cached=n_cached,
             n_dropped=prepared.dropped,
             sampler=sampler,
-            detok=Detokenizer(request.sampler.stop, request.tool_marker),
+            detok=Detokenizer(request.sampler.stop, request.tool_markers),
         )
 
     def _evaluate_images(self) -> bool:
@@ -417,7 +417,7 @@ class Engine:
         auto; required's grammar held from the start). False if what follows the marker already breaks it."""
         request = run.request
         call = run.detok.call_text
-        if request.tool_grammar is None or request.tool_marker is None or call is None:
+        if request.tool_grammar is None or not request.tool_markers or call is None:
             return True
         written = self._vocab.tokenize(call, add_special=False, parse_special=False)  # the grammar covers the marker
         if run.sampler.activate(request.tool_grammar, written):

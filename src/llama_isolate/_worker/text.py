@@ -45,10 +45,10 @@ def held_back(text: str, strings: tuple[str, ...]) -> int:
 
 
 class CallSplitter:
-    """Splits a reply at its tool-call marker: the text before it is the reply's, the rest the call's."""
+    """Splits a reply at its first tool-call marker: the text before it is the reply's, the rest the call's."""
 
-    def __init__(self, marker: str) -> None:
-        self._marker = marker
+    def __init__(self, markers: tuple[str, ...]) -> None:
+        self._markers = markers
         self._pending = ""
         self.call: str | None = None  # the text from the marker on, once it was written
 
@@ -58,11 +58,11 @@ class CallSplitter:
             self.call += text
             return ""
         self._pending += text
-        at = self._pending.find(self._marker)
+        at = min((i for i in (self._pending.find(m) for m in self._markers) if i >= 0), default=-1)
         if at >= 0:
             emit, self.call, self._pending = self._pending[:at], self._pending[at:], ""
             return emit
-        split = len(self._pending) - held_back(self._pending, (self._marker,))
+        split = len(self._pending) - held_back(self._pending, self._markers)
         emit, self._pending = self._pending[:split], self._pending[split:]
         return emit
 
@@ -81,14 +81,14 @@ class Detokenizer:
 
     A character whose bytes arrive in two tokens is emitted whole with the
     second; bytes that are not UTF-8 at all become U+FFFD rather than an error.
-    With a tool-call `marker`, the text from the marker on is kept apart
+    With tool-call `markers`, the text from the first one on is kept apart
     (`call_text`) and never emitted; stop strings apply to the text before it.
     """
 
-    def __init__(self, stops: tuple[str, ...], marker: str | None = None) -> None:
+    def __init__(self, stops: tuple[str, ...], markers: tuple[str, ...] = ()) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stop = StopFilter(stops)
-        self._calls = None if marker is None else CallSplitter(marker)
+        self._calls = CallSplitter(markers) if markers else None
 
     @property
     def call_text(self) -> str | None:

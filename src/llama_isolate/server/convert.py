@@ -164,17 +164,30 @@ def _tool_message(message: ChatMessage, where: str) -> dict[str, Any]:
     text = content if isinstance(content, str) else ""
     calls = [call.model_dump() for call in message.tool_calls or ()]
     for j, call in enumerate(calls):
+        if not call["function"]["name"]:
+            param = f"{where}.tool_calls[{j}].function.name"
+            raise ApiError(400, f"{param} is empty", param=param)
         arguments = call["function"]["arguments"]
-        parsed: Any = arguments
-        if isinstance(arguments, str):
-            try:
-                parsed = json.loads(arguments) if arguments.strip() else {}
-            except ValueError:
-                parsed = None
-        if not isinstance(parsed, dict):
+        problem = None if isinstance(arguments, dict) else _not_an_object(arguments)
+        if problem is not None:
             param = f"{where}.tool_calls[{j}].function.arguments"
-            raise ApiError(400, f"{param} must be a JSON object (as text), got {arguments!r:.80}", param=param)
+            raise ApiError(400, f"{param} {problem} (it must be a JSON object, as text)", param=param)
     return {"role": "assistant", "content": text, "tool_calls": calls}
+
+
+def _not_an_object(text: str) -> str | None:
+    """Why `text` is not a JSON object's text, or None if it is ("" counts as {})."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"holds {constant}, which JSON does not allow")
+
+    try:
+        value = json.loads(text, parse_constant=refuse) if text.strip() else {}
+    except RecursionError:
+        return "is nested too deeply"
+    except ValueError as exc:
+        return str(exc) if str(exc).startswith("holds") else "is not JSON"
+    return None if isinstance(value, dict) else "is not an object"
 
 
 def _check_text(text: str, param: str) -> None:

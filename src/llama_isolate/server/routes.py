@@ -105,15 +105,14 @@ async def _answer(
         if body.stream:
             stream = reply.stream(generation, first, body.include_usage)
             return EventStreamResponse(stream, generation.close, headers=replica)
-        text = ""
         if not isinstance(first, CompletionEvent):
-            rest, _ = await unless_disconnected(request.receive, generation.finish())
-            text = (first if isinstance(first, str) else "") + rest
+            await unless_disconnected(request.receive, generation.finish())
         event = generation.event
         assert event is not None
         if not completed(event):
             raise event_error(event, param)
-        return JSONResponse(reply.whole(text, event), headers=replica)
+        # The event's text: with a call that max_tokens cut short, that is what the model wrote of it too.
+        return JSONResponse(reply.whole(event.text, event), headers=replica)
     except BaseException:
         await generation.close()
         raise
