@@ -12,11 +12,10 @@ import jsonschema
 import openai
 import pytest
 
-from llama_isolate import CHATML_TOOLS_TEMPLATE, ContextParams, LlamaLoad, SamplerParams
 from llama_isolate.server import create_app
 
 from .serving import serving
-from .test_tools import TOOLS, schema_of
+from .test_tools import TOOLS, schema_of, tools_load
 
 CHAT = "/v1/chat/completions"
 CALL = {"id": "call_1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
@@ -26,13 +25,7 @@ ASK = [{"role": "user", "content": "What's the weather in Paris?"}]
 
 @pytest.fixture(scope="module")
 def base_url(model_path: Path) -> Iterator[str]:
-    load = LlamaLoad(
-        path=model_path,
-        context_params=ContextParams(n_ctx=2048, n_parallel=2),
-        chat_template=CHATML_TOOLS_TEMPLATE,
-        sampler_params=SamplerParams(greedy=True),
-    )
-    with serving(create_app(load, model_name="smol")) as url:
+    with serving(create_app(tools_load(model_path), model_name="smol")) as url:
         yield url
 
 

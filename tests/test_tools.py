@@ -52,15 +52,19 @@ ASK = "What's the weather in Paris?"
 ASK_FOR_A_CALL = "Reply only with a <tool_call> for get_weather in Paris."
 
 
-@pytest.fixture(scope="module")
-def parent(model_path: Path) -> Iterator[SyncLlamaParent]:
-    load = LlamaLoad(
+def tools_load(model_path: Path, template: str = CHATML_TOOLS_TEMPLATE) -> LlamaLoad:
+    """The default model, greedy, 2 slots, with a chat template that shows tools."""
+    return LlamaLoad(
         path=model_path,
         context_params=ContextParams(n_ctx=2048, n_parallel=2),
-        chat_template=CHATML_TOOLS_TEMPLATE,
+        chat_template=template,
         sampler_params=SamplerParams(greedy=True),
     )
-    with SyncLlamaParent(load) as parent:
+
+
+@pytest.fixture(scope="module")
+def parent(model_path: Path) -> Iterator[SyncLlamaParent]:
+    with SyncLlamaParent(tools_load(model_path)) as parent:
         yield parent
 
 
@@ -217,13 +221,7 @@ LLAMA3_TEMPLATE = (Path(__file__).parent / "data" / "llama3_tools.jinja").read_t
 
 @pytest.fixture(scope="module")
 def llama3(model_path: Path) -> Iterator[SyncLlamaParent]:
-    load = LlamaLoad(
-        path=model_path,
-        context_params=ContextParams(n_ctx=2048, n_parallel=2),
-        chat_template=LLAMA3_TEMPLATE,
-        sampler_params=SamplerParams(greedy=True),
-    )
-    with SyncLlamaParent(load) as parent:
+    with SyncLlamaParent(tools_load(model_path, LLAMA3_TEMPLATE)) as parent:
         yield parent
 
 

@@ -69,12 +69,12 @@ class Conversations:
 def turns_of(messages: object, tool_format: ToolFormat) -> tuple[tuple[str, str], ...]:
     """`messages` (OpenAI-style dicts, as in `messages`) as the worker's turns; `ValueError` names a malformed one."""
     history = check_history(list(messages) if isinstance(messages, tuple) else messages, "messages")
-    return tuple((str(m["role"]), _content(m, tool_format)) for m in history)
+    return _turns(history, tool_format)
 
 
 def _submit(record: PromptRecord, history: list[dict[str, Any]], tool_format: ToolFormat) -> protocol.Submit:
     """The command that starts `record`, with its whole conversation (and its images, if any)."""
-    turns = tuple((str(m["role"]), _content(m, tool_format)) for m in history)
+    turns = _turns(history, tool_format)
     images: tuple[tuple[tuple[str, bytes], ...], ...] = ()
     if any(m.get("images") for m in history):
         images = tuple(tuple((i.name, i.data) for i in m.get("images") or ()) for m in history)
@@ -96,6 +96,11 @@ def _submit(record: PromptRecord, history: list[dict[str, Any]], tool_format: To
         tool_grammar=grammar if tools is not None and tools.mode == "auto" else None,
         n=record.n,
     )
+
+
+def _turns(history: list[dict[str, Any]], tool_format: ToolFormat) -> tuple[tuple[str, str], ...]:
+    """Checked messages as (role, text) pairs for the template."""
+    return tuple((str(m["role"]), _content(m, tool_format)) for m in history)
 
 
 def _content(message: dict[str, Any], tool_format: ToolFormat) -> str:
