@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -128,6 +129,57 @@ def test_a_client_leaving_while_queued_never_starts(base_url: str, stream: bool)
         assert next(first_lines) is not None and next(second_lines) is not None  # still streaming
     wait_until(lambda: gone(base_url, endpoint) == left + 1, what="it was counted as gone")
     wait_until(lambda: metric(base_url, RUNNING) == 0, what="all ended")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_request_task_cancelled_from_outside_still_stops_its_prompt(model_path: Path, stream: bool) -> None:
+    """Ray Serve ends the request of a client that left by cancelling its task: a plain `Task.cancel()`, which an
+    anyio shield does not hold off, and it may come again while the request cleans up. The prompt must still stop."""
+    app = create_app(server_load(model_path, n_parallel=2))
+    body = json.dumps({**COUNTING, "stream": stream}).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": COMPLETIONS,
+        "raw_path": COMPLETIONS.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+    }
+    requests: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+    requests.put_nowait({"type": "http.request", "body": body, "more_body": False})
+
+    async def ignore(_: object) -> None:
+        pass
+
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+
+        async def sample(name: str) -> float:
+            for line in (await client.get("/metrics")).text.splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+            return 0.0
+
+        async def until(name: str, value: float) -> float:
+            start = time.monotonic()
+            while await sample(name) != value:
+                assert time.monotonic() - start < 10, f"{name} never became {value}"
+                await asyncio.sleep(0.01)
+            return time.monotonic() - start
+
+        request = asyncio.create_task(app(scope, requests.get, ignore))  # receive: the body, then nothing
+        await until(GENERATING, 1)
+        while not request.done():  # again and again, so that a cancellation also lands inside the cleanup
+            request.cancel()
+            await asyncio.sleep(0)
+        assert request.cancelled()
+        assert await until(RUNNING, 0) < 1.0
 
 
 def test_a_worker_crash_ends_streams_with_an_error_then_503_until_it_is_back(model_path: Path) -> None:

@@ -150,8 +150,10 @@ class Generation:
         if self._closed:
             return
         self._closed = True
-        with anyio.CancelScope(shield=True):
-            await self._scope.dispose()
+        await to_the_end(self._close())
+
+    async def _close(self) -> None:
+        await self._scope.dispose()
         while self.event is None and not self._items.empty():  # a stopped prompt's event came on dispose
             item = self._items.get_nowait()
             if isinstance(item, CompletionEvent):
@@ -179,6 +181,27 @@ def _refusal(exc: BaseException, param: str, schema_param: str) -> BaseException
         where = named if named in ("tools", "tool_choice", "n", "messages") else param
         return ApiError(400, message, param=where, code="invalid_value")
     return exc
+
+
+_FINISHING: set[asyncio.Future[Any]] = set()
+
+
+async def to_the_end(work: Awaitable[T]) -> T:
+    """`work`'s result; `work` runs to its end even if the caller is cancelled meanwhile.
+
+    An anyio shield holds off only anyio's own cancel scopes (Starlette's);
+    a plain `Task.cancel()` still lands inside it. Ray Serve cancels a
+    request's task that way when its client leaves, and a cleanup cut short
+    there leaves the prompt running. So `work` runs as a task of its own, out
+    of reach of the caller's cancellation: the caller waits for it unless
+    cancelled from outside, and then `work` goes on alone.
+    """
+    task = asyncio.ensure_future(work)
+    _FINISHING.add(task)
+    task.add_done_callback(_FINISHING.discard)
+    with anyio.CancelScope(shield=True):
+        await asyncio.shield(task)
+    return task.result()
 
 
 async def until_disconnected(receive: Receive) -> None:
@@ -245,5 +268,4 @@ class EventStreamResponse(StreamingResponse):
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                 group.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._on_end()
+            await to_the_end(self._on_end())
