@@ -162,17 +162,40 @@ def serve_args(*argv: str) -> Any:
 
 
 def test_the_command_line_names_models_and_replicas(tmp_path: Path) -> None:
-    plans = _serve_cli.describe(serve_args("--model", "a=/m/a.gguf", "--model", "b=/m/b.gguf", "--replicas", "2"))
+    plans = _serve_cli.describe(
+        serve_args("--model", "a=/m/a.gguf", "--model", "b=/m/b.gguf", "--replicas", "2")
+    ).models
     assert [(p.name, p.load.path, p.replicas) for p in plans] == [("a", "/m/a.gguf", 2), ("b", "/m/b.gguf", 2)]
-    (one,) = _serve_cli.describe(serve_args("--model", "./odd=name.gguf"))  # a path with '=' stays a path
+    (one,) = _serve_cli.describe(serve_args("--model", "./odd=name.gguf")).models  # a path with '=' stays a path
     assert (one.name, one.load.path) == (None, "./odd=name.gguf")
     config = tmp_path / "serve.toml"
     config.write_text(
         '[models.chat]\npath = "/m/chat.gguf"\nreplicas = 2\nctx = 512\n\n[models.embed]\npath = "/m/e.gguf"\n'
     )
-    chat_plan, embed_plan = _serve_cli.describe(serve_args("--config", str(config)))
+    chat_plan, embed_plan = _serve_cli.describe(serve_args("--config", str(config))).models
     assert (chat_plan.name, chat_plan.replicas, chat_plan.load.context_params.n_ctx) == ("chat", 2, 512)
     assert (embed_plan.name, embed_plan.replicas) == ("embed", 1)
+
+
+def test_ray_options_describe_serve_replicas_and_their_resources(tmp_path: Path) -> None:
+    argv = ["--ray", "auto", "--replicas", "2", "--max-replicas", "4", "--ray-resource", "llm=1", "--ray-cpus", "3"]
+    plan = _serve_cli.describe(serve_args(*argv))
+    assert plan.ray == _serve_cli.RayPlan("auto", 2, 4, {"llm": 1.0}, 3.0, 0.0)
+    (model,) = plan.models
+    assert model.replicas == 1  # --replicas counted Serve replicas, each with one worker of the model
+    assert model.load.context_params.n_threads == 3  # the replica's CPUs, not this machine's
+    assert _serve_cli.describe(serve_args("--model", "/x.gguf")).ray is None
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        '[models.chat]\npath = "/m/chat.gguf"\nreplicas = 2\n\n'
+        "[ray]\nmin_replicas = 1\nmax_replicas = 3\nnum_cpus = 8\nnum_gpus = 1\nresources = { node_a = 0.5 }\n"
+    )
+    plan = _serve_cli.describe(
+        serve_args("--config", str(config), "--ray", "ray://head:10001", "--ray-resource", "x=2")
+    )
+    assert plan.ray == _serve_cli.RayPlan("ray://head:10001", 1, 3, {"x": 2.0, "node_a": 0.5}, 8.0, 1.0)
+    (chat,) = plan.models
+    assert (chat.replicas, chat.load.context_params.n_threads) == (2, 8)  # two workers in each Serve replica
 
 
 @pytest.mark.parametrize(
@@ -188,6 +211,17 @@ def test_the_command_line_names_models_and_replicas(tmp_path: Path) -> None:
         ([], "not toml [", "cannot be read"),
         ([], "[other]\n", r"no \[models.NAME\]"),
         (["--model", "/x.gguf"], '[models.chat]\npath = "/x"\n', "give no --model"),
+        (["--max-replicas", "2"], None, "for --ray"),
+        (["--ray-cpus", "2"], None, "for --ray"),
+        ([], '[models.chat]\npath = "/x"\n[ray]\nmax_replicas = 2\n', "for --ray"),
+        (["--ray", "auto", "--replicas", "3", "--max-replicas", "2"], None, "below --replicas"),
+        (["--ray", "auto", "--replicas", "0"], None, "min_replicas"),
+        (["--ray", "auto", "--ray-resource", "llm"], None, "NAME=AMOUNT"),
+        (["--ray", "auto", "--ray-resource", "llm=0"], None, "amount > 0"),
+        (["--ray", "auto", "--ray-cpus", "-1"], None, "--ray-cpus"),
+        (["--ray", "auto"], '[models.chat]\npath = "/x"\n[ray]\ncolour = 1\n', "unknown keys"),
+        (["--ray", "auto"], '[models.chat]\npath = "/x"\n[ray]\nresources = 1\n', "resources must be"),
+        (["--ray", "auto"], '[models.chat]\npath = "/x"\n[ray]\nmax_replicas = "many"\n', "max_replicas"),
     ],
 )
 def test_bad_model_options_are_refused_naming_what(

@@ -117,3 +117,14 @@ def test_the_worker_does_not_load_the_asyncio_facade() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_ray_is_imported_only_for_ray() -> None:
+    code = (
+        "import sys, llama_isolate, llama_isolate.server, llama_isolate.ray\n"
+        "from llama_isolate import _cli, _serve_cli\n"
+        "_serve_cli.describe(_cli._parser().parse_args(['serve', '--replicas', '2']))\n"
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ DEFAULT_FLASH_ATTENTION = "auto"
 
 API_KEY_ENV = "LLAMA_ISOLATE_API_KEY"
 DEFAULT_PORT = 8080
+DEFAULT_RAY_CPUS = 2
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(commands: Any) -> None:
@@ -53,13 +57,14 @@ def add_parser(commands: Any) -> None:
         default=1,
         metavar="N",
         help="copies of each model, each a worker process of its own; a conversation goes back to the copy that "
-        "holds its cache (default 1; see docs/scaling.md)",
+        "holds its cache (default 1; see docs/scaling.md). With --ray: Serve replicas, each holding every model",
     )
     model.add_argument(
         "--config",
         metavar="FILE",
         help="a TOML file of [models.NAME] tables (path, mmproj, ctx, parallel, replicas, threads, chat_template), "
-        "instead of --model",
+        "instead of --model; and for --ray an optional [ray] table (min_replicas, max_replicas, resources, "
+        "num_cpus, num_gpus)",
     )
     model.add_argument("--mmproj", metavar="PATH", help="multimodal projector GGUF: enables image content parts")
     model.add_argument("--model-name", metavar="NAME", help="the id /v1/models shows (default: the file name)")
@@ -119,6 +124,39 @@ def add_parser(commands: Any) -> None:
         metavar="S",
         help="seconds a request's body may take to arrive; a slower one gets 408 (default 30)",
     )
+    on_ray = serve.add_argument_group("ray (needs llama-isolate[ray]; see docs/ray.md)")
+    on_ray.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="deploy to the Ray cluster at ADDRESS (auto, HEAD:PORT or ray://HEAD:PORT) as a Ray Serve application "
+        "instead of serving here; Serve's HTTP proxy listens on --host and --port of every node. Ctrl-C or "
+        "SIGTERM deletes the application",
+    )
+    on_ray.add_argument(
+        "--max-replicas",
+        type=int,
+        metavar="N",
+        help="let Ray scale between --replicas and N Serve replicas, aiming at one request per slot (default: "
+        "--replicas, no scaling)",
+    )
+    on_ray.add_argument(
+        "--ray-resource",
+        action="append",
+        default=[],
+        metavar="NAME=AMOUNT",
+        help="a custom Ray resource each Serve replica needs, which keeps replicas on the nodes started with it "
+        "(repeatable; e.g. llm=1)",
+    )
+    on_ray.add_argument(
+        "--ray-cpus",
+        type=float,
+        metavar="N",
+        help=f"CPUs Ray reserves for each Serve replica (default: --threads, else {DEFAULT_RAY_CPUS}; without "
+        "--threads the models use this many threads)",
+    )
+    on_ray.add_argument(
+        "--ray-gpus", type=float, default=0, metavar="N", help="GPUs Ray reserves for each Serve replica"
+    )
 
 
 @dataclass(frozen=True)
@@ -130,12 +168,80 @@ class ModelPlan:
     replicas: int
 
 
-def describe(args: argparse.Namespace) -> list[ModelPlan]:
-    """The models the options describe; ValueError names a bad value (exit 2 before anything loads)."""
+@dataclass(frozen=True)
+class RayPlan:
+    """Where `serve --ray` deploys, and each Serve replica's count and resources (`llama_isolate.ray.build_app`)."""
+
+    address: str
+    min_replicas: int
+    max_replicas: int
+    resources: dict[str, float]
+    num_cpus: float
+    num_gpus: float
+
+
+@dataclass(frozen=True)
+class ServePlan:
+    """What `serve` runs: the models, and the Ray cluster to run them on (None: here, under uvicorn)."""
+
+    models: list[ModelPlan]
+    ray: RayPlan | None = None
+
+
+def describe(args: argparse.Namespace) -> ServePlan:
+    """The models (and Ray deployment) the options describe; ValueError names a bad value (exit 2 before loading)."""
+    config = _read_config(args.config) if args.config is not None else {}
+    ray = _ray_plan(args, config.get("ray", {})) if args.ray is not None else None
+    if ray is None and (config.get("ray") or args.max_replicas is not None or args.ray_resource or args.ray_gpus):
+        raise ValueError("the [ray] table, --max-replicas, --ray-resource and --ray-gpus are for --ray")
+    if ray is None and args.ray_cpus is not None:
+        raise ValueError("--ray-cpus is for --ray")
+    if ray is not None:
+        if args.threads is None:  # the threads the replica has, not those of this machine
+            args = argparse.Namespace(**{**vars(args), "threads": max(1, math.floor(ray.num_cpus))})
+        args = argparse.Namespace(**{**vars(args), "replicas": 1})  # --replicas counted Serve replicas
     if args.config is not None:
         if args.model or args.mmproj or args.model_name:
             raise ValueError("--config names the models: give no --model, --mmproj or --model-name with it")
-        return _from_config(args)
+        return ServePlan(_from_config(args, config), ray)
+    return ServePlan(_from_options(args), ray)
+
+
+def _ray_plan(args: argparse.Namespace, table: Any) -> RayPlan:
+    """`--ray`'s options, then a config's [ray] table over them."""
+    known = {"min_replicas", "max_replicas", "resources", "num_cpus", "num_gpus"}
+    if not isinstance(table, dict) or set(table) - known:
+        raise ValueError(f"--config {args.config!r} [ray]: unknown keys (known: {sorted(known)})")
+    resources: dict[str, Any] = {}
+    for given in args.ray_resource:
+        name, _, amount = given.partition("=")
+        try:
+            resources[name] = float(amount)
+        except ValueError:
+            raise ValueError(f"--ray-resource {given!r}: expected NAME=AMOUNT") from None
+    extra = table.get("resources", {})
+    if not isinstance(extra, dict):
+        raise ValueError(f"--config {args.config!r} [ray]: resources must be a table of NAME = AMOUNT")
+    resources |= extra
+    for name, amount in resources.items():
+        if not name or isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount > 0:
+            raise ValueError(f"a Ray resource needs a name and an amount > 0, got {name!r} = {amount!r}")
+    low = table.get("min_replicas", args.replicas)
+    high = table.get("max_replicas", args.max_replicas if args.max_replicas is not None else max(low, 1))
+    for what, value in (("min_replicas", low), ("max_replicas", high)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{what} (--replicas / --max-replicas) must be an int >= 1, got {value!r}")
+    if high < low:
+        raise ValueError(f"--max-replicas ({high}) is below --replicas ({low})")
+    cpus = table.get("num_cpus", args.ray_cpus if args.ray_cpus is not None else args.threads or DEFAULT_RAY_CPUS)
+    gpus = table.get("num_gpus", args.ray_gpus)
+    for what, value, least in (("--ray-cpus", cpus, 0.0), ("--ray-gpus", gpus, 0.0)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < least:
+            raise ValueError(f"{what} must be a number >= 0, got {value!r}")
+    return RayPlan(args.ray, low, high, {k: float(v) for k, v in resources.items()}, float(cpus), float(gpus))
+
+
+def _from_options(args: argparse.Namespace) -> list[ModelPlan]:
     models = args.model or [None]
     if len(models) > 1 and (args.mmproj or args.model_name):
         raise ValueError("--mmproj and --model-name are for one model; put several in a --config file")
@@ -159,17 +265,23 @@ def _named(given: str | None) -> tuple[str | None, str | None]:
     return name, path
 
 
-def _from_config(args: argparse.Namespace) -> list[ModelPlan]:
-    """The [models.NAME] tables of a TOML file; each key overrides the option of the same name."""
+def _read_config(path: str) -> dict[str, Any]:
+    """A TOML config file's tables."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - the server extra installs tomli there
         import tomli as tomllib
     try:
-        with open(args.config, "rb") as f:
-            tables = tomllib.load(f).get("models")
+        with open(path, "rb") as f:
+            tables: dict[str, Any] = tomllib.load(f)
+            return tables
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"--config {args.config!r} cannot be read: {exc}") from None
+        raise ValueError(f"--config {path!r} cannot be read: {exc}") from None
+
+
+def _from_config(args: argparse.Namespace, config: dict[str, Any]) -> list[ModelPlan]:
+    """The [models.NAME] tables of a TOML file; each key overrides the option of the same name."""
+    tables = config.get("models")
     if not isinstance(tables, dict) or not tables:
         raise ValueError(f"--config {args.config!r} has no [models.NAME] tables")
     known = {"path", "mmproj", "ctx", "parallel", "replicas", "threads", "chat_template"}
@@ -235,7 +347,7 @@ def _describe_load(args: argparse.Namespace, path: str | None, mmproj: str | Non
     )
 
 
-def run(args: argparse.Namespace, plans: list[ModelPlan]) -> int:
+def run(args: argparse.Namespace, plan: ServePlan) -> int:
     """Serve until SIGTERM (exit 0) or Ctrl-C (exit 130); the workers are stopped either way."""
     try:
         import uvicorn
@@ -245,15 +357,17 @@ def run(args: argparse.Namespace, plans: list[ModelPlan]) -> int:
     except ImportError as exc:
         raise LlamaError(f"serve needs the server extra: pip install 'llama-isolate[server]' ({exc})") from exc
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
-    models = [ServedModel(plan.name or model_name_of(plan.load), plan.load, plan.replicas) for plan in plans]
-    app = create_app(
-        models=models,
-        api_key=args.api_key or None,
-        cors_origins=args.cors_origin,
-        max_queue=args.max_queue,
-        max_body_bytes=args.max_body_bytes,
-        body_timeout=args.body_timeout,
-    )
+    models = [ServedModel(model.name or model_name_of(model.load), model.load, model.replicas) for model in plan.models]
+    options: dict[str, Any] = {
+        "api_key": args.api_key or None,
+        "cors_origins": args.cors_origin,
+        "max_queue": args.max_queue,
+        "max_body_bytes": args.max_body_bytes,
+        "body_timeout": args.body_timeout,
+    }
+    if plan.ray is not None:
+        return _run_on_ray(args, plan.ray, models, options)
+    app = create_app(models=models, **options)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again
     # under the handler that was there before it: this one, so the process
     # exits 0 (Ctrl-C still ends as KeyboardInterrupt, exit 130).
@@ -274,4 +388,35 @@ def run(args: argparse.Namespace, plans: list[ModelPlan]) -> int:
     grace = args.drain_timeout + 5  # then uvicorn cuts what is left
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=grace)
     Server(config).run()
+    return 0
+
+
+def _run_on_ray(args: argparse.Namespace, plan: RayPlan, models: list[Any], options: dict[str, Any]) -> int:
+    """Deploy to the cluster, then wait for SIGTERM (exit 0) or Ctrl-C (exit 130); the app is deleted either way."""
+    try:
+        from .ray import build_app, connect, deploy, undeploy
+    except ImportError as exc:  # pragma: no cover - the dev extra installs Ray
+        raise LlamaError(f"serve --ray needs the ray extra: pip install 'llama-isolate[ray]' ({exc})") from exc
+    app = build_app(
+        models,
+        min_replicas=plan.min_replicas,
+        max_replicas=plan.max_replicas,
+        resources=plan.resources,
+        num_cpus=plan.num_cpus,
+        num_gpus=plan.num_gpus,
+        drain_timeout=args.drain_timeout,
+        **options,
+    )
+    connect(plan.address)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # after connecting: Ray's own handler aborts the process
+    try:
+        url = deploy(app, host=args.host, port=args.port)
+        logger.info(
+            "serving on the Ray cluster at %s: %s (SIGTERM or Ctrl-C deletes the application)", plan.address, url
+        )
+        stop.wait()
+        logger.info("deleting the application: running requests have %s s to finish", args.drain_timeout)
+    finally:
+        undeploy()
     return 0

@@ -1,0 +1,206 @@
+"""Ray Serve: the same server on a Ray cluster, each Serve replica with workers of its own (llama-isolate[ray]).
+
+`build_app` makes a Ray Serve application whose ingress is the app of
+`llama-isolate serve` (`llama_isolate.server.create_app`): every endpoint,
+error and streaming rule is the same. Each Serve replica runs that app with
+its own `LlamaParent` per model, so a llama.cpp worker is still a child
+process of the replica, and a crash stays within it. Ray places the replicas
+(on the nodes that have the resources asked for) and scales them between
+`min_replicas` and `max_replicas`, aiming at as many requests in flight per
+replica as it has slots (the models' ``parallel``).
+
+A client that disconnects cancels its request on the replica: Ray cancels
+the request's task there, and the server's cleanup (which such a
+cancellation cannot cut short) stops the prompt in the engine.
+
+`connect`, `deploy` and `undeploy` join a cluster, run the application there
+and delete it again: what ``llama-isolate serve --ray ADDRESS`` does. Importing `llama_isolate` or
+running ``serve`` without ``--ray`` never imports Ray. See docs/ray.md.
+
+Example::
+
+    import ray
+    from ray import serve
+    from llama_isolate import LlamaLoad, default_model_path
+    from llama_isolate.ray import build_app
+    from llama_isolate.server import ServedModel
+
+    ray.init(address="auto")
+    serve.run(build_app([ServedModel("smol", LlamaLoad(path=default_model_path()))]), route_prefix="/")
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .server import ServedModel, create_app
+from .server.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUE
+from .server.middleware import DEFAULT_BODY_TIMEOUT_S
+
+if TYPE_CHECKING:
+    from ray.serve import Application
+
+logger = logging.getLogger(__name__)
+
+DEPLOYMENT_NAME = "llama-isolate"
+"""The Serve deployment's name (its replica actors are named after it)."""
+APP_NAME = "llama-isolate"
+"""The name `deploy` gives the Serve application."""
+
+
+def build_app(
+    models: Sequence[ServedModel],
+    *,
+    min_replicas: int = 1,
+    max_replicas: int | None = None,
+    resources: Mapping[str, float] | None = None,
+    num_cpus: float | None = None,
+    num_gpus: float = 0,
+    api_key: str | None = None,
+    cors_origins: Sequence[str] = (),
+    max_queue: int | None = DEFAULT_MAX_QUEUE,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
+    init_timeout: float | None = None,
+    drain_timeout: float = 30.0,
+) -> Application:
+    """A Ray Serve application serving `models`: each Serve replica runs `create_app(models=models, ...)`.
+
+    Args:
+        models: what each Serve replica serves, as for `create_app(models=...)`
+            (a model's ``replicas`` are workers within each Serve replica).
+        min_replicas, max_replicas: Serve replicas; Ray scales between the two
+            when they differ (`max_replicas` defaults to `min_replicas`),
+            aiming at one request in flight per slot of a replica.
+        resources: custom Ray resources each replica needs, which pins it to
+            the nodes that have them (``{"llm": 1}``).
+        num_cpus: CPUs Ray reserves for each replica (default: the most
+            threads any of its models uses).
+        num_gpus: GPUs Ray reserves for each replica.
+        api_key, cors_origins, max_queue, max_body_bytes, body_timeout,
+        init_timeout: as for `create_app`.
+        drain_timeout: seconds a replica that is stopping (scaled down,
+            redeployed, deleted) gives its running requests to finish.
+
+    Raises:
+        ValueError: no models, or replica counts out of order.
+    """
+    from ray import serve
+
+    if not models:
+        raise ValueError("build_app needs at least one model")
+    max_replicas = min_replicas if max_replicas is None else max_replicas
+    if not 1 <= min_replicas <= max_replicas:
+        raise ValueError(f"need 1 <= min_replicas <= max_replicas, got {min_replicas} and {max_replicas}")
+    models = list(models)
+    slots = sum(model.load.context_params.n_parallel * model.replicas for model in models)
+    threads = max(model.load.context_params.n_threads for model in models)
+    app_options: dict[str, Any] = {
+        "api_key": api_key,
+        "cors_origins": tuple(cors_origins),
+        "max_queue": max_queue,
+        "max_body_bytes": max_body_bytes,
+        "body_timeout": body_timeout,
+        "init_timeout": init_timeout,
+    }
+    create_app(models=models, **app_options)  # checks every option here, not on a replica
+
+    def make_app() -> Any:  # runs on each replica, when it starts
+        return create_app(models=models, **app_options)
+
+    actor: dict[str, Any] = {"num_cpus": num_cpus if num_cpus is not None else threads}
+    if num_gpus:
+        actor["num_gpus"] = num_gpus
+    if resources:
+        actor["resources"] = dict(resources)
+    options: dict[str, Any] = {
+        "name": DEPLOYMENT_NAME,
+        "ray_actor_options": actor,
+        # Requests beyond the slots wait in the replica's own queue (429 past max_queue), not in Ray's.
+        "max_ongoing_requests": slots + (max_queue or 0),
+        "graceful_shutdown_timeout_s": drain_timeout,
+    }
+    if max_replicas > min_replicas:
+        options["autoscaling_config"] = {
+            "min_replicas": min_replicas,
+            "max_replicas": max_replicas,
+            "target_ongoing_requests": slots,
+        }
+    else:
+        options["num_replicas"] = min_replicas
+    deployment = serve.deployment(serve.ingress(make_app)(), **options)
+    return deployment.bind()
+
+
+def connect(address: str, *, timeout: float = 10.0) -> None:
+    """Connect this process to the Ray cluster at `address` (``auto``, ``HEAD:PORT`` or ``ray://HEAD:PORT``).
+
+    A cluster on this machine's loopback (``127.0.0.1:6379``) is joined on
+    loopback too, so that no traffic leaves the machine.
+
+    Raises:
+        ConnectionError: nothing answers at `address` (checked within
+            `timeout` seconds first: Ray itself keeps retrying for minutes),
+            or no cluster runs on this machine for ``auto``.
+    """
+    import ray
+
+    host, port = _host_port(address)
+    if port is not None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as exc:
+            raise ConnectionError(f"no Ray cluster answers at {address} ({exc})") from None
+    init: dict[str, Any] = {"address": address, "logging_level": logging.WARNING, "log_to_driver": False}
+    if _on_loopback(host) and not address.startswith("ray://"):  # Ray Client starts no node here
+        init["_node_ip_address"] = "127.0.0.1"
+    try:
+        ray.init(**init)
+    except ConnectionError as exc:
+        raise ConnectionError(f"cannot join a Ray cluster at {address!r}: {exc}") from None
+
+
+def deploy(app: Application, *, host: str = "127.0.0.1", port: int = 8000) -> str:
+    """Run `app` on the cluster `connect` joined, as `APP_NAME` at ``/``, and return its URL.
+
+    Serve's HTTP proxies listen on `host`:`port` on every node. When Serve is
+    already running on the cluster, it keeps the host and port it started
+    with (Ray logs a warning). Blocks until every replica has loaded its models.
+    """
+    from ray import serve
+
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(app, name=APP_NAME, route_prefix="/")
+    return f"http://{host}:{port}"
+
+
+def undeploy() -> None:
+    """Delete the application `deploy` ran (its replicas and their workers end) and disconnect from the cluster."""
+    import ray
+    from ray import serve
+
+    try:
+        serve.delete(APP_NAME)
+    finally:
+        ray.shutdown()
+
+
+def _host_port(address: str) -> tuple[str, int | None]:
+    """`address`'s host and port (no port: ``auto`` and other names Ray resolves itself)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return address, None
+    return host.strip("[]"), int(port)
+
+
+def _on_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
