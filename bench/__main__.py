@@ -1,5 +1,7 @@
-"""`python -m bench`: the benchmarks, which live in the package (also `llama-isolate bench`)."""
+"""`python -m bench`: the benchmarks, which live in the package; the same as `llama-isolate bench`."""
 
-from llama_isolate._bench.run import main
+import sys
 
-main()
+from llama_isolate._cli import main
+
+sys.exit(main(["bench", *sys.argv[1:]]))

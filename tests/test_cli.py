@@ -19,6 +19,7 @@ from llama_isolate._cli import ProgressBar
 from .conftest import RED
 
 CLI = [sys.executable, "-m", "llama_isolate"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def cli(*args: str, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -215,3 +216,17 @@ def test_every_command_has_help(command: str) -> None:
     result = cli(command, "--help")
     assert result.returncode == 0
     assert "usage: llama-isolate" in result.stdout
+
+
+def test_bench_help_names_every_section_and_python_m_bench_is_the_same_command() -> None:
+    from llama_isolate._bench.run import SECTIONS
+
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--help"], capture_output=True, text=True, timeout=60, check=False, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert all(name in result.stdout for name in SECTIONS)
+    wrong = subprocess.run(
+        [sys.executable, "-m", "bench", "nonsense"], capture_output=True, text=True, timeout=60, check=False, cwd=ROOT
+    )
+    assert wrong.returncode == 2 and "unknown benchmark section(s) nonsense" in wrong.stderr  # no traceback

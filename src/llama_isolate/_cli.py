@@ -67,7 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("text")
     embed.add_argument("--normalize", action="store_true", help="scale the vector to unit length")
     bench = commands.add_parser("bench", help="run the benchmarks and print their ratios")
-    bench.add_argument("sections", nargs="*", metavar="SECTION", help="decode, throughput, stall, stop, ttft, soak")
+    bench.add_argument(
+        "sections",
+        nargs="*",
+        metavar="SECTION",
+        help="decode, throughput, stall, parent_cpu, contention, stop, ttft, choices (these by default); soak, "
+        "serve, prefix, replicas (only when named; see bench/README.md)",
+    )
     tui = commands.add_parser("tui", parents=[common], help="two conversations side by side (needs textual)")
     tui.add_argument("--n-parallel", type=int, default=2, metavar="N", help="sequences decoded together (default 2)")
     _serve_cli.add_parser(commands)
