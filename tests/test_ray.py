@@ -8,9 +8,12 @@ proxy. About half a minute here; `pytest -m "not ray"` skips it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -38,6 +41,7 @@ WORKER = "llama_isolate._worker.main"
 @dataclass
 class Deployed:
     url: str
+    address: str  # the cluster's
     node_id: str  # the node with the resource
     command: subprocess.Popen[str]  # `llama-isolate serve --ray ...`
 
@@ -63,7 +67,7 @@ def deployed() -> Iterator[Deployed]:
     ray.init(address=cluster.address, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     port = free_port()
     argv = ["serve", "--ray", cluster.address, "--port", str(port), "--ray-resource", "llm=1", "--ray-cpus", "1"]
-    argv += ["--threads", "2", "--parallel", "2", "--ctx", "1024", "--drain-timeout", "5"]
+    argv += ["--threads", "2", "--parallel", "2", "--ctx", "1024", "--max-queue", "1", "--drain-timeout", "5"]
     command = subprocess.Popen([*CLI, *argv], stderr=subprocess.PIPE, text=True, env={**os.environ, **LOOPBACK})
     url = f"http://127.0.0.1:{port}"
     try:
@@ -76,7 +80,7 @@ def deployed() -> Iterator[Deployed]:
                 return False
 
         wait_until(up, timeout=240, what="the Serve application to come up")
-        yield Deployed(url, node.node_id, command)
+        yield Deployed(url, cluster.address, node.node_id, command)
     finally:
         if command.poll() is None:
             command.kill()
@@ -132,6 +136,45 @@ def test_a_client_that_disconnects_stops_its_prompt_on_the_replica(deployed: Dep
     assert metric(url, "llama_isolate_tokens_generated_total") - before < 300
 
 
+def test_beyond_its_slots_and_queue_the_replica_answers_429_and_health_still_answers(deployed: Deployed) -> None:
+    url, done = deployed.url, threading.Event()
+    statuses: list[int] = []
+    body = {"prompt": "1, 2, 3, 4, 5, 6, 7,", "max_tokens": 1000, "stream": True}
+
+    def client() -> None:
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as response:
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                assert json.loads(response.read())["error"]["code"] == "queue_full"
+            for _ in response.iter_lines():
+                if done.is_set():
+                    break
+
+    clients = [threading.Thread(target=client) for _ in range(5)]  # 2 slots, a queue of 1: 2 are refused
+    for thread in clients:
+        thread.start()
+    try:
+        wait_until(lambda: statuses.count(429) == 2, 60, "two refusals")
+        assert metric(url, "llama_isolate_prompts_running") == 2
+        assert metric(url, "llama_isolate_queue_length") == 1
+        start = time.monotonic()
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+        assert time.monotonic() - start < 2  # not queued behind the prompts
+    finally:
+        done.set()
+        for thread in clients:
+            thread.join(timeout=120)
+    assert sorted(statuses) == [200, 200, 200, 429, 429]
+    wait_until(lambda: metric(url, "llama_isolate_prompts_running") == 0, 30, "the prompts to stop")
+
+
+def test_a_second_serve_on_the_same_cluster_is_refused(deployed: Deployed) -> None:
+    result = cli("serve", "--ray", deployed.address, "--port", str(free_port()), timeout=120)
+    assert result.returncode == 1
+    assert "already runs on this cluster" in result.stderr
+    assert httpx.get(f"{deployed.url}/health", timeout=10).status_code == 200  # the first one is untouched
+
+
 def test_a_killed_worker_fails_its_request_and_the_replica_restarts_it(deployed: Deployed) -> None:
     url = deployed.url
     (replica,) = replica_processes()
@@ -163,3 +206,21 @@ def test_sigterm_deletes_the_application_and_its_workers_then_exits_0(deployed: 
     assert "llama-isolate" not in serve.status().applications
     _, alive = psutil.wait_procs([replica, *workers], timeout=30)
     assert alive == []
+
+
+def test_sigterm_while_replicas_wait_for_a_node_deletes_the_pending_application(deployed: Deployed) -> None:
+    from ray import serve
+
+    assert deployed.command.poll() is not None  # the test before deleted the first application
+    argv = ["serve", "--ray", deployed.address, "--port", str(free_port()), "--ray-resource", "nowhere=1"]
+    argv += ["--drain-timeout", "1"]  # what Ray gives the replica it could not place, before it gives up on it
+    command = subprocess.Popen([*CLI, *argv], stderr=subprocess.DEVNULL, env={**os.environ, **LOOPBACK})
+    try:
+        wait_until(lambda: "llama-isolate" in serve.status().applications, 60, "the deployment to begin")
+        command.send_signal(signal.SIGTERM)  # no node has the resource: it would wait for ever
+        assert command.wait(timeout=60) == 0
+        assert "llama-isolate" not in serve.status().applications
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()

@@ -394,7 +394,7 @@ def run(args: argparse.Namespace, plan: ServePlan) -> int:
 def _run_on_ray(args: argparse.Namespace, plan: RayPlan, models: list[Any], options: dict[str, Any]) -> int:
     """Deploy to the cluster, then wait for SIGTERM (exit 0) or Ctrl-C (exit 130); the app is deleted either way."""
     try:
-        from .ray import build_app, connect, deploy, undeploy
+        from .ray import build_app, check_free, connect, deploy, undeploy, watch
     except ImportError as exc:  # pragma: no cover - the dev extra installs Ray
         raise LlamaError(f"serve --ray needs the ray extra: pip install 'llama-isolate[ray]' ({exc})") from exc
     app = build_app(
@@ -408,14 +408,16 @@ def _run_on_ray(args: argparse.Namespace, plan: RayPlan, models: list[Any], opti
         **options,
     )
     connect(plan.address)
+    check_free()  # before the try: what runs there is someone else's, not to be deleted
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())  # after connecting: Ray's own handler aborts the process
     try:
-        url = deploy(app, host=args.host, port=args.port)
-        logger.info(
-            "serving on the Ray cluster at %s: %s (SIGTERM or Ctrl-C deletes the application)", plan.address, url
-        )
-        stop.wait()
+        url = deploy(app, host=args.host, port=args.port, stop=stop)
+        if url is not None:
+            logger.info("serving on the Ray cluster at %s: %s (SIGTERM or Ctrl-C deletes it)", plan.address, url)
+            gone = watch(stop)
+            if gone is not None:
+                raise LlamaError(gone)
         logger.info("deleting the application: running requests have %s s to finish", args.drain_timeout)
     finally:
         undeploy()

@@ -34,9 +34,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._errors import LlamaError
 from .server import ServedModel, create_app
 from .server.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUE
 from .server.middleware import DEFAULT_BODY_TIMEOUT_S
@@ -50,6 +53,10 @@ DEPLOYMENT_NAME = "llama-isolate"
 """The Serve deployment's name (its replica actors are named after it)."""
 APP_NAME = "llama-isolate"
 """The name `deploy` gives the Serve application."""
+HEADROOM = 32
+"""Requests a replica takes beyond its slots and queue: refusals (429), /health, /metrics."""
+UNBOUNDED_QUEUE = 4096
+"""Requests a replica takes into its queue when `max_queue` is None (no limit of its own)."""
 
 
 def build_app(
@@ -120,8 +127,9 @@ def build_app(
     options: dict[str, Any] = {
         "name": DEPLOYMENT_NAME,
         "ray_actor_options": actor,
-        # Requests beyond the slots wait in the replica's own queue (429 past max_queue), not in Ray's.
-        "max_ongoing_requests": slots + (max_queue or 0),
+        # Requests beyond the slots wait in the replica's own queue, which answers 429 past max_queue; the
+        # headroom lets those 429s, /health and /metrics through while slots and queue are full.
+        "max_ongoing_requests": slots + (max_queue if max_queue is not None else UNBOUNDED_QUEUE) + HEADROOM,
         "graceful_shutdown_timeout_s": drain_timeout,
     }
     if max_replicas > min_replicas:
@@ -164,17 +172,90 @@ def connect(address: str, *, timeout: float = 10.0) -> None:
         raise ConnectionError(f"cannot join a Ray cluster at {address!r}: {exc}") from None
 
 
-def deploy(app: Application, *, host: str = "127.0.0.1", port: int = 8000) -> str:
-    """Run `app` on the cluster `connect` joined, as `APP_NAME` at ``/``, and return its URL.
+def deploy(
+    app: Application,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    stop: threading.Event | None = None,
+    report_every: float = 30.0,
+) -> str | None:
+    """Run `app` on the cluster `connect` joined, as `APP_NAME` at ``/``; its URL once every replica is ready.
 
-    Serve's HTTP proxies listen on `host`:`port` on every node. When Serve is
-    already running on the cluster, it keeps the host and port it started
-    with (Ray logs a warning). Blocks until every replica has loaded its models.
+    Serve's HTTP proxies listen on `host`:`port` on every node. When Serve
+    already runs on the cluster, they keep the host and port they started
+    with, and the URL says so. While replicas load (or wait for a node with
+    the resources they need), the state is logged every `report_every`
+    seconds.
+
+    Returns:
+        The URL, or None if `stop` was set before the replicas were ready
+        (the application is then still there: `undeploy` deletes it).
+
+    Raises:
+        LlamaError: an application of that name already runs on the cluster
+            (another ``serve --ray``), or Serve could not deploy it.
+    """
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus
+
+    check_free()
+    if serve.status().proxies:
+        logger.warning("Serve already runs on this cluster: its HTTP proxies keep their own host and port")
+    serve.start(http_options={"host": host, "port": port})
+    serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix="/")], wait_for_applications_running=False)
+    stop = stop or threading.Event()  # never set: wait for the replicas
+    reported = time.monotonic()
+    while not stop.wait(0.25):
+        state = serve.status().applications.get(APP_NAME)
+        if state is None or state.status == ApplicationStatus.DEPLOY_FAILED:
+            raise LlamaError(f"Serve could not deploy the application: {state.message if state else 'it is gone'}")
+        if state.status == ApplicationStatus.RUNNING:
+            return _proxy_url(host, port)
+        if time.monotonic() - reported >= report_every:
+            reported = time.monotonic()
+            waiting = "; ".join(f"{name}: {d.message or d.status}" for name, d in state.deployments.items())
+            logger.info("still deploying (%s): %s", state.status, waiting or state.message)
+    return None
+
+
+def check_free() -> None:
+    """Raise `LlamaError` if an application named `APP_NAME` already runs on the cluster `connect` joined."""
+    from ray import serve
+
+    if APP_NAME in serve.status().applications:
+        raise LlamaError(
+            f"an application named {APP_NAME!r} already runs on this cluster (another `serve --ray`?): "
+            "stop that one first"
+        )
+
+
+def watch(stop: threading.Event, every: float = 5.0) -> str | None:
+    """Wait until `stop` is set (None), or until the application `deploy` ran is gone (why, as a sentence).
+
+    The cluster going away is noticed too, once Ray gives up reaching it.
     """
     from ray import serve
 
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(app, name=APP_NAME, route_prefix="/")
+    while not stop.wait(every):
+        try:
+            state = serve.status().applications.get(APP_NAME)
+        except Exception as exc:  # Ray's errors for a cluster it cannot reach have no common type
+            return f"the Ray cluster does not answer: {exc}"
+        if state is None:
+            return "the application was deleted from the cluster by someone else"
+    return None
+
+
+def _proxy_url(host: str, port: int) -> str:
+    """Where Serve's proxies listen: the options they started with, which may predate this `deploy`."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        options = _get_global_client().http_config
+        host, port = options.host, options.port
+    except Exception:  # a private detail of Ray: without it, say what was asked for
+        logger.debug("Serve's HTTP options are not known here", exc_info=True)
     return f"http://{host}:{port}"
 
 
