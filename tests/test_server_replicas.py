@@ -222,6 +222,7 @@ def test_ray_options_describe_serve_replicas_and_their_resources(tmp_path: Path)
         (["--ray", "auto"], '[models.chat]\npath = "/x"\n[ray]\ncolour = 1\n', "unknown keys"),
         (["--ray", "auto"], '[models.chat]\npath = "/x"\n[ray]\nresources = 1\n', "resources must be"),
         (["--ray", "auto"], '[models.chat]\npath = "/x"\n[ray]\nmax_replicas = "many"\n', "max_replicas"),
+        (["--ray", "auto"], '[models.chat]\npath = "/x"\n[ray]\nmin_replicas = "few"\n', "min_replicas"),
     ],
 )
 def test_bad_model_options_are_refused_naming_what(

@@ -192,10 +192,9 @@ def describe(args: argparse.Namespace) -> ServePlan:
     """The models (and Ray deployment) the options describe; ValueError names a bad value (exit 2 before loading)."""
     config = _read_config(args.config) if args.config is not None else {}
     ray = _ray_plan(args, config.get("ray", {})) if args.ray is not None else None
-    if ray is None and (config.get("ray") or args.max_replicas is not None or args.ray_resource or args.ray_gpus):
-        raise ValueError("the [ray] table, --max-replicas, --ray-resource and --ray-gpus are for --ray")
-    if ray is None and args.ray_cpus is not None:
-        raise ValueError("--ray-cpus is for --ray")
+    only_ray = (config.get("ray"), args.max_replicas is not None, args.ray_resource, args.ray_cpus is not None)
+    if ray is None and (any(only_ray) or args.ray_gpus):
+        raise ValueError("the [ray] table, --max-replicas, --ray-resource, --ray-cpus and --ray-gpus are for --ray")
     if ray is not None:
         if args.threads is None:  # the threads the replica has, not those of this machine
             args = argparse.Namespace(**{**vars(args), "threads": max(1, math.floor(ray.num_cpus))})
@@ -226,11 +225,9 @@ def _ray_plan(args: argparse.Namespace, table: Any) -> RayPlan:
     for name, amount in resources.items():
         if not name or isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount > 0:
             raise ValueError(f"a Ray resource needs a name and an amount > 0, got {name!r} = {amount!r}")
-    low = table.get("min_replicas", args.replicas)
-    high = table.get("max_replicas", args.max_replicas if args.max_replicas is not None else max(low, 1))
-    for what, value in (("min_replicas", low), ("max_replicas", high)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{what} (--replicas / --max-replicas) must be an int >= 1, got {value!r}")
+    low = _replicas("min_replicas (--replicas)", table.get("min_replicas", args.replicas))
+    high = args.max_replicas if args.max_replicas is not None else low
+    high = _replicas("max_replicas (--max-replicas)", table.get("max_replicas", high))
     if high < low:
         raise ValueError(f"--max-replicas ({high}) is below --replicas ({low})")
     cpus = table.get("num_cpus", args.ray_cpus if args.ray_cpus is not None else args.threads or DEFAULT_RAY_CPUS)
@@ -239,6 +236,12 @@ def _ray_plan(args: argparse.Namespace, table: Any) -> RayPlan:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < least:
             raise ValueError(f"{what} must be a number >= 0, got {value!r}")
     return RayPlan(args.ray, low, high, {k: float(v) for k, v in resources.items()}, float(cpus), float(gpus))
+
+
+def _replicas(what: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be an int >= 1, got {value!r}")
+    return value
 
 
 def _from_options(args: argparse.Namespace) -> list[ModelPlan]:

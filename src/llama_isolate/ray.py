@@ -13,8 +13,9 @@ A client that disconnects cancels its request on the replica: Ray cancels
 the request's task there, and the server's cleanup (which such a
 cancellation cannot cut short) stops the prompt in the engine.
 
-`connect`, `deploy` and `undeploy` join a cluster, run the application there
-and delete it again: what ``llama-isolate serve --ray ADDRESS`` does. Importing `llama_isolate` or
+`connect`, `check_free`, `deploy`, `watch` and `undeploy` join a cluster,
+run the application there, wait, and delete it again: what
+``llama-isolate serve --ray ADDRESS`` does. Importing `llama_isolate` or
 running ``serve`` without ``--ray`` never imports Ray. See docs/ray.md.
 
 Example::
