@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import openai
@@ -46,12 +47,16 @@ class Deployed:
     command: subprocess.Popen[str]  # `llama-isolate serve --ray ...`
 
 
-def replica_processes() -> list[psutil.Process]:
-    """The Serve replica actors of our deployment (there is one)."""
+def replica_actors() -> list[Any]:
+    """The live Serve replica actors of our deployment (there is one), as Ray's state API has them."""
     from ray.util.state import list_actors
 
     alive = list_actors(filters=[("state", "=", "ALIVE")], detail=True)
-    return [psutil.Process(a.pid) for a in alive if "llama-isolate" in (a.class_name or "")]
+    return [a for a in alive if "llama-isolate" in (a.class_name or "")]
+
+
+def replica_processes() -> list[psutil.Process]:
+    return [psutil.Process(a.pid) for a in replica_actors()]
 
 
 def workers_of(replica: psutil.Process) -> list[psutil.Process]:
@@ -97,10 +102,7 @@ def test_an_address_where_no_cluster_answers_fails_at_once_naming_it() -> None:
 
 
 def test_the_replica_runs_on_the_node_with_the_resource_and_owns_its_worker(deployed: Deployed) -> None:
-    from ray.util.state import list_actors
-
-    replicas = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "llama-isolate" in (a.class_name or "")]
-    assert [a.node_id for a in replicas] == [deployed.node_id]
+    assert [a.node_id for a in replica_actors()] == [deployed.node_id]
     (replica,) = replica_processes()
     assert len(workers_of(replica)) == 1  # the llama.cpp worker is a child process of the Serve replica
 

@@ -196,9 +196,9 @@ def describe(args: argparse.Namespace) -> ServePlan:
     if ray is None and (any(only_ray) or args.ray_gpus):
         raise ValueError("the [ray] table, --max-replicas, --ray-resource, --ray-cpus and --ray-gpus are for --ray")
     if ray is not None:
-        if args.threads is None:  # the threads the replica has, not those of this machine
-            args = argparse.Namespace(**{**vars(args), "threads": max(1, math.floor(ray.num_cpus))})
-        args = argparse.Namespace(**{**vars(args), "replicas": 1})  # --replicas counted Serve replicas
+        # --replicas counted Serve replicas; without --threads, use the threads the replica has, not this machine's
+        threads = args.threads if args.threads is not None else max(1, math.floor(ray.num_cpus))
+        args = argparse.Namespace(**{**vars(args), "replicas": 1, "threads": threads})
     if args.config is not None:
         if args.model or args.mmproj or args.model_name:
             raise ValueError("--config names the models: give no --model, --mmproj or --model-name with it")
