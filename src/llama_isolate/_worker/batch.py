@@ -79,33 +79,44 @@ class Batch:
     def schedule(self, running: Iterable[Running]) -> list[Running]:
         """Fill the batch for one step; returns the sequences in it (each knows its share)."""
         runs = list(running)
-        entries: list[Entry] = []
-        scheduled: list[Running] = []
-        generating = [r for r in runs if r.next_token is not None]
-        for run in generating:
+        scheduled = [r for r in runs if r.next_token is not None]
+        for run in scheduled:
             assert run.next_token is not None
-            run.batch_tokens, run.logits_index = [run.next_token], len(entries)
-            entries.append((run.next_token, run.n_past, run.slot.seq_id, True))
-            scheduled.append(run)
-        budget = self._n_batch - len(entries)
-        if generating:
+            run.batch_tokens = [run.next_token]
+        budget = self._n_batch - len(scheduled)
+        if scheduled:
             budget = min(budget, PROMPT_CHUNK_WHILE_GENERATING)
-        for run in runs:
+        for run in runs:  # prompts in admission order: the first admitted is read first
             if run.next_token is not None or not run.pending or budget <= 0:
                 continue
             chunk = leading_tokens(run.pending, budget)
             if not chunk:
                 continue  # an image comes next: evaluated at the start of the next step
-            done = len(chunk) == len(run.pending)
-            start = run.n_past
-            entries.extend((tok, start + i, run.slot.seq_id, False) for i, tok in enumerate(chunk))
-            if done:
-                entries[-1] = (*entries[-1][:3], True)
-            run.batch_tokens, run.logits_index = chunk, len(entries) - 1 if done else -1
+            run.batch_tokens = chunk
             budget -= len(chunk)
             scheduled.append(run)
-        self.fill(entries)
+        self.fill(self._entries(scheduled))
         return scheduled
+
+    @staticmethod
+    def _entries(scheduled: list[Running]) -> list[Entry]:
+        """The batch's tokens, in order of sequence id; sets each run's `logits_index`.
+
+        With a KV stream per sequence, llama.cpp computes one ubatch only for
+        sequences whose ids follow each other in the batch (0, 1, 2, ...); any
+        other order splits the step into several passes over the weights, each
+        costing nearly a whole step (8 sequences: 42 ms in one pass, 57 ms when
+        the order split it).
+        """
+        entries: list[Entry] = []
+        for run in sorted(scheduled, key=lambda r: r.slot.seq_id):
+            start, seq_id = run.n_past, run.slot.seq_id
+            wants = run.next_token is not None or len(run.batch_tokens) == len(run.pending)
+            entries.extend((tok, start + i, seq_id, False) for i, tok in enumerate(run.batch_tokens))
+            if wants:
+                entries[-1] = (*entries[-1][:3], True)
+            run.logits_index = len(entries) - 1 if wants else -1
+        return entries
 
     def free(self) -> None:
         """Release the batch; idempotent."""

@@ -1,0 +1,71 @@
+"""How a step's batch is laid out: llama.cpp decodes it in one pass only when its sequences come in id order."""
+
+from __future__ import annotations
+
+import collections
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from llama_isolate._worker.batch import PROMPT_CHUNK_WHILE_GENERATING, Batch
+
+
+def run(seq_id: int, *, next_token: int | None = None, pending: list[int] = (), n_past: int = 10) -> Any:  # type: ignore[assignment]
+    """A stand-in for `Running`: the fields `Batch.schedule` reads and writes."""
+    return SimpleNamespace(
+        slot=SimpleNamespace(seq_id=seq_id),
+        next_token=next_token,
+        pending=collections.deque(pending),
+        n_past=n_past,
+        batch_tokens=[],
+        logits_index=-1,
+    )
+
+
+def laid_out(batch: Batch) -> list[tuple[int, int, int, bool]]:
+    handle = batch.handle
+    return [
+        (handle.token[i], handle.pos[i], handle.seq_id[i][0], bool(handle.logits[i])) for i in range(handle.n_tokens)
+    ]
+
+
+@pytest.fixture
+def batch() -> Any:
+    made = Batch(512, 512)
+    yield made
+    made.free()
+
+
+def test_generating_sequences_are_laid_out_in_id_order_whatever_order_they_started_in(batch: Batch) -> None:
+    # Admitted 5, 0, 3, 1: llama.cpp would split that order into three passes over the weights.
+    runs = [run(5, next_token=50), run(0, next_token=0), run(3, next_token=30), run(1, next_token=10)]
+    batch.schedule(runs)
+    assert [seq for _, _, seq, _ in laid_out(batch)] == [0, 1, 3, 5]
+    for r in runs:
+        assert laid_out(batch)[r.logits_index][0] == r.next_token  # each reads its own logits
+
+
+def test_a_prompt_chunk_sits_at_its_sequence_place_and_only_its_last_token_asks_for_logits(batch: Batch) -> None:
+    reading = run(1, pending=[7, 8, 9], n_past=4)
+    runs = [run(2, next_token=20), reading, run(0, next_token=0)]
+    batch.schedule(runs)
+    assert laid_out(batch) == [
+        (0, 10, 0, True),
+        (7, 4, 1, False),
+        (8, 5, 1, False),
+        (9, 6, 1, True),
+        (20, 10, 2, True),
+    ]
+    assert reading.logits_index == 3
+    assert reading.batch_tokens == [7, 8, 9]
+
+
+def test_prompts_share_the_budget_in_admission_order_not_id_order(batch: Batch) -> None:
+    first, second = run(3, pending=list(range(100)), n_past=0), run(1, pending=list(range(100)), n_past=0)
+    scheduled = batch.schedule([run(0, next_token=5), first, second])
+    # While a sequence generates, prompts are read in short chunks; the earlier admitted one goes first.
+    assert first.batch_tokens == list(range(PROMPT_CHUNK_WHILE_GENERATING))
+    assert second not in scheduled
+    assert first.logits_index == -1  # more of its prompt is still to come
+    assert [seq for _, _, seq, _ in laid_out(batch)] == [0] + [3] * PROMPT_CHUNK_WHILE_GENERATING
