@@ -23,10 +23,11 @@ async def reply(
 
 
 async def test_greedy_temperature_zero_and_top_k_one_agree(parent: LlamaParent) -> None:
-    greedy, _ = await reply(parent, SamplerParams(greedy=True))
+    greedy, _ = await reply(parent, SamplerParams(greedy=True))  # the largest logit, read in place
     cold, _ = await reply(parent, SamplerParams(temperature=0.0))
     top1, _ = await reply(parent, SamplerParams(top_k=1, temperature=1.5, seed=7))
-    assert greedy == cold == top1
+    chain, _ = await reply(parent, SamplerParams(greedy=True, logit_bias={0: 0.0}))  # llama.cpp's greedy sampler
+    assert greedy == cold == top1 == chain
 
 
 async def test_a_seed_makes_random_sampling_reproducible(parent: LlamaParent) -> None:
