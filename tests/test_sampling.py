@@ -12,11 +12,15 @@ PROMPT = "Write one sentence about the sea."
 
 
 async def reply(
-    parent: LlamaParent, sampler: SamplerParams | None = None, max_tokens: int = 24, prompt: str = PROMPT
+    parent: LlamaParent,
+    sampler: SamplerParams | None = None,
+    max_tokens: int = 24,
+    prompt: str = PROMPT,
+    logprobs: int | None = None,
 ) -> tuple[str, str]:
     scope = parent.get_scope()  # a fresh conversation each time
     event = await parent.wait_for_completion(
-        await scope.send_prompt(prompt, sampler_params=sampler, max_tokens=max_tokens)
+        await scope.send_prompt(prompt, sampler_params=sampler, max_tokens=max_tokens, logprobs=logprobs)
     )
     assert event.success, event.error
     return event.text, event.finish_reason
@@ -26,8 +30,19 @@ async def test_greedy_temperature_zero_and_top_k_one_agree(parent: LlamaParent) 
     greedy, _ = await reply(parent, SamplerParams(greedy=True))  # the largest logit, read in place
     cold, _ = await reply(parent, SamplerParams(temperature=0.0))
     top1, _ = await reply(parent, SamplerParams(top_k=1, temperature=1.5, seed=7))
-    chain, _ = await reply(parent, SamplerParams(greedy=True, logit_bias={0: 0.0}))  # llama.cpp's greedy sampler
+    chain, _ = await reply(parent, SamplerParams(greedy=True), logprobs=1)  # through llama.cpp's greedy sampler
     assert greedy == cold == top1 == chain
+
+
+async def test_greedy_with_a_logit_bias_picks_what_llama_cpps_chain_picks(parent: LlamaParent) -> None:
+    plain, _ = await reply(parent, SamplerParams(greedy=True), max_tokens=8)
+    event = await parent.wait_for_completion(await parent.get_scope().send_prompt(PROMPT, max_tokens=1, logprobs=1))
+    banned = event.logprobs[0].token  # the token greedy decoding starts with
+    biased = SamplerParams(greedy=True, logit_bias={banned: float("-inf"), 42: 0.5})
+    fast, _ = await reply(parent, biased, max_tokens=8)  # the bias added in place, then the largest logit
+    chain, _ = await reply(parent, biased, max_tokens=8, logprobs=1)  # llama.cpp's logit-bias and greedy stages
+    assert fast == chain
+    assert fast != plain
 
 
 async def test_a_seed_makes_random_sampling_reproducible(parent: LlamaParent) -> None:

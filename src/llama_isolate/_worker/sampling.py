@@ -105,6 +105,7 @@ class Sampler:
     ) -> None:
         self._grammar = self._shape = self._chain = 0
         self._argmax = False
+        self._bias: tuple[Any, Any] | None = None
         self._candidates: Candidates | None = None
         self._one = (C.llama_token_data * 1)()  # one candidate, to ask the grammar about the chain's pick
         self._logprobs = logprobs
@@ -116,9 +117,10 @@ class Sampler:
             shaping, picking = _stages(params, vocab=vocab, n_vocab=n_vocab, n_ctx=n_ctx)
             if not self._grammar and logprobs is None:
                 self._chain = _chain(shaping + picking)
-                # Greedy with nothing that reshapes the logits: the largest logit, read in place (7 us for
-                # 49k tokens, against 70 us for llama.cpp's sampler, which first copies them all).
-                self._argmax = not shaping and (params.greedy or params.temperature == 0)
+                # Greedy with nothing that reshapes the logits but a logit bias: the largest logit, read in
+                # place (7 us for 49k tokens, against 70 us for llama.cpp's sampler, which first copies them all).
+                self._argmax = _only_biased(params) and (params.greedy or params.temperature == 0)
+                self._bias = _bias_arrays(params.logit_bias)
             else:
                 self._candidates = Candidates(n_vocab)
                 self._shape = _chain(shaping) if shaping else 0
@@ -133,7 +135,11 @@ class Sampler:
         if not logits:
             raise NoCandidate("llama.cpp has no logits for this sequence")
         if self._argmax:
-            return int(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
+            row = np.ctypeslib.as_array(logits, shape=(self._n_vocab,))
+            if self._bias is not None:
+                row = row.copy()
+                row[self._bias[0]] += self._bias[1]  # as llama.cpp's logit-bias stage adds them
+            return int(row.argmax())
         if self._candidates is None:
             return int(C.llama_sampler_sample(self._chain, ctx, index))
         candidates = self._candidates
@@ -199,6 +205,19 @@ class Sampler:
             if handle:
                 C.llama_sampler_free(handle)
                 setattr(self, name, 0)
+
+
+def _only_biased(params: SamplerParams) -> bool:
+    """True if the only stage that reshapes the logits is a logit bias (or there is none)."""
+    penalties = params.repeat_penalty != 1.0 or params.frequency_penalty or params.presence_penalty
+    return not penalties and params.dry_multiplier <= 0
+
+
+def _bias_arrays(pairs: tuple[tuple[int, float], ...]) -> tuple[Any, Any] | None:
+    """A logit bias as (token ids, biases) arrays, None without one; ids outside the vocabulary were refused."""
+    if not pairs:
+        return None
+    return np.array([t for t, _ in pairs], dtype=np.int64), np.array([b for _, b in pairs], dtype=np.float32)
 
 
 def _grammar(text: str, vocab: int, n_vocab: int) -> int:
