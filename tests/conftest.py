@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import psutil
@@ -20,9 +20,21 @@ from llama_isolate import (
     SamplerParams,
     default_model_path,
 )
+from llama_isolate._worker import flash
 from llama_isolate.testing import make_tiny_vlm
 
 GREEDY = SamplerParams(greedy=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """What the workers measure about this machine (flash attention's verdicts) goes to a cache of the session's own.
+
+    So a run neither depends on nor changes the user's ~/.cache/llama-isolate.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(flash.CACHE_ENV, str(tmp_path_factory.mktemp("llama-isolate-cache")))
+        yield
 
 
 @pytest.fixture(scope="session")

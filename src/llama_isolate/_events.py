@@ -252,6 +252,10 @@ class ModelInfo:
         has_chat_template: False for a model without a template (plain text completion).
         tool_format: how the model writes tool calls, ``"hermes"`` or ``"llama3"``
             (`LlamaLoad.tool_format`, or read from the chat template; see docs/tools.md).
+        flash_attention: whether the context uses flash attention; None where llama.cpp
+            chose (layers on a GPU). `ContextParams.flash_attention="auto"` on a CPU is
+            measured on the first load on a machine (docs/performance.md).
+        flash_attention_note: how that was decided, with the figures it was decided by.
     """
 
     description: str
@@ -263,6 +267,8 @@ class ModelInfo:
     n_vocab: int
     has_chat_template: bool
     tool_format: Literal["hermes", "llama3"] = "hermes"
+    flash_attention: bool | None = None
+    flash_attention_note: str = ""
 
 
 @dataclass(frozen=True)

@@ -149,10 +149,12 @@ class ContextParams:
         embeddings: allow `get_embeddings()`.
         pooling_type: how token embeddings become one vector; "unspecified" = the model's own,
             or "mean" for a model that names none.
-        flash_attention: "auto", "on" or "off". "auto" is off when no layer runs on a
-            GPU (on the CPUs measured here flash attention made generation about
-            1.4x slower; see docs/parallel.md) unless a quantized `type_v` needs
-            it, and llama.cpp's own choice otherwise.
+        flash_attention: "auto", "on" or "off". "auto" with no layer on a GPU is
+            measured on the first load of a model on a machine (about 3 s for a
+            135M model, then read from a cache in ~/.cache/llama-isolate): which
+            is faster differs between CPUs and with the depth of the context
+            (docs/performance.md). A quantized `type_v` needs it on; with a GPU,
+            llama.cpp decides. `ModelInfo.flash_attention` says what was chosen.
         type_k, type_v: KV cache data types; a quantized `type_v` needs flash attention.
         rope_scaling_type, rope_freq_base, rope_freq_scale, yarn_*: rope/YaRN overrides;
             None keeps the model's value.

@@ -266,6 +266,8 @@ class LlamaParent:
                 self._error = str(exc) or type(exc).__name__
             raise
         self._status = LlamaStatus.READY
+        if self._info is not None and self._info.flash_attention_note:
+            logger.info("%s: %s", os.path.basename(self._load.path), self._info.flash_attention_note)
 
     async def dispose(self) -> None:
         """Stop everything, fail what is still queued, end the worker; idempotent.

@@ -134,6 +134,8 @@ class Engine:
             n_vocab=self._vocab.n_tokens,
             has_chat_template=self._vocab.chat.has_template,
             tool_format=self._tool_format,
+            flash_attention=self._handles.flash.on,
+            flash_attention_note=self._handles.flash.note,
         )
 
     @property

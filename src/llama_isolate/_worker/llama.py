@@ -18,6 +18,7 @@ import llama_cpp as C
 
 from .._params import UNQUANTIZED_CACHE, ContextParams, LlamaLoad, ModelParams
 from .._protocol import ErrorKind
+from . import flash
 from .prompt import PRIVATE_MARKER
 
 GGUF_MAGIC = b"GGUF"
@@ -102,6 +103,14 @@ def check_model_file(path: str, what: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Flash:
+    """The context's flash attention: on (True), off (False) or llama.cpp's choice (None), and why."""
+
+    on: bool | None
+    note: str
+
+
 @dataclass
 class LoadedModel:
     """The llama.cpp handles the engine works with; `close()` frees them."""
@@ -110,6 +119,7 @@ class LoadedModel:
     ctx: int  # 0 for a vocab_only load
     pooling: bool  # embeddings enabled with a pooling llama.cpp can do
     mtmd: int = 0  # the multimodal projector's context, when mmproj_path was given
+    flash: Flash = Flash(None, "")  # what the context uses for attention, and why
 
     def close(self) -> None:
         if self.mtmd:
@@ -141,7 +151,8 @@ def load_model(load: LlamaLoad, log: LlamaLog, on_progress: Callable[[float], No
         if load.model_params.vocab_only:
             return LoadedModel(model, 0, False)
         offloaded = load.model_params.n_gpu_layers != 0 and bool(C.llama_supports_gpu_offload())
-        loaded = _new_context(model, load.context_params, log, offloaded=offloaded)
+        attention = _flash(model, path, load.context_params, offloaded=offloaded)
+        loaded = _new_context(model, load.context_params, log, attention)
     except BaseException:
         C.llama_model_free(model)
         raise
@@ -207,22 +218,25 @@ def _model_params(p: ModelParams, on_progress: Callable[[float], None] | None) -
     yield params  # `split` and `callback` must outlive the load call
 
 
-def _flash(p: ContextParams, *, offloaded: bool) -> int:
-    """llama.cpp's flash-attention setting for `p.flash_attention`.
+def _flash(model: int, path: str, p: ContextParams, *, offloaded: bool) -> Flash:
+    """What `p.flash_attention` means for this model here.
 
-    "auto" is off when nothing runs on a GPU, unless a quantized V cache
-    needs flash attention. Measured on this project's 2-core CPUs
-    (SmolLM2-135M), flash attention made each generated token about 1.4x
-    slower (22 vs 16 ms alone, 71 vs 50 ms for 4 sequences at once) and the
-    next turn of a 2,650-token conversation 5x slower; only reading a fresh
-    prompt got faster (about 1.3x). Elsewhere llama.cpp decides.
+    "auto" on a CPU is measured (`flash.decide`: which is faster differs from
+    one CPU to the next, and with the depth of the context), unless a quantized
+    V cache needs flash attention. With a GPU, llama.cpp decides.
     """
-    if p.flash_attention == "auto" and not offloaded and p.type_v in UNQUANTIZED_CACHE:
-        return _FLASH["off"]
-    return _FLASH[p.flash_attention]
+    if p.flash_attention != "auto":
+        return Flash(p.flash_attention == "on", "as asked (ContextParams.flash_attention)")
+    if offloaded:
+        return Flash(None, "llama.cpp's choice (layers on a GPU)")
+    if p.type_v not in UNQUANTIZED_CACHE:
+        return Flash(True, f"a {p.type_v} V cache needs it")
+    types = (_GGML_TYPE[p.type_k], _GGML_TYPE[p.type_v])
+    verdict = flash.decide(model, path, n_threads=p.n_threads, n_threads_batch=p.n_threads_batch, cache_types=types)
+    return Flash(verdict.on, verdict.describe())
 
 
-def _new_context(model: int, p: ContextParams, log: LlamaLog, *, offloaded: bool) -> LoadedModel:
+def _new_context(model: int, p: ContextParams, log: LlamaLog, attention: Flash) -> LoadedModel:
     # One sequence per parallel slot, plus one for embeddings, each with its
     # own KV stream of n_ctx cells. Separate streams (not llama.cpp's unified
     # buffer) keep every sequence's attention independent of the others, so a
@@ -238,7 +252,7 @@ def _new_context(model: int, p: ContextParams, log: LlamaLog, *, offloaded: bool
     params.kv_unified = False
     params.embeddings = False  # switched on only while an embedding is computed
     params.pooling_type = _pooling(model, p)
-    params.flash_attn_type = _flash(p, offloaded=offloaded)
+    params.flash_attn_type = _FLASH["auto" if attention.on is None else "on" if attention.on else "off"]
     params.type_k = _GGML_TYPE[p.type_k]
     params.type_v = _GGML_TYPE[p.type_v]
     params.rope_scaling_type = _ROPE[p.rope_scaling_type]
@@ -253,7 +267,7 @@ def _new_context(model: int, p: ContextParams, log: LlamaLog, *, offloaded: bool
     if not ctx:
         raise _classify(log, f"llama.cpp could not create a context of {params.n_ctx} tokens")
     pooling = p.embeddings and C.llama_pooling_type(ctx) != 0
-    return LoadedModel(model, ctx, pooling)
+    return LoadedModel(model, ctx, pooling, flash=attention)
 
 
 def _pooling(model: int, p: ContextParams) -> int:

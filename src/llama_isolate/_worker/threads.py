@@ -75,6 +75,14 @@ def _machine_busy() -> float | None:
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+def others_cpu(before: Reading, after: Reading) -> float:
+    """CPUs the other processes of the machine kept busy, on average, between two readings (0 without /proc/stat)."""
+    elapsed = after.wall - before.wall
+    if elapsed <= 0 or after.busy is None or before.busy is None:
+        return 0.0
+    return max(0.0, (after.busy - before.busy) - (after.ours - before.ours)) / elapsed
+
+
 def threads_for(others: float, cpus: int, ceiling: int) -> int:
     """Threads to use when other processes keep `others` CPUs busy out of `cpus`."""
     free = cpus - others
@@ -173,10 +181,9 @@ class ThreadTuner:
         while len(readings) > 2 and now.wall - readings[1].wall >= WINDOW_S:
             readings.popleft()
         oldest = readings[0]
-        elapsed = now.wall - oldest.wall
-        if elapsed < SAMPLE_S or now.busy is None or oldest.busy is None:
+        if now.wall - oldest.wall < SAMPLE_S or now.busy is None or oldest.busy is None:
             return
-        others = max(0.0, (now.busy - oldest.busy) - (now.ours - oldest.ours)) / elapsed
+        others = others_cpu(oldest, now)
         wanted = threads_for(others, self._cpus, self._ceiling)
         self._wanted = (wanted, threads_for(others, self._cpus, self._ceiling_batch))
         started = self._decode_started
