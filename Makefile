@@ -13,7 +13,7 @@ endif
 INPUTS_HASH := $(shell (cat pyproject.toml; echo '$(LLAMA_FLAGS)') | sha256sum | cut -c1-16)-$(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 STAMP := $(VENV)/.installed-$(INPUTS_HASH)
 
-.PHONY: demo test lint bench env
+.PHONY: demo test lint bench env native
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
@@ -26,8 +26,15 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
+# `make bench` sets our figures beside native llama.cpp's when `make native` has built it (or when
+# LLAMA_NATIVE_DIR names a directory holding llama-server, llama-bench and llama-batched-bench).
+LLAMA_NATIVE_DIR ?= $(wildcard .native/bin)
 bench: $(STAMP)
-	$(PY) -m bench
+	LLAMA_NATIVE_DIR="$(LLAMA_NATIVE_DIR)" $(PY) -m bench
+
+# llama.cpp's own binaries from the pinned llama-cpp-python sdist, into .native/bin (about 6 minutes).
+native:
+	PYTHON=$(PYTHON) bench/build-native.sh .native
 
 env: $(STAMP)
 

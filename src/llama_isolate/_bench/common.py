@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import platform
 import statistics
 import time
 from collections.abc import Iterator
@@ -16,6 +18,18 @@ N_THREADS = 2
 # prompts and raw llama-cpp-python's are the same tokens.
 PLAIN_TEMPLATE = "{{ messages[-1]['content'] }}"
 STORY = "Once upon a time, in a small village by the sea, there lived"
+
+
+def machine() -> str:
+    """The CPU's name, its cores, the memory and Python's version: what a figure was measured on."""
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, Python {platform.python_version()}"
 
 
 def model_path() -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .common import N_THREADS, Report, ms, verdict
-from .serve import Server, serving
+from .servers import Server, serving
 
 if TYPE_CHECKING:
     import httpx

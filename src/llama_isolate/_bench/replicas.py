@@ -15,7 +15,9 @@ import statistics
 import sys
 
 from .common import N_THREADS, Report, ms, verdict
-from .serve import SLOTS, Server, clients_at_once, one_client, serving
+from .httpload import clients_at_once, one_client
+from .serve import SLOTS
+from .servers import Server, serving
 
 ROUNDS = 4
 

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import platform
 import sys
 
 from . import choices, contention, decode, parent_cpu, prefix, replicas, serve, soak, stall, stop, throughput, ttft
-from .common import Report
+from .common import Report, machine
 
 SECTIONS = {
     "decode": decode.run,
@@ -32,17 +30,6 @@ SECTIONS = {
     "replicas": replicas.run,
 }
 DEFAULT = ["decode", "throughput", "stall", "parent_cpu", "contention", "stop", "ttft", "choices"]
-
-
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, Python {platform.python_version()}"
 
 
 async def run(names: list[str]) -> Report:

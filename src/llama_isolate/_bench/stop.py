@@ -46,7 +46,8 @@ async def run(report: Report) -> None:
             (await _stop_after(parent, "Write a long essay about the sea.", tokens=20, delay=0))[0]
             for _ in range(ROUNDS)
         ]
-        prompt = [await _stop_after(parent, LONG, tokens=0, delay=0.3 + 0.2 * i) for i in range(ROUNDS)]
+        # Each round's prompt differs from its start, so that none reuses the cache an earlier stop left.
+        prompt = [await _stop_after(parent, f"({i}) {LONG}", tokens=0, delay=0.3 + 0.2 * i) for i in range(ROUNDS)]
     worst_decoding = max(decoding)
     worst_prompt = max(p[0] for p in prompt)
     processed = ", ".join(str(p[1]) for p in prompt)
