@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
@@ -164,6 +165,23 @@ class _Output:
             self._stopping = asyncio.get_running_loop().create_task(self._parent.parent.stop())
 
 
+@contextlib.contextmanager
+def _held_interrupts() -> Iterator[Callable[[], bool]]:
+    """While the block stops an answer, a further Ctrl-C is only noted; the block's caller asks if one came.
+
+    Python raises KeyboardInterrupt wherever the main thread happens to be, a
+    weakref callback or a finalizer included, where it is printed as "Exception
+    ignored" and lost. Stopping takes milliseconds; a second press in them is
+    honoured right after.
+    """
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, _frame: pressed.append(number))
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _answer(parent: SyncLlamaParent, send: Callable[[], str]) -> bool:
     """Send one prompt and stream its answer; returns False if Ctrl-C stopped it.
 
@@ -177,10 +195,13 @@ def _answer(parent: SyncLlamaParent, send: Callable[[], str]) -> bool:
         try:
             event = parent.wait_for_completion(prompt_id)
         except KeyboardInterrupt:
-            parent.stop()
-            event = parent.wait_for_completion(prompt_id)
+            with _held_interrupts() as again:
+                parent.stop()
+                event = parent.wait_for_completion(prompt_id)
             sys.stderr.write("\n[stopped]\n")
             completed = False
+            if again():
+                raise KeyboardInterrupt from None  # pressed twice: leave, once the answer has stopped
     finally:
         subscription.cancel()
     output.write("\n")
