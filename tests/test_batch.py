@@ -46,19 +46,31 @@ def test_generating_sequences_are_laid_out_in_id_order_whatever_order_they_start
         assert laid_out(batch)[r.logits_index][0] == r.next_token  # each reads its own logits
 
 
-def test_a_prompt_chunk_sits_at_its_sequence_place_and_only_its_last_token_asks_for_logits(batch: Batch) -> None:
-    reading = run(1, pending=[7, 8, 9], n_past=4)
+def test_a_prompt_chunk_sits_at_its_sequence_place_and_asks_for_no_logits(batch: Batch) -> None:
+    reading = run(1, pending=[7, 8, 9, 10], n_past=4)
     runs = [run(2, next_token=20), reading, run(0, next_token=0)]
     batch.schedule(runs)
     assert laid_out(batch) == [
         (0, 10, 0, True),
         (7, 4, 1, False),
         (8, 5, 1, False),
-        (9, 6, 1, True),
+        (9, 6, 1, False),
         (20, 10, 2, True),
     ]
-    assert reading.logits_index == 3
+    assert reading.logits_index == -1
     assert reading.batch_tokens == [7, 8, 9]
+
+
+def test_a_prompts_last_token_is_decoded_alone_in_the_next_step(batch: Batch) -> None:
+    reading = run(0, pending=[7, 8, 9], n_past=0)
+    batch.schedule([reading])
+    assert reading.batch_tokens == [7, 8]  # the whole prompt would fit, but its last token waits
+    assert reading.logits_index == -1
+    reading.pending.popleft()
+    reading.pending.popleft()
+    reading.n_past = 2
+    batch.schedule([reading, run(1, next_token=5)])
+    assert laid_out(batch) == [(9, 2, 0, True), (5, 10, 1, True)]  # alone for its sequence, with its logits
 
 
 def test_prompts_share_the_budget_in_admission_order_not_id_order(batch: Batch) -> None:

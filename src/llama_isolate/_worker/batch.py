@@ -4,6 +4,17 @@ Generating sequences come first, one token each; then chunks of prompts
 still being read, in admission order, up to `n_batch` tokens. While anything
 generates, a prompt is read in short chunks, so the others' next tokens are
 never more than one short chunk away.
+
+A prompt's last token is always decoded on its own, in the step after the
+rest of the prompt: the one whose logits give the first reply token. llama.cpp
+computes a sequence's single token with other kernels than a chunk of
+several (its attention, and on some CPUs its matrix products), so the last
+bits of those logits depend on the chunk's shape. A prompt whose start came
+from a cache has only its last token left to decode, so without this rule the
+same request answered differently cached and fresh (with flash attention, a
+900-token prompt's first log probability moved from -0.9846 to -0.9823).
+Batched with other sequences it still shares a step with them, as any
+generated token does.
 """
 
 from __future__ import annotations
@@ -90,6 +101,8 @@ class Batch:
             if run.next_token is not None or not run.pending or budget <= 0:
                 continue
             chunk = leading_tokens(run.pending, budget)
+            if len(chunk) == len(run.pending) > 1:
+                chunk.pop()  # the prompt's last token is decoded on its own, next step (see the module's docstring)
             if not chunk:
                 continue  # an image comes next: evaluated at the start of the next step
             run.batch_tokens = chunk
