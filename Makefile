@@ -13,13 +13,24 @@ endif
 INPUTS_HASH := $(shell (cat pyproject.toml; echo '$(LLAMA_FLAGS)') | sha256sum | cut -c1-16)-$(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 STAMP := $(VENV)/.installed-$(INPUTS_HASH)
 
-.PHONY: demo test lint bench env native
+.PHONY: demo test lint bench env native browser
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-test: lint
+test: lint browser
 	$(PY) -m pytest
+
+# The chat page's tests drive Debian's chromium (never a browser download). `make test` installs it where it
+# may: as root, or with a sudo that asks no password; elsewhere those tests are skipped, and say how to get it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; else \
+	    echo "chromium is missing and cannot be installed without root: the chat page's tests will be skipped" \
+	      "(sudo apt-get install chromium)"; exit 0; fi; \
+	  echo "installing Debian's chromium for the chat page's tests"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    chromium >/dev/null; }
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -54,7 +55,11 @@ def keyed_url() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: these tests drive Debian's chromium, which .ci/run installs (apt-get)")
+        why = f"{CHROMIUM} is missing: these tests drive Debian's chromium (sudo apt-get install chromium; make test"
+        why += " installs it when run as root)"
+        if os.environ.get("LLAMA_ISOLATE_REQUIRE_BROWSER"):
+            pytest.fail(why)  # CI: they must run
+        pytest.skip(why)
     with sync_playwright() as playwright:
         b = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
