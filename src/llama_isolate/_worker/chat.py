@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
+import re
+import secrets
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import jinja2
 import jinja2.sandbox
+
+logger = logging.getLogger("llama_isolate.worker")
+
+Span = tuple[str, bool]  # a piece of the prompt text, and whether it came from a message's content
 
 
 class ChatTemplateError(Exception):
@@ -57,6 +64,57 @@ class ChatFormatter:
                 self._template = env.from_string(template)
             except jinja2.TemplateError as exc:
                 raise ChatTemplateError(f"the chat template does not compile: {exc}") from exc
+
+    def render_spans(self, messages: Sequence[tuple[str, str]], tools: list[Any] | None = None) -> list[Span]:
+        """The prompt text as spans: the template's own text, and what came from the messages' contents.
+
+        The caller tokenizes the contents as plain text, so that a user who
+        writes ``<|im_end|>`` cannot close their turn and write another role's.
+        The template is rendered with a marker in place of each content; where
+        putting the contents back in place of the markers gives the real render,
+        the spans are exact. A template that changes a content (trims it, or
+        cuts earlier answers' reasoning as Qwen 3's does) gets its contents
+        found between the template's own pieces, in order; a template whose own
+        text changes with the contents (seen by no template here) gets the whole
+        render as template text, and a warning in the log.
+        """
+        text = self.render(messages, tools)
+        if self._template is None:
+            return [(text, True)]
+        nonce = secrets.token_hex(6)
+        marked = self.render([(role, f"\ue000{nonce}:{i}\ue001") for i, (role, _) in enumerate(messages)], tools)
+        pieces = re.split(f"\ue000{nonce}:(\\d+)\ue001", marked)  # template, index, template, index, ..., template
+        exact: list[Span] = []
+        for i, piece in enumerate(pieces):
+            content = i % 2 == 1
+            written = messages[int(piece)][1] if content else piece
+            if written:
+                exact.append((written, content))
+        if "".join(piece for piece, _ in exact) == text:
+            return exact
+        return self._found_between(text, pieces[::2])
+
+    def _found_between(self, text: str, template_pieces: list[str]) -> list[Span]:
+        """The contents of `text` found between the template's own pieces, in order (see `render_spans`)."""
+        spans: list[Span] = []
+        at = 0
+        last = len(template_pieces) - 1
+        for i, piece in enumerate(template_pieces):
+            if i == 0:
+                found = 0 if text.startswith(piece) else -1
+            elif i == last:
+                found = len(text) - len(piece) if text.endswith(piece) and len(text) - len(piece) >= at else -1
+            else:
+                found = text.find(piece, at)
+            if found < 0:
+                logger.warning("the chat template's own text changes with the messages: contents parsed as template")
+                return [(text, False)]
+            if found > at:
+                spans.append((text[at:found], True))
+            if piece:
+                spans.append((piece, False))
+            at = found + len(piece)
+        return spans
 
     def render(self, messages: Sequence[tuple[str, str]], tools: list[Any] | None = None) -> str:
         """The prompt text for `messages` (and the function specs `tools`), ending where the reply begins."""

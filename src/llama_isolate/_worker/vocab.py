@@ -38,14 +38,27 @@ class Vocab:
         text = self.chat.render(messages, tools)
         if not self.chat.has_template:
             return text, False
-        if self._bos and C.llama_vocab_get_add_bos(self.handle) and text.startswith(self._bos):
-            text = text[len(self._bos) :]
-        return text, True
+        return self._without_bos(text), True
 
     def prompt_tokens(self, messages: tuple[tuple[str, str], ...], tools: list[Any] | None = None) -> list[int]:
-        """The tokens of a conversation, formatted for the model, ready for its reply."""
-        text, parse_special = self.prompt_text(messages, tools)
-        return self.tokenize(text, add_special=True, parse_special=parse_special)
+        """The tokens of a conversation, formatted for the model, ready for its reply.
+
+        Only the template's own text is parsed for special tokens; what came
+        from the messages' contents is tokenized as plain text (`render_spans`).
+        """
+        if not self.chat.has_template:
+            text, _ = self.prompt_text(messages, tools)
+            return self.tokenize(text, add_special=True, parse_special=False)
+        tokens: list[int] = []
+        for i, (text, content) in enumerate(self.chat.render_spans(messages, tools)):
+            piece = self._without_bos(text) if i == 0 else text
+            tokens += self.tokenize(piece, add_special=i == 0, parse_special=not content)
+        return tokens
+
+    def _without_bos(self, text: str) -> str:
+        if self._bos and C.llama_vocab_get_add_bos(self.handle) and text.startswith(self._bos):
+            return text[len(self._bos) :]
+        return text
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         data = text.encode("utf-8")
