@@ -49,6 +49,13 @@ async def test_empty_and_too_long_texts_are_request_errors(embedding_parent: Lla
     assert len(await embedding_parent.get_embeddings("still fine")) == 576
 
 
+async def test_a_text_of_megabytes_is_refused_by_its_size_before_it_is_tokenized(embedding_parent: LlamaParent) -> None:
+    text = "word " * (8 * 2**20 // 5)
+    with pytest.raises(LlamaContextLengthExceeded, match=f"the text is {len(text)} bytes"):
+        await embedding_parent.get_embeddings(text)
+    assert len(await embedding_parent.get_embeddings("still fine")) == 576
+
+
 async def test_embeddings_are_refused_without_embeddings_enabled(parent: LlamaParent) -> None:
     with pytest.raises(LlamaFeatureNotEnabled, match="embeddings=True"):
         await parent.get_embeddings("hello")

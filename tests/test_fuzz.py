@@ -108,6 +108,10 @@ actions = st.one_of(
     st.tuples(st.just("history"), st.lists(messages, min_size=1, max_size=3)),
     st.tuples(st.just("embed"), texts),
     st.tuples(st.just("stop"), st.none()),
+    st.tuples(st.just("trim"), st.one_of(st.booleans(), texts)),
+    # many messages, or a text of megabytes: refused by their counts and sizes before they are tokenized
+    st.tuples(st.just("crowd"), st.integers(4000, 6000)),
+    st.tuples(st.just("prompt"), st.tuples(st.just("word " * 300_000), samplers, st.just(2))),
 )
 
 
@@ -158,6 +162,10 @@ async def play(parent: LlamaParent, scope: LlamaScope, action: Action) -> str | 
             await parent.get_embeddings(arg)
         elif kind == "stop":
             await scope.stop()
+        elif kind == "trim":
+            scope.trim_history = arg
+        elif kind == "crowd":
+            scope.messages.extend({"role": ("user", "assistant")[i % 2], "content": "m"} for i in range(arg))
     except (ValueError, TypeError, LlamaError):
         pass
     return None
@@ -202,7 +210,9 @@ json_values = st.recursive(
     max_leaves=8,
 )
 http_texts = st.one_of(
-    st.text(max_size=20), st.sampled_from(["", "<s>", "</s>", "\x00", "🦙", MEDIA_MARKER, "a" * 300])
+    # "\ud800": a lone surrogate, which JSON can spell and Python keeps (once a plain-text 500 in a schema's keys)
+    st.text(max_size=20),
+    st.sampled_from(["", "<s>", "</s>", "\x00", "🦙", MEDIA_MARKER, "a" * 300, "\ud800"]),
 )
 parts = st.one_of(
     st.fixed_dictionaries({"type": st.just("text"), "text": st.one_of(http_texts, json_values)}),
@@ -280,6 +290,7 @@ tools = st.lists(
     ),
     max_size=2,
 )
+token_ids = st.one_of(st.lists(st.integers(-1, 70000), max_size=4), st.lists(st.lists(st.integers(0, 99)), max_size=2))
 options = {
     "response_format": st.one_of(
         st.fixed_dictionaries(
@@ -311,8 +322,9 @@ options = {
     "n": st.integers(-1, 3),
     "model": json_values,
     "encoding_format": st.sampled_from(["float", "base64", "hex"]),
-    "prompt": st.one_of(http_texts, st.lists(http_texts, max_size=2), json_values),
-    "input": st.one_of(http_texts, st.lists(http_texts, max_size=3), json_values),
+    "prompt": st.one_of(http_texts, st.lists(http_texts, max_size=2), token_ids, json_values),
+    "input": st.one_of(http_texts, st.lists(http_texts, max_size=3), token_ids, json_values),
+    "trim_history": st.one_of(st.booleans(), json_values),
 }
 bodies = st.one_of(
     json_values,

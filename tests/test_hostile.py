@@ -8,11 +8,13 @@ pid does not change, and every other request carries on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import struct
 import time
 import zlib
 from pathlib import Path
 
+import psutil
 import pytest
 
 from llama_isolate import (
@@ -23,6 +25,8 @@ from llama_isolate import (
     LlamaStatus,
     SamplerParams,
 )
+from llama_isolate import _protocol as protocol
+from llama_isolate._link import WorkerLink
 
 from .conftest import RED, first_token, greedy_load, vlm_load
 
@@ -168,6 +172,7 @@ async def test_an_unsatisfiable_grammar_fails_its_prompt_alone(model_path: Path)
         refused = await parent.wait_for_completion(never)
         assert not refused.success
         assert "accepts no first token" in (refused.error or "")
+        assert refused.error_code == "invalid_grammar"
         assert (await parent.wait_for_completion(beside)).success
         await still_serving(parent, pid)
 
@@ -178,6 +183,7 @@ async def test_a_grammar_that_dead_ends_after_some_output_fails_its_prompt_alone
     event = await parent.wait_for_completion(await parent.send_prompt("Hi", sampler_params=dead_end))
     assert not event.success
     assert "grammar allows no token" in (event.error or "")
+    assert event.error_code == "invalid_grammar"
     await still_serving(parent, pid)
 
 
@@ -241,3 +247,138 @@ async def test_a_conversation_of_thousands_of_messages_is_fitted_without_stallin
         events = await asyncio.wait_for(asyncio.gather(*(parent.wait_for_completion(i) for i in ids)), 30)
     assert all(e.success for e in events)
     assert events[0].dropped_turns > 1900
+
+
+# ---------------------------------------------------------------- cheap refusals: bounds before tokenizing
+
+
+async def test_a_message_of_megabytes_is_refused_by_its_size_and_the_neighbour_carries_on(model_path: Path) -> None:
+    # It was tokenized whole first: an 8 MiB message took 9.5 s to refuse and held the others meanwhile.
+    async with LlamaParent(greedy_load(model_path, n_ctx=512, n_parallel=2)) as parent:
+        pid = parent.worker_pid
+        text = "word " * (8 * 2**20 // 5)
+        huge = await parent.get_scope().send_prompt(text, max_tokens=4)
+        neighbour = await parent.get_scope().send_prompt("Hi", max_tokens=3)
+        bad, good = await asyncio.wait_for(
+            asyncio.gather(parent.wait_for_completion(huge), parent.wait_for_completion(neighbour)), 60
+        )
+        assert bad.error_code == "context_length_exceeded"
+        assert f"{len(text)} bytes of text" in (bad.error or ""), bad.error  # told by its size: nothing was tokenized
+        assert "--ctx" in (bad.error or "")
+        assert good.success, good.error
+        await still_serving(parent, pid)
+
+
+async def test_200000_messages_are_cut_to_the_most_read_or_refused_when_they_may_not_be(model_path: Path) -> None:
+    # 200,000 tiny messages kept the worker busy for 13 minutes after their client left.
+    crowd = [{"role": ("user", "assistant")[i % 2], "content": f"m{i}"} for i in range(200_000)]
+    async with LlamaParent(greedy_load(model_path, n_ctx=512, n_parallel=2)) as parent:
+        trimmed, strict, neighbour = parent.get_scope(), parent.get_scope(), parent.get_scope()
+        trimmed.messages[:] = crowd
+        strict.messages[:] = crowd
+        strict.trim_history = False
+        ids = [
+            await trimmed.send_prompt("last", max_tokens=2),
+            await strict.send_prompt("last", max_tokens=2),
+            await neighbour.send_prompt("Hi", max_tokens=2),
+        ]
+        cut, refused, other = await asyncio.wait_for(asyncio.gather(*map(parent.wait_for_completion, ids)), 120)
+    assert cut.success, cut.error
+    assert cut.dropped_turns >= 200_000 - 4096
+    assert refused.error_code == "context_length_exceeded"
+    assert "200001 messages" in (refused.error or "") and "LlamaLoad.max_messages" in (refused.error or "")
+    assert other.success
+
+
+async def test_max_messages_is_a_load_setting(model_path: Path) -> None:
+    load = dataclasses.replace(greedy_load(model_path, n_ctx=512), max_messages=3)
+    async with LlamaParent(load) as parent:
+        scope = parent.get_scope()
+        scope.trim_history = False
+        scope.messages[:] = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}] * 2
+        event = await parent.wait_for_completion(await scope.send_prompt("c", max_tokens=2))
+        assert event.error_code == "context_length_exceeded"
+        assert "5 messages" in (event.error or "") and "at most 3" in (event.error or "")
+        scope.trim_history = True
+        event = await parent.wait_for_completion(await scope.send_prompt("c", max_tokens=2))
+        assert event.success and event.dropped_turns >= 2
+
+
+async def test_a_long_conversation_is_refused_unless_it_may_lose_turns(model_path: Path) -> None:
+    async with LlamaParent(greedy_load(model_path, n_ctx=256)) as parent:
+        strict = parent.get_scope()
+        assert strict.trim_history is True  # the library's default
+        strict.trim_history = False
+        history = []
+        for i in range(12):
+            history += [{"role": "user", "content": f"Fact {i}: box {i} holds {i * 7} blue marbles."}]
+            history += [{"role": "assistant", "content": "Noted."}]
+        strict.messages[:] = history
+        refused = await parent.wait_for_completion(await strict.send_prompt("How many in box 3?", max_tokens=8))
+        assert refused.error_code == "context_length_exceeded"
+        assert "trim_history" in (refused.error or "")
+        assert strict.messages == history  # a refused prompt leaves no turn behind
+        strict.trim_history = True
+        answered = await parent.wait_for_completion(await strict.send_prompt("How many in box 3?", max_tokens=8))
+        assert answered.success and answered.dropped_turns > 0
+        with pytest.raises(TypeError, match="trim_history must be a bool"):
+            strict.trim_history = "no"  # type: ignore[assignment]
+            await strict.send_prompt("x")
+
+
+async def test_a_raw_prompt_dense_with_special_tokens_is_refused_before_it_is_tokenized(model_path: Path) -> None:
+    # llama.cpp's search for special tokens is quadratic: 32,768 of them between words took 15 s.
+    async with LlamaParent(greedy_load(model_path, n_ctx=2048)) as parent:
+        pid = parent.worker_pid
+        event = await parent.wait_for_completion(await parent.send_prompt("<|im_end|>a" * 3000, raw=True, max_tokens=2))
+        assert event.error_code == "context_length_exceeded"
+        assert "more than 2048 special tokens' texts" in (event.error or ""), event.error
+        # In a chat message the same text is only text: it is tokenized as such, and fits.
+        fine = await parent.wait_for_completion(await parent.get_scope().send_prompt("<|im_end|>" * 20, max_tokens=2))
+        assert fine.success, fine.error
+        await still_serving(parent, pid)
+
+
+async def test_images_whose_pixels_add_up_past_the_bound_are_refused_before_any_is_decoded(
+    tiny_vlm: tuple[Path, Path],
+) -> None:
+    # 33 all-zero 8192x4096 PNGs took the worker to 3.3 GiB for 45 s before their 400.
+    big = LlamaImage.from_bytes(png_header(8192, 4096, rows=1), name="big.png")
+    load = dataclasses.replace(vlm_load(tiny_vlm), max_prompt_pixels=3 * 8192 * 4096)
+    async with LlamaParent(load) as parent:
+        pid = parent.worker_pid
+        before = psutil.Process(pid).memory_info().rss if pid else 0
+        event = await parent.wait_for_completion(await parent.send_prompt_with_images("Look", [big] * 4))
+        assert not event.success
+        assert "max_prompt_pixels" in (event.error or "") and "nothing was decoded" in (event.error or "")
+        assert psutil.Process(pid).memory_info().rss - before < 64 * 2**20 if pid else True
+        await still_serving(parent, pid)
+
+
+async def test_an_engine_that_answers_pings_but_makes_no_progress_is_declared_stuck() -> None:
+    # The reader thread answers liveness pings, so an engine stuck in one call was never noticed.
+    # The rule, with the clock in hand: progress unchanged for STALL_FACTOR liveness timeouts while there
+    # is work means the worker is killed; any progress, or being idle, starts the count again.
+    killed: list[str] = []
+    link = WorkerLink(
+        greedy_load(Path("unused.gguf")),
+        on_started=lambda _: None,
+        on_tokens=lambda _: None,
+        on_finished=lambda _: None,
+        on_fault=lambda *_: None,
+        on_exit=lambda _: None,
+        has_work=lambda: True,
+        liveness_timeout=1.0,
+    )
+    link.kill = lambda because=None: killed.append(because or "")  # type: ignore[method-assign]
+    clock = [100.0]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(time, "monotonic", lambda: clock[0])
+        for progress, at in [(1, 0.0), (2, 1.0), (2, 4.0), (3, 6.5), (3, 12.0)]:
+            clock[0] = 100.0 + at
+            link._pong(protocol.Pong(0, progress=progress))
+        assert killed == []  # progress came at 6.5 s: 5.5 s without, under 6
+        clock[0] = 113.5
+        link._pong(protocol.Pong(0, progress=3))
+    assert len(killed) == 1
+    assert "made no progress for 7 s" in killed[0] and "liveness_timeout" in killed[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -27,11 +28,30 @@ def test_threads_are_the_cpus_the_others_leave_free() -> None:
     assert threads_for(5.0, cpus=8, ceiling=8) == 3
 
 
-def answer(engine: Engine, tokens: int = 48) -> None:
+class Woken:
+    """An engine's `wake`: what the worker's loop waits on while a prompt is prepared off the engine's thread."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self) -> None:
+        self.event.set()
+
+
+def engine_of(load: LlamaLoad) -> tuple[Engine, Woken]:
+    woken = Woken()
+    return Engine(load, lambda _: None, wake=woken), woken
+
+
+def answer(engine: Engine, woken: Woken, tokens: int = 48) -> None:
+    """Run one prompt to its end, as the worker's loop does."""
     engine.submit(
         protocol.Submit("p", "s", (("user", "Write a story about the sea."),), SamplerParams(greedy=True), tokens)
     )
-    while engine.busy:
+    while engine.busy or engine.preparing:
+        if not engine.busy:
+            assert woken.event.wait(60), "the prompt's preparation never ended"
+            woken.event.clear()
         engine.step()
 
 
@@ -58,15 +78,15 @@ def test_the_engine_uses_fewer_threads_while_others_keep_a_cpu_busy_and_all_agai
     monkeypatch.setattr(threads, "_machine_busy", neighbours)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     load = LlamaLoad(path=model_path, context_params=ContextParams(n_ctx=512, n_threads=2, n_threads_batch=2))
-    engine = Engine(load, lambda _: None)
+    engine, woken = engine_of(load)
     try:
-        answer(engine)
+        answer(engine, woken)
         assert engine.threads == 2
         neighbours.cpus = 1.0
-        answer(engine)
+        answer(engine, woken)
         assert engine.threads == 1
         neighbours.cpus = 0.0
-        answer(engine)
+        answer(engine, woken)
         assert engine.threads == 2
     finally:
         engine.close()
@@ -79,14 +99,14 @@ def test_a_real_busy_process_is_seen_and_its_end_too_when_nothing_else_runs(mode
     (measured: on a busy laptop or CI machine, one thread is then right)."""
     others = (os.cpu_count() or 2) - 1
     load = LlamaLoad(path=model_path, context_params=ContextParams(n_ctx=512, n_threads=2, n_threads_batch=2))
-    engine = Engine(load, lambda _: None)
+    engine, woken = engine_of(load)
     try:
-        answer(engine)
+        answer(engine, woken)
         with busy(others):
-            answer(engine)
+            answer(engine, woken)
             assert engine.threads == 1
         before = threads.Reading.now()
-        answer(engine)
+        answer(engine, woken)
         background = threads.others_cpu(before, threads.Reading.now())
         if background < 0.3:
             assert engine.threads == 2
@@ -96,10 +116,10 @@ def test_a_real_busy_process_is_seen_and_its_end_too_when_nothing_else_runs(mode
 
 def test_fixed_threads_stay_fixed(model_path: Path) -> None:
     context = ContextParams(n_ctx=512, n_threads=2, n_threads_batch=2, adapt_threads=False)
-    engine = Engine(LlamaLoad(path=model_path, context_params=context), lambda _: None)
+    engine, woken = engine_of(LlamaLoad(path=model_path, context_params=context))
     try:
         with busy((os.cpu_count() or 2) - 1):
-            answer(engine, tokens=4)
+            answer(engine, woken, tokens=4)
             assert engine.threads == 2
     finally:
         engine.close()
@@ -112,7 +132,7 @@ def test_embeddings_too_use_fewer_threads_while_others_keep_a_cpu_busy(
     monkeypatch.setattr(threads, "_machine_busy", neighbours)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     context = ContextParams(n_ctx=512, n_threads=2, n_threads_batch=2, embeddings=True)
-    engine = Engine(LlamaLoad(path=model_path, context_params=context), lambda _: None)
+    engine, _ = engine_of(LlamaLoad(path=model_path, context_params=context))
     text = "A sentence to embed, long enough that its decode takes a while. " * 6
     try:
         engine.embed(text, True)

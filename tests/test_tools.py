@@ -337,3 +337,21 @@ def test_llama3_json_that_names_no_function_stays_text(llama3: SyncLlamaParent) 
     # only {"name": "<one of the functions>" does.
     assert event.tool_calls == ()
     assert '{"name": "Paris"' in event.text
+
+
+def test_an_answer_after_a_tool_result_stops_where_it_would_imitate_the_results_markup(
+    parent: SyncLlamaParent,
+) -> None:
+    # After a result, small models went on past their answer with the template's own "<tool_response>" markup
+    # (about half the final answers). A grammar makes the model write exactly that here; the reply ends before it.
+    event, _, scope = run(parent, tool_choice="required")
+    (call,) = event.tool_calls
+    imitating = SamplerParams(greedy=True, grammar='root ::= "Cloudy." "<tool_response>" "{}"')
+    after = parent.wait_for_completion(
+        scope.send_prompt('{"sky": "cloudy"}', tool_call_id=call.id, sampler_params=imitating, max_tokens=24)
+    )
+    assert after.success, after.error
+    assert after.text == "Cloudy."
+    assert after.finish_reason == "stop"
+    plain = parent.wait_for_completion(parent.get_scope().send_prompt("Hi", sampler_params=imitating, max_tokens=24))
+    assert plain.text == "Cloudy.<tool_response>{}"  # a conversation without tools is left as it is

@@ -82,6 +82,10 @@ def _submit(record: PromptRecord, history: list[dict[str, Any]], tool_format: To
     sampler, grammar = record.sampler, None if tools is None else tools.grammar(tool_format)
     if tools is not None and tools.mode == "required":  # the reply is a call from its first token
         sampler = dataclasses.replace(sampler, grammar=grammar)
+    required = tools is not None and tools.mode == "required"
+    if not required and (tools is not None or any(m.get("role") == "tool" for m in history)):
+        extra = tuple(s for s in FORMATS[tool_format].stops if s not in sampler.stop)
+        sampler = dataclasses.replace(sampler, stop=sampler.stop + extra) if extra else sampler
     return protocol.Submit(
         record.id,
         record.scope_key,
@@ -95,6 +99,7 @@ def _submit(record: PromptRecord, history: list[dict[str, Any]], tool_format: To
         tool_markers=() if tools is None or tools.mode == "none" else FORMATS[tool_format].markers(tools.names),
         tool_grammar=grammar if tools is not None and tools.mode == "auto" else None,
         n=record.n,
+        trim=record.trim,
     )
 
 

@@ -8,13 +8,19 @@ from typing import Any, Literal
 
 FinishReason = Literal["stop", "length", "stopped", "cancelled", "error"]
 
-ErrorCode = Literal["context_length_exceeded", "invalid_prompt", "engine_error", "worker_died", "internal_error"]
+ErrorCode = Literal[
+    "context_length_exceeded", "invalid_prompt", "invalid_grammar", "engine_error", "worker_died", "internal_error"
+]
 """Why a prompt failed, for programs (`CompletionEvent.error_code`); `error` says it for people.
 
 - ``"context_length_exceeded"``: the prompt (after leaving out old turns) does not fit the context;
+- ``"context_length_exceeded"`` also covers a prompt over one of the bounds checked before it is tokenized
+  (bytes, messages, special tokens: docs/reliability.md);
 - ``"invalid_prompt"``: the prompt itself cannot run: the chat template refused the conversation,
-  an image did not decode or is misplaced, a grammar is invalid or reached a dead end, or the
-  conversation's `messages` were edited into a malformed shape;
+  an image did not decode or is misplaced, or the conversation's `messages` were edited into a
+  malformed shape;
+- ``"invalid_grammar"``: the reply's grammar (`SamplerParams.grammar`, or the one `json_schema` or
+  `tools` made) does not parse, accepts no first token, or reached a dead end;
 - ``"engine_error"``: llama.cpp failed while decoding (for example a full KV cache);
 - ``"worker_died"``: the worker process crashed or froze while the prompt was pending;
 - ``"internal_error"``: the parent failed to handle one of the prompt's replies (a bug).
@@ -204,7 +210,7 @@ class CompletionEvent:
         completion_tokens: tokens generated.
         timings: see `CompletionTimings`.
         error_code: why it failed, as an `ErrorCode` (None unless `success` is False):
-            ``"context_length_exceeded"``, ``"invalid_prompt"``, ``"engine_error"``,
+            ``"context_length_exceeded"``, ``"invalid_prompt"``, ``"invalid_grammar"``, ``"engine_error"``,
             ``"worker_died"`` or ``"internal_error"``.
         logprobs: for a prompt sent with ``logprobs=k``, one `TokenLogprob`
             per token of `text` (a stop string's tokens left out); None otherwise.

@@ -100,6 +100,8 @@ class PromptFlow:
         if options.tool_call_id is not None:
             check_text(options.tool_call_id, "tool_call_id")
         self.conversations.check(scope)
+        if scope is not None and not isinstance(scope.trim_history, bool):
+            raise TypeError(f"trim_history must be a bool, got {type(scope.trim_history).__name__}")
         sampler, tool_plan = _grammar_of(sampler_params or self._load.sampler_params, options)
         record = PromptRecord(
             id=uuid.uuid4().hex,
@@ -109,6 +111,7 @@ class PromptFlow:
             max_tokens=max_tokens or self._load.context_params.n_predict,
             images=images,
             raw=bool(options.raw),
+            trim=True if scope is None else scope.trim_history,
             logprobs=options.logprobs,
             tools=tool_plan,
             tool_call_id=options.tool_call_id,

@@ -40,6 +40,9 @@ from ._events import ModelInfo
 from ._params import LlamaLoad
 from ._transport import WorkerProcess
 
+# An engine that answers pings but makes no progress for this many liveness timeouts (60 s by default) is stuck.
+STALL_FACTOR = 6
+
 logger = logging.getLogger("llama_isolate")
 
 A = TypeVar("A", bound=protocol.Answer)
@@ -92,6 +95,8 @@ class WorkerLink:
         self._requests: dict[int, asyncio.Future[protocol.Answer]] = {}
         self._request_ids = itertools.count(1)
         self._ping_sent: float | None = None
+        self._engine_progress = 0  # the engine's progress in the last pong, and since when it has not changed
+        self._progress_since: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         # Every request's answer goes to its waiting future (a request whose answer had no route would hang).
         self._routes: dict[type, Callable[[Any], None]] = dict.fromkeys(protocol.REPLY_OF.values(), self._answer)
@@ -283,6 +288,7 @@ class WorkerLink:
             self._timer.cancel()
             self._timer = None
         self._ping_sent = None
+        self._progress_since = None
 
     def _check_liveness(self, interval: float) -> None:
         assert self._liveness_timeout is not None
@@ -292,6 +298,8 @@ class WorkerLink:
             if self._has_work() or self._requests:
                 self._ping_sent = now
                 self.send(protocol.Ping(next(self._request_ids)))
+            else:
+                self._progress_since = None  # idle: progress is measured again from the next work on
         elif now - self._ping_sent > self._liveness_timeout:
             self._stop_liveness()
             self.kill(
@@ -301,3 +309,14 @@ class WorkerLink:
 
     def _pong(self, reply: protocol.Pong) -> None:
         self._ping_sent = None
+        now = time.monotonic()
+        if reply.progress != self._engine_progress or self._progress_since is None:
+            self._engine_progress, self._progress_since = reply.progress, now
+            return
+        stalled = now - self._progress_since
+        if self._liveness_timeout is not None and stalled > STALL_FACTOR * self._liveness_timeout:
+            self._stop_liveness()
+            self.kill(
+                f"its engine made no progress for {stalled:.0f} s while it had work (a decode or a prompt's "
+                f"preparation that does not end; the limit is {STALL_FACTOR} x LlamaParent(liveness_timeout))"
+            )

@@ -350,6 +350,12 @@ def _check_path(name: str, value: object) -> None:
 MAX_IMAGE_PIXELS = 33_554_432
 """`LlamaLoad.max_image_pixels`'s default: 32 Mi pixels (8192 x 4096, a 32-megapixel photo)."""
 
+MAX_PROMPT_PIXELS = 4 * MAX_IMAGE_PIXELS
+"""`LlamaLoad.max_prompt_pixels`'s default: the images of one prompt together, 128 Mi pixels."""
+
+MAX_MESSAGES = 4096
+"""`LlamaLoad.max_messages`'s default."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class LlamaLoad:
@@ -378,6 +384,13 @@ class LlamaLoad:
             image down to its own size anyway (a few hundred pixels wide), so
             this only guards memory and time: a 20000x20000 PNG of 388 KB
             would decode to 1.2 GB.
+        max_prompt_pixels: the most pixels the images of one prompt may have
+            together, the history's included (default 134,217,728 = 128 Mi;
+            their decoded bitmaps are held together). Refused from the files'
+            headers before anything is decoded.
+        max_messages: the most messages a prompt's conversation may have (default
+            4096); a longer one is refused before it is rendered, or, where old
+            turns may be left out, cut down to that many first.
         verbose: let llama.cpp's own log through to stderr (silent by default).
     """
 
@@ -389,6 +402,8 @@ class LlamaLoad:
     chat_template: str | None = None
     tool_format: Literal["auto", "hermes", "llama3"] = "auto"
     max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_prompt_pixels: int = MAX_PROMPT_PIXELS
+    max_messages: int = MAX_MESSAGES
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -413,4 +428,6 @@ class LlamaLoad:
             _check_str(c, "chat_template", self.chat_template)
         _check_choice(c, "tool_format", self.tool_format, ("auto", "hermes", "llama3"))
         _check_int(c, "max_image_pixels", self.max_image_pixels, 1)
+        _check_int(c, "max_prompt_pixels", self.max_prompt_pixels, 1)
+        _check_int(c, "max_messages", self.max_messages, 1)
         _check_bool(c, "verbose", self.verbose)

@@ -88,7 +88,10 @@ class LlamaParent:
             KeyError. Keeps a long-running parent's memory flat.
         liveness_timeout: seconds a worker with work may leave a ping
             unanswered before it counts as dead (stopped with SIGSTOP, or
-            frozen); it is then killed and handled like a crash. None = never.
+            frozen); it is then killed and handled like a crash. An engine
+            that answers but takes no step and prepares no prompt for 6 times
+            this (60 s by default) while it has work is stuck, and handled the
+            same way. None = never.
     """
 
     def __init__(

@@ -75,6 +75,7 @@ class Submit:
     tool_markers: tuple[str, ...] = ()  # where a tool call starts in the reply: text from there on is the call's
     tool_grammar: str | None = None  # switched on once the marker is written (a whole call, marker included)
     n: int = 1  # choices: the prompt is read once, its KV copied to n-1 more slots, each with its own sampler
+    trim: bool = True  # a conversation over the context loses its oldest turns (else it is refused)
 
 
 @dataclass(frozen=True)
@@ -261,9 +262,11 @@ class RequestDone:
 
 @dataclass(frozen=True)
 class Pong:
-    """The answer to `Ping`."""
+    """The answer to `Ping`, with the engine's progress: a count that grows with every engine step and every
+    prompt prepared (the parent notices a count that stops while there is work)."""
 
     request_id: int
+    progress: int = 0
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ class Conversation(Protocol):
 
     id: str
     messages: list[dict[str, Any]]
+    trim_history: bool
     stream: TokenStream
     token_logprobs: EventStream[TokenLogprob]
     tool_call_deltas: EventStream[ToolCallDelta]
@@ -45,6 +46,7 @@ class PromptRecord:
     max_tokens: int
     images: tuple[LlamaImage, ...] = ()
     raw: bool = False  # text completion, without the chat template
+    trim: bool = True  # a conversation over the context loses its oldest turns (else the prompt fails)
     logprobs: int | None = None  # alternatives per token, when token log probabilities are wanted
     tools: ToolPlan | None = None  # the functions the model may call, and how
     tool_call_id: str | None = None  # the prompt is the result of this call (a "tool" turn)

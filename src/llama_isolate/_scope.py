@@ -109,6 +109,11 @@ class LlamaScope:
         """This conversation's chat history (see `LlamaParent.messages`)."""
         self.disposed = False
         """True after `dispose()`."""
+        self.trim_history = True
+        """What happens when this conversation outgrows the context: True (the default) leaves its oldest turns
+        out, and `CompletionEvent.dropped_turns` says how many; False fails the prompt instead, with
+        ``error_code="context_length_exceeded"`` (what OpenAI's API does, and `serve`'s default). Read when a
+        prompt is sent."""
 
     async def send_prompt(
         self,

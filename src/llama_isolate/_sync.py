@@ -162,6 +162,16 @@ class SyncLlamaScope:
         """This conversation's history (see `LlamaScope.messages`)."""
         return self._scope.messages
 
+    @property
+    def trim_history(self) -> bool:
+        """Whether this conversation loses its oldest turns when it outgrows the context (see
+        `LlamaScope.trim_history`)."""
+        return self._scope.trim_history
+
+    @trim_history.setter
+    def trim_history(self, value: bool) -> None:
+        self._scope.trim_history = value
+
     def send_prompt(
         self,
         prompt: str,

@@ -99,6 +99,9 @@ class CallFormat:
     closing: str  # written after it
     root: str  # GBNF of a whole call around the rule ``call``
     named: bool = False  # a call starts only where the marker is followed by one of the functions' names
+    # Where a reply that goes on past its answer starts imitating the template's tool results; a conversation
+    # with tools or results stops there (a small model wrote "<tool_response>" after half its final answers).
+    stops: tuple[str, ...] = ()
 
     def markers(self, names: Sequence[str]) -> tuple[str, ...]:
         """What starts a call to one of `names` in a reply.
@@ -119,6 +122,7 @@ FORMATS: dict[str, CallFormat] = {
         opening="<tool_call>\n",
         closing="\n</tool_call>",
         root='"<tool_call>" "\\n"? call "\\n"? "</tool_call>"',
+        stops=("<tool_response>",),
     ),
     "llama3": CallFormat(marker='{"name"', key="parameters", opening="", closing="", root="call", named=True),
 }

@@ -9,6 +9,7 @@ import llama_cpp as C
 from .. import _protocol as protocol
 from .abort import AbortFlag
 from .batch import Batch
+from .bounds import PromptBounds, TooBig
 from .llama import LoadedModel
 from .threads import ThreadTuner
 from .vocab import Vocab
@@ -35,8 +36,10 @@ class Embedder:
         *,
         seq_id: int,
         limit: int,
+        bounds: PromptBounds,
     ) -> None:
         self._handles = handles
+        self._bounds = bounds
         self._vocab = vocab
         self._batch = batch
         self._abort = abort
@@ -51,15 +54,16 @@ class Embedder:
             raise EmbeddingRefused(
                 "embeddings need LlamaLoad(context_params=ContextParams(embeddings=True))", "feature"
             )
+        too_long = f"at most {self._limit} tokens can be embedded at once (raise ContextParams.n_batch and n_ubatch)"
+        try:
+            self._bounds.check_text(text, self._limit)  # before tokenizing megabytes
+        except TooBig as exc:
+            raise EmbeddingRefused(f"{exc}: {too_long}", "too_long") from None
         tokens = self._vocab.tokenize(text, add_special=True, parse_special=False)
         if not tokens:
             raise EmbeddingRefused("cannot embed an empty text")
         if len(tokens) > self._limit:
-            raise EmbeddingRefused(
-                f"the text is {len(tokens)} tokens; at most {self._limit} can be embedded at once "
-                "(raise ContextParams.n_batch and n_ubatch)",
-                "too_long",
-            )
+            raise EmbeddingRefused(f"the text is {len(tokens)} tokens; {too_long}", "too_long")
         ctx, model = self._handles.ctx, self._handles.model
         self._batch.fill([(tok, i, self._seq, True) for i, tok in enumerate(tokens)])
         C.llama_set_embeddings(ctx, True)

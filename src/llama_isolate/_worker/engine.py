@@ -38,12 +38,13 @@ from .._params import LlamaLoad
 from . import choices
 from .abort import AbortFlag
 from .batch import Batch, Running
+from .bounds import TooBig
 from .chat import ChatTemplateError
 from .embed import Embedder, EmbeddingRefused
 from .llama import LlamaLog, LoadedModel, LoadFailure, load_model, model_description
 from .prepare import Prepared, Preparer, Refused
 from .prompt import ImageChunk
-from .sampling import NoCandidate, Sampler, SamplerRefused
+from .sampling import GrammarError, NoCandidate, Sampler, SamplerRefused
 from .seqstate import StateMismatch, flash_attention_of, from_portable, to_portable
 from .slots import SlotPool
 from .text import Detokenizer
@@ -84,7 +85,8 @@ class Engine:
         self._n_stream = cp.n_parallel + (1 if cp.embeddings else 0)
         try:
             self._vocab = Vocab(self._handles.model, load.chat_template)
-            vision = Vision(self._handles.mtmd, load.max_image_pixels) if self._handles.mtmd else None
+            mtmd = self._handles.mtmd
+            vision = Vision(mtmd, load.max_image_pixels, load.max_prompt_pixels) if mtmd else None
         except ChatTemplateError as exc:
             self._handles.close()
             raise LoadFailure("invalid_template", str(exc)) from exc
@@ -99,7 +101,7 @@ class Engine:
             self._batch = Batch(max(cp.n_batch, cp.n_parallel), cp.n_batch)
             self._abort.install(ctx)
         self._slots = SlotPool(ctx, self._handles.model, cp.n_parallel, cp.cache_ram_mib * 2**20)
-        self._preparer = Preparer(self._vocab, vision, cp.n_ctx, wake)
+        self._preparer = Preparer(self._vocab, vision, cp.n_ctx, wake, max_messages=load.max_messages)
         self._vision = vision
         self._tuner = ThreadTuner(
             ctx,
@@ -116,9 +118,11 @@ class Engine:
             self._tuner,
             seq_id=cp.n_parallel,
             limit=min(cp.n_ubatch, cp.n_ctx),
+            bounds=self._preparer.bounds,
         )
         self._running: dict[int, Running] = {}  # by seq_id
-        self._waiting: collections.deque[protocol.Submit | Prepared] = collections.deque()
+        self._steps = 0
+        self._waiting: collections.deque[Prepared] = collections.deque()  # ready, in arrival order
 
     # ------------------------------------------------------------ facts
 
@@ -144,8 +148,18 @@ class Engine:
         return bool(self._waiting or self._running)
 
     @property
+    def preparing(self) -> int:
+        """Prompts being prepared off this thread; `wake` is called as each is ready."""
+        return self._preparer.in_flight
+
+    @property
     def abort_flag(self) -> AbortFlag:
         return self._abort
+
+    @property
+    def progress(self) -> int:
+        """Grows with every step and every prompt prepared; read from the reader thread for the parent's liveness."""
+        return self._steps + self._preparer.finished
 
     @property
     def threads(self) -> int:
@@ -155,21 +169,18 @@ class Engine:
     # ------------------------------------------------------------ commands
 
     def submit(self, request: protocol.Submit) -> None:
-        if request.images:
-            self._preparer.start(request)
-        else:
-            self._waiting.append(request)
+        """Start preparing the prompt (on the preparation thread); it is admitted once ready, in arrival order."""
+        self._preparer.start(request)
 
     def cancel(self, prompt_ids: tuple[str, ...], reason: protocol.CancelReason) -> None:
         """End these prompts with `reason`, running, waiting or being prepared; unknown ids are ignored."""
         wanted = set(prompt_ids)
         for run in [r for r in self._running.values() if r.request.prompt_id in wanted]:
             self._finish(run, reason)
-        for item in [w for w in self._waiting if _request(w).prompt_id in wanted]:
+        for item in [w for w in self._waiting if w.request.prompt_id in wanted]:
             self._waiting.remove(item)
-            if isinstance(item, Prepared):
-                item.prompt.free()
-            self._emit(protocol.Finished.unstarted(_request(item).prompt_id, reason))
+            item.prompt.free()
+            self._emit(protocol.Finished.unstarted(item.request.prompt_id, reason))
         for prompt_id in wanted:
             if self._preparer.cancel(prompt_id):
                 self._emit(protocol.Finished.unstarted(prompt_id, reason))
@@ -213,6 +224,10 @@ class Engine:
     def probe(self, turns: tuple[tuple[str, str], ...]) -> tuple[int, int]:
         """How many tokens of the prompt `turns` make a cache holds from its start, and how many it has."""
         try:
+            self._preparer.bounds.messages_to_keep(turns, raw=False, trim=False)
+        except TooBig:
+            return 0, 0  # it cannot fit: no cache holds it, and tokenizing it would cost for nothing
+        try:
             tokens = self._vocab.prompt_tokens(turns)
         except ChatTemplateError as exc:
             raise RequestFailure("request", str(exc)) from None
@@ -236,8 +251,7 @@ class Engine:
             run.prompt.free()
         self._running.clear()
         for item in self._waiting:
-            if isinstance(item, Prepared):
-                item.prompt.free()
+            item.prompt.free()
         self._waiting.clear()
         if self._batch is not None:
             self._batch.free()
@@ -254,6 +268,7 @@ class Engine:
 
     def step(self) -> None:
         """Admit prompts into free slots, then decode one batch and sample."""
+        self._steps += 1
         for request, outcome in self._preparer.done():  # 1
             if isinstance(outcome, Refused):
                 self._refuse(request, str(outcome), outcome.code)
@@ -283,20 +298,16 @@ class Engine:
         while self._waiting:
             busy = set(self._running)
             free = self._slots.free_count(busy) - choices.reserved(self._running.values())
-            if free < _request(self._waiting[0]).n:
+            if free < self._waiting[0].request.n:
                 return
             self._start(self._waiting.popleft())
 
-    def _start(self, item: protocol.Submit | Prepared) -> None:
-        request = _request(item)
+    def _start(self, prepared: Prepared) -> None:
+        request = prepared.request
         self._emit(protocol.Started(request.prompt_id))
         if self._batch is None:
+            prepared.prompt.free()
             self._refuse(request, "the model was loaded with vocab_only=True; it cannot generate")
-            return
-        try:
-            prepared = item if isinstance(item, Prepared) else self._preparer.prepare(request)
-        except Refused as exc:
-            self._refuse(request, str(exc), exc.code)
             return
         try:
             sampler = Sampler(
@@ -308,7 +319,7 @@ class Engine:
             )
         except SamplerRefused as exc:
             prepared.prompt.free()
-            self._refuse(request, str(exc))
+            self._refuse(request, str(exc), "invalid_grammar" if isinstance(exc, GrammarError) else "invalid_prompt")
             return
         positions = prepared.prompt.flat()
         slot = self._slots.assign(request.scope_key, positions, set(self._running))
@@ -384,7 +395,7 @@ class Engine:
         try:
             token = run.sampler.sample(self._handles.ctx, run.logits_index)
         except NoCandidate as exc:
-            self._finish(run, "error", error=str(exc), code="invalid_prompt")
+            self._finish(run, "error", error=str(exc), code="invalid_grammar")
             return
         if run.first_token is None:
             run.first_token = time.perf_counter()
@@ -469,7 +480,3 @@ class Engine:
 
     def _refuse(self, request: protocol.Submit, error: str, code: ErrorCode = "invalid_prompt") -> None:
         self._emit(protocol.Finished.failed(request.prompt_id, error, code))
-
-
-def _request(item: protocol.Submit | Prepared) -> protocol.Submit:
-    return item.request if isinstance(item, Prepared) else item

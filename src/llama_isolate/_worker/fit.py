@@ -20,6 +20,10 @@ from .prompt import Prompt
 Encode = Callable[[list[int]], Prompt]
 
 
+class ContextFull(Exception):
+    """A conversation that may not lose turns is over the limit; the message gives the counts."""
+
+
 def exchanges(roles: Sequence[str]) -> list[list[int]]:
     """Indexes of the droppable messages, grouped from each user turn on (the last turn excluded)."""
     groups: list[list[int]] = []
@@ -48,14 +52,27 @@ class ContextFitter:
         reserve = self._n_ctx // 4 if max_tokens <= 0 else min(max_tokens, self._n_ctx // 4)
         return self._n_ctx - reserve
 
-    def fit(self, scope_key: str, roles: Sequence[str], max_tokens: int, encode: Encode) -> tuple[Prompt, int]:
-        """The prompt of the messages kept (`encode` makes it from their indexes) and how many were left out."""
+    def fit(
+        self, scope_key: str, roles: Sequence[str], max_tokens: int, encode: Encode, *, trim: bool = True
+    ) -> tuple[Prompt, int]:
+        """The prompt of the messages kept (`encode` makes it from their indexes) and how many were left out.
+
+        Without `trim`, a conversation over the limit raises `ContextFull` instead of losing turns.
+        """
         limit = self.limit(max_tokens)
         prompt = encode(list(range(len(roles))))
         if len(prompt) <= limit:
             self._cuts.pop(scope_key, None)
             return prompt, 0
         groups = exchanges(roles)
+        if not trim and groups:
+            size = len(prompt)
+            prompt.free()
+            raise ContextFull(
+                f"the conversation needs {size} tokens, and the context holds {self._n_ctx} with room kept for "
+                f"{self._n_ctx - limit} of the reply: {limit} for the prompt. Its oldest turns are left out only when "
+                "asked (LlamaScope.trim_history; serve --trim-history, or the request's trim_history)"
+            )
         cut = min(self._cuts.get(scope_key, 0), len(groups))
         if cut:
             prompt = self._swap(prompt, encode(kept(len(roles), groups, cut)))

@@ -27,6 +27,8 @@ dying: the parent fails those itself when it sees the worker gone.
 
 Pings are answered by the reader thread, so a worker that is busy in a long
 decode still proves that it is alive; one that is stopped or frozen does not.
+Each answer carries the engine's progress (steps taken, prompts prepared), so
+the parent also notices an engine that answers but no longer moves.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def _read_loop(channel: Channel, inbox: Inbox, engine: Engine) -> None:
             if command is None:
                 break
             if isinstance(command, protocol.Ping):
-                channel.send_from_reader(protocol.Pong(command.request_id))
+                channel.send_from_reader(protocol.Pong(command.request_id, engine.progress))
                 continue
             inbox.put(command)
             # Put first, flag second: whoever sees the flag finds the Cancel

@@ -1,10 +1,13 @@
 """Prompt preparation: a conversation becomes the items the engine decodes.
 
-Rendering the chat template, tokenizing and fitting the context are quick
-for text, and done when the prompt is admitted. A prompt with images is
-prepared on a thread of its own instead, as soon as it arrives: decoding a
-large PNG and resizing it for the projector can take seconds, and the engine
-keeps stepping the other conversations (and applying stops) meanwhile.
+Every prompt is prepared off the engine's thread, as soon as it arrives:
+rendering the chat template, tokenizing, fitting the context and decoding
+images (text on one thread, prompts with images on another, so that text
+never waits for a large PNG). The engine keeps stepping the other
+conversations (and applying stops) meanwhile; a prompt is admitted once it
+is ready, ready prompts in the order they came. Preparation is bounded before it starts (`bounds.PromptBounds`: bytes,
+messages, special tokens, and with images their pixels), so a prompt that
+cannot fit costs nothing to refuse, and none can keep the thread for long.
 
 Any failure while preparing one prompt (a template that refuses the
 conversation, an image that does not decode, a prompt too long for the
@@ -22,13 +25,16 @@ from dataclasses import dataclass
 
 from .. import _protocol as protocol
 from .._events import ErrorCode
+from .bounds import PromptBounds, TooBig
 from .chat import ChatTemplateError
-from .fit import ContextFitter, Encode
+from .fit import ContextFitter, ContextFull, Encode
 from .prompt import ImageChunk, Item, Prompt
 from .vision import ImageError, Vision
 from .vocab import Vocab
 
 logger = logging.getLogger("llama_isolate.worker")
+
+_CONTEXT = "ContextParams.n_ctx, serve --ctx"
 
 
 class Refused(Exception):
@@ -51,21 +57,36 @@ class Prepared:
 class Preparer:
     """Makes `Prepared` prompts: at once for text, on a thread for prompts with images."""
 
-    def __init__(self, vocab: Vocab, vision: Vision | None, n_ctx: int, wake: Callable[[], None]) -> None:
+    def __init__(
+        self, vocab: Vocab, vision: Vision | None, n_ctx: int, wake: Callable[[], None], *, max_messages: int
+    ) -> None:
         self._vocab = vocab
         self._vision = vision
         self._n_ctx = n_ctx
         self._fitter = ContextFitter(n_ctx)
+        self.bounds = PromptBounds(vocab, n_ctx=n_ctx, max_messages=max_messages)
         self._wake = wake
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        # Two threads: text, and prompts with images (decoding a large PNG takes seconds; text need not wait).
+        self._pools: dict[bool, concurrent.futures.ThreadPoolExecutor] = {}
         self._in_flight: dict[str, tuple[protocol.Submit, concurrent.futures.Future[Prepared]]] = {}
+        self.finished = 0  # preparations ended: progress the worker reports to the parent's liveness check
 
     def prepare(self, request: protocol.Submit) -> Prepared:
         """Prepare a prompt now; raises `Refused`."""
         try:
+            keep = self.bounds.messages_to_keep(request.messages, raw=request.raw, trim=request.trim)
             prompt, dropped = self._fitter.fit(
-                request.scope_key, [role for role, _ in request.messages], request.max_tokens, self._encoder(request)
+                request.scope_key,
+                [request.messages[i][0] for i in keep],
+                request.max_tokens,
+                self._encoder(request, keep),
+                trim=request.trim,
             )
+            dropped += len(request.messages) - len(keep)
+        except TooBig as exc:
+            raise Refused(f"{exc} ({_CONTEXT})", "context_length_exceeded") from None
+        except ContextFull as exc:
+            raise Refused(f"{exc} ({_CONTEXT})", "context_length_exceeded") from None
         except (ChatTemplateError, ImageError) as exc:
             raise Refused(str(exc)) from None
         except Exception as exc:
@@ -79,35 +100,45 @@ class Preparer:
         return Prepared(request, prompt, dropped)
 
     def start(self, request: protocol.Submit) -> None:
-        """Prepare an image prompt on the preparation thread; `done()` hands it over later."""
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
-        future = self._pool.submit(self.prepare, request)
+        """Prepare a prompt on the preparation thread; `done()` hands it over later."""
+        images = bool(request.images)
+        if images not in self._pools:
+            name = "prepare-images" if images else "prepare"
+            self._pools[images] = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        future = self._pools[images].submit(self.prepare, request)
         self._in_flight[request.prompt_id] = (request, future)
-        future.add_done_callback(lambda _: self._wake())
+        future.add_done_callback(self._ended)
+
+    def _ended(self, _: concurrent.futures.Future[Prepared]) -> None:
+        self.finished += 1
+        self._wake()
 
     @property
     def in_flight(self) -> int:
-        """Image prompts being prepared."""
+        """Prompts being prepared."""
         return len(self._in_flight)
 
     def done(self) -> list[tuple[protocol.Submit, Prepared | Refused]]:
-        """The prompts whose preparation finished since the last call, in the order they were started."""
+        """The prompts whose preparation finished since the last call, in the order they came (a prompt still
+        being prepared, its images decoding say, does not hold back those ready after it)."""
         finished: list[tuple[protocol.Submit, Prepared | Refused]] = []
         for prompt_id, (request, future) in list(self._in_flight.items()):
-            if future.done():
-                del self._in_flight[prompt_id]
-                try:
-                    finished.append((request, future.result()))
-                except Refused as exc:
-                    finished.append((request, exc))
+            if not future.done():
+                continue
+            del self._in_flight[prompt_id]
+            try:
+                finished.append((request, future.result()))
+            except Refused as exc:
+                finished.append((request, exc))
         return finished
 
     def cancel(self, prompt_id: str) -> bool:
-        """Abandon a prompt being prepared (its result is freed when it comes); False if it was not."""
+        """Abandon a prompt waiting for or in its preparation (a result that still comes is freed); False if it
+        was neither."""
         entry = self._in_flight.pop(prompt_id, None)
         if entry is None:
             return False
+        entry[1].cancel()  # not started yet: it never will be
         entry[1].add_done_callback(_free_result)
         return True
 
@@ -123,8 +154,8 @@ class Preparer:
         running = [future for _, future in self._in_flight.values() if not future.done()]
         for prompt_id in list(self._in_flight):
             self.cancel(prompt_id)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
         return not any(future.running() for future in running)
 
     def _check(self, prompt: Prompt) -> None:
@@ -133,7 +164,7 @@ class Preparer:
             raise Refused(
                 f"the prompt needs {len(prompt) + 1} tokens (with its system messages"
                 + (f" and {images} image tokens" if images else "")
-                + f"; older turns already left out), but the context holds {self._n_ctx} (ContextParams.n_ctx)",
+                + f"; older turns already left out), but the context holds {self._n_ctx} ({_CONTEXT})",
                 "context_length_exceeded",
             )
         if prompt.items and isinstance(prompt.items[-1], ImageChunk):
@@ -142,12 +173,13 @@ class Preparer:
                 "(a model without a chat template sees the turn as written; put the marker before the question)"
             )
 
-    def _encoder(self, request: protocol.Submit) -> Encode:
-        """Makes the prompt of the messages kept (by index), with their images if any."""
+    def _encoder(self, request: protocol.Submit, keep: list[int]) -> Encode:
+        """Makes the prompt of the messages kept (by index into `keep`), with their images if any."""
 
         tools = None if request.tools is None else json.loads(request.tools)
 
-        def encode(kept: list[int]) -> Prompt:
+        def encode(chosen: list[int]) -> Prompt:
+            kept = [keep[i] for i in chosen]
             messages = tuple(request.messages[i] for i in kept)
             if request.raw:
                 text = "".join(content for _, content in messages)

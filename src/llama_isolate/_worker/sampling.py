@@ -224,13 +224,13 @@ def _grammar(text: str, vocab: int, n_vocab: int) -> int:
     """The grammar sampler; `GrammarError` if llama.cpp cannot parse it or it accepts no first token."""
     grammar = C.llama_sampler_init_grammar(vocab, text.encode(), b"root")
     if not grammar:
-        raise GrammarError("SamplerParams.grammar is not valid GBNF with a 'root' rule")
+        raise GrammarError("the grammar is not valid GBNF with a 'root' rule")
     probe = Candidates(n_vocab)
     probe.fill_uniform()
     C.llama_sampler_apply(grammar, ctypes.byref(probe.array))
     if not probe.any_allowed():
         C.llama_sampler_free(grammar)
-        raise GrammarError("SamplerParams.grammar accepts no first token: no output can match it")
+        raise GrammarError("the grammar accepts no first token: no output can match it")
     return grammar  # type: ignore[no-any-return]
 
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import llama_cpp as C
 import llama_cpp.mtmd_cpp as M
 
-from .._images import MEDIA_MARKER
+from .._images import MEDIA_MARKER, image_size
 from .llama import LoadFailure
 from .prompt import PRIVATE_MARKER, ImageChunk, Item, Prompt
 
@@ -40,9 +40,10 @@ class ImageError(Exception):
 class Vision:
     """The loaded projector: turns text with media markers and images into items."""
 
-    def __init__(self, mtmd: int, max_pixels: int) -> None:
+    def __init__(self, mtmd: int, max_pixels: int, max_prompt_pixels: int) -> None:
         self._mtmd = mtmd
         self._max_pixels = max_pixels
+        self._max_prompt_pixels = max_prompt_pixels
         if M.mtmd_decode_use_mrope(mtmd):
             raise LoadFailure(
                 "invalid_mmproj", "this projector needs M-RoPE positions (Qwen-VL family), which are not supported yet"
@@ -69,14 +70,35 @@ class Vision:
             raise ImageError(f"the prompt has {text.count(PRIVATE_MARKER)} image positions for {len(images)} images")
         if "\x00" in text:
             raise ImageError("a prompt with images must not contain NUL characters (mtmd reads it as a C string)")
+        self._check_total(images)
         bitmaps: list[int] = []
+        decoded = 0
         try:
             for name, data in images:
                 bitmaps.append(self._bitmap(name, data))
+                decoded += int(M.mtmd_bitmap_get_nx(bitmaps[-1])) * int(M.mtmd_bitmap_get_ny(bitmaps[-1]))
+                if decoded > self._max_prompt_pixels:  # a format whose header told nothing
+                    raise ImageError(self._too_many(decoded))
             return self._chunks(text, bitmaps, [_digest(data) for _, data in images], parse_special)
         finally:
             for bitmap in bitmaps:
                 M.mtmd_bitmap_free(bitmap)
+
+    def _check_total(self, images: Sequence[tuple[str, bytes]]) -> None:
+        """Refuse images whose headers add up to more pixels than a prompt may hold, before decoding any."""
+        total = 0
+        for _, data in images:
+            size = image_size(data)
+            if size is not None:
+                total += size[0] * size[1]
+        if total > self._max_prompt_pixels:
+            raise ImageError(self._too_many(total))
+
+    def _too_many(self, pixels: int) -> str:
+        return (
+            f"the prompt's images have {pixels} pixels together, more than LlamaLoad.max_prompt_pixels "
+            f"({self._max_prompt_pixels}); nothing was decoded past that"
+        )
 
     def _bitmap(self, name: str, data: bytes) -> int:
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)

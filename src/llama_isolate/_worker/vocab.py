@@ -9,6 +9,9 @@ import llama_cpp as C
 
 from .chat import ChatFormatter
 
+_ATTR_CONTROL = 1 << 3  # llama.cpp's LLAMA_TOKEN_ATTR_CONTROL
+_ATTR_USER_DEFINED = 1 << 4
+
 
 class Vocab:
     """The model's vocabulary and chat formatting."""
@@ -17,6 +20,7 @@ class Vocab:
         self.handle = C.llama_model_get_vocab(model)
         self.n_tokens = int(C.llama_vocab_n_tokens(self.handle))
         self._pieces: dict[int, bytes] = {}
+        self._longest: int | None = None
         if chat_template is None:
             own = C.llama_model_chat_template(model, None)
             chat_template = own.decode("utf-8", "replace") if own else None
@@ -81,6 +85,28 @@ class Vocab:
                 n = C.llama_token_to_piece(self.handle, token, buf, len(buf), 0, False)
             piece = self._pieces[token] = buf.raw[:n]
         return piece
+
+    def max_piece_bytes(self) -> int:
+        """The most bytes one token stands for (worked out once: one call per token of the vocabulary)."""
+        if self._longest is None:
+            buf = ctypes.create_string_buffer(256)
+            longest = 1
+            for token in range(self.n_tokens):
+                n = C.llama_token_to_piece(self.handle, token, buf, len(buf), 0, True)
+                longest = max(longest, abs(int(n)))
+            self._longest = longest
+        return self._longest
+
+    def special_texts(self) -> list[str]:
+        """The texts of the special tokens (control and user-defined) that parsing a text looks for."""
+        wanted = _ATTR_CONTROL | _ATTR_USER_DEFINED
+        found = []
+        for token in range(self.n_tokens):
+            if int(C.llama_vocab_get_attr(self.handle, token)) & wanted:
+                text = self.token_text(token)
+                if text:
+                    found.append(text)
+        return found
 
     def token_text(self, token: int) -> str:
         if token < 0:
