@@ -1,4 +1,4 @@
-"""Helpers for the server tests: metrics, and waiting for a condition with a deadline."""
+"""Helpers for the server tests: metrics, errors, and waiting for a condition with a deadline."""
 
 from __future__ import annotations
 
@@ -36,3 +36,13 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str =
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.005)
     return time.monotonic() - start
+
+
+def error_of(response: httpx.Response) -> dict[str, object]:
+    """OpenAI's error object of a response, checked for its shape: all four fields, a message and a code."""
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert body["error"]["message"]
+    assert body["error"]["code"], body  # a program can always branch on it
+    return dict(body["error"])

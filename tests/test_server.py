@@ -20,7 +20,7 @@ import pytest
 from llama_isolate import ContextParams, LlamaLoad, SamplerParams
 from llama_isolate.server import create_app
 
-from .server_tools import metric, wait_until
+from .server_tools import error_of, metric, wait_until
 from .serving import serving
 
 CHAT = "/v1/chat/completions"
@@ -314,14 +314,6 @@ def test_no_logprobs_unless_asked(client: openai.OpenAI) -> None:
 
 
 # ------------------------------------------------------------------ errors
-
-
-def error_of(response: httpx.Response) -> dict[str, object]:
-    body = response.json()
-    assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"message", "type", "param", "code"}, body
-    assert body["error"]["message"]
-    return dict(body["error"])
 
 
 @pytest.mark.parametrize(

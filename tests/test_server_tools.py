@@ -112,3 +112,23 @@ def test_bad_tool_requests_are_400(base_url: str, body: dict[str, Any], param: s
     assert "scope-" not in error["message"]  # the server's own scopes stay out of the client's errors
     if param is not None:
         assert error["param"] == param, error
+
+
+def test_a_tool_result_given_as_text_parts_reads_as_the_same_text(base_url: str) -> None:
+    # LangChain's ToolMessage and MCP adapters send a result's content as a list of text parts (a 400 before).
+    def usage_of(content: object) -> dict[str, Any]:
+        messages = [*ASK, {"role": "assistant", "content": None, "tool_calls": [CALL]}]
+        messages.append({"role": "tool", "tool_call_id": "call_1", "content": content})
+        response = httpx.post(base_url + CHAT, json={"messages": messages, "tools": TOOLS, "max_tokens": 2}, timeout=60)
+        assert response.status_code == 200, response.text
+        usage: dict[str, Any] = response.json()["usage"]
+        return usage
+
+    whole = usage_of('{"time": "12:00", "zone": "CET"}')
+    parts = usage_of([{"type": "text", "text": '{"time": "12:00",'}, {"type": "text", "text": ' "zone": "CET"}'}])
+    assert parts["prompt_tokens"] == whole["prompt_tokens"]
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}
+    messages = [*ASK, {"role": "assistant", "content": None, "tool_calls": [CALL]}]
+    messages.append({"role": "tool", "tool_call_id": "call_1", "content": [image]})
+    refused = httpx.post(base_url + CHAT, json={"messages": messages, "tools": TOOLS}, timeout=60)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "messages[2].content[0]"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import math
 import os
@@ -105,6 +106,14 @@ def add_parser(commands: Any) -> None:
         help=f"require 'Authorization: Bearer KEY' on all but /health and the page (default: ${API_KEY_ENV})",
     )
     http.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="on a loopback --host, also answer requests whose Host header is NAME (a pattern such as "
+        "*.example.test; '*' for any). Other names get 403, against DNS rebinding; addresses always pass",
+    )
+    http.add_argument(
         "--cors-origin",
         action="append",
         default=[],
@@ -116,6 +125,12 @@ def add_parser(commands: Any) -> None:
     )
     http.add_argument(
         "--max-body-bytes", type=int, default=32 * 2**20, metavar="N", help="larger request bodies get 413 (32 MiB)"
+    )
+    http.add_argument(
+        "--trim-history",
+        action="store_true",
+        help="a chat longer than the context loses its oldest turns (usage.dropped_messages says how many) "
+        "instead of getting 400 context_length_exceeded; a request's trim_history field overrides it",
     )
     http.add_argument(
         "--drain-timeout",
@@ -364,6 +379,7 @@ def run(args: argparse.Namespace, plan: ServePlan) -> int:
         import uvicorn
 
         from .server import ServedModel, create_app
+        from .server.middleware import LOOPBACK_HOSTS
         from .server.service import model_name_of
     except ImportError as exc:
         raise LlamaError(f"serve needs the server extra: pip install 'llama-isolate[server]' ({exc})") from exc
@@ -375,7 +391,12 @@ def run(args: argparse.Namespace, plan: ServePlan) -> int:
         "max_queue": args.max_queue,
         "max_body_bytes": args.max_body_bytes,
         "body_timeout": args.body_timeout,
+        "trim_history": args.trim_history,
     }
+    if _loopback(args.host):
+        options["allowed_hosts"] = [*LOOPBACK_HOSTS, *args.allowed_host]
+    elif args.allowed_host:
+        options["allowed_hosts"] = list(args.allowed_host)
     if plan.ray is not None:
         return _run_on_ray(args, plan.ray, models, options)
     app = create_app(models=models, **options)
@@ -400,6 +421,16 @@ def run(args: argparse.Namespace, plan: ServePlan) -> int:
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=grace)
     Server(config).run()
     return 0
+
+
+def _loopback(host: str) -> bool:
+    """Whether `--host` is this machine only (then Host names are checked, against DNS rebinding)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _run_on_ray(args: argparse.Namespace, plan: RayPlan, models: list[Any], options: dict[str, Any]) -> int:

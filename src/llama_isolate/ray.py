@@ -75,6 +75,8 @@ def build_app(
     body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
     init_timeout: float | None = None,
     drain_timeout: float = 30.0,
+    trim_history: bool = False,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> Application:
     """A Ray Serve application serving `models`: each Serve replica runs `create_app(models=models, ...)`.
 
@@ -90,7 +92,7 @@ def build_app(
             threads any of its models uses).
         num_gpus: GPUs Ray reserves for each replica.
         api_key, cors_origins, max_queue, max_body_bytes, body_timeout,
-        init_timeout: as for `create_app`.
+        init_timeout, trim_history, allowed_hosts: as for `create_app`.
         drain_timeout: seconds a replica that is stopping (scaled down,
             redeployed, deleted) gives its running requests to finish.
 
@@ -114,6 +116,8 @@ def build_app(
         "max_body_bytes": max_body_bytes,
         "body_timeout": body_timeout,
         "init_timeout": init_timeout,
+        "trim_history": trim_history,
+        "allowed_hosts": None if allowed_hosts is None else tuple(allowed_hosts),
     }
     create_app(models=models, **app_options)  # checks every option here, not on a replica
 

@@ -14,7 +14,15 @@ from fastapi.staticfiles import StaticFiles
 from llama_isolate import LlamaLoad
 
 from . import errors
-from .middleware import DEFAULT_BODY_TIMEOUT_S, ApiKeyMiddleware, BodyLimitMiddleware, RequestCounter
+from .middleware import (
+    DEFAULT_BODY_TIMEOUT_S,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    ClosedConnectionGuard,
+    HostCheckMiddleware,
+    RequestCounter,
+    SecurityHeadersMiddleware,
+)
 from .pool import ModelPool, ServedModel
 from .routes import router
 from .service import default_load, model_name_of
@@ -37,6 +45,8 @@ def create_app(
     body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
     replicas: int = 1,
     models: Sequence[ServedModel] = (),
+    trim_history: bool = False,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> FastAPI:
     """An OpenAI-compatible ASGI app serving models; they load when the app starts (its lifespan).
 
@@ -57,6 +67,15 @@ def create_app(
         max_body_bytes: larger request bodies get 413.
         body_timeout: seconds a request's body may take to arrive; a slower one gets 408.
         init_timeout: how long the model may take to load (default: `default_init_timeout`).
+        trim_history: a chat over the model's context loses its oldest turns
+            (``usage.dropped_messages`` says how many) instead of getting 400
+            ``context_length_exceeded``, as OpenAI answers and as is the default.
+            A request's own ``trim_history`` field overrides it.
+        allowed_hosts: when given, a request whose ``Host`` header is a name
+            none of these patterns (``*.example.com``; ``*`` for any) matches
+            gets 403; addresses always pass. `serve` bound to a loopback
+            address passes ``LOOPBACK_HOSTS`` plus its ``--allowed-host``s,
+            against DNS rebinding (see docs/server.md). None: no check.
 
     Mounted inside another app, the model loads with the host's lifespan,
     which Starlette does not do for mounted apps by itself: pass the inner
@@ -93,6 +112,7 @@ def create_app(
 
     app = FastAPI(title="llama-isolate", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.pool = pool
+    app.state.trim_history = bool(trim_history)
     errors.install(app)
     app.include_router(router)
     if STATIC.is_dir():
@@ -106,6 +126,9 @@ def create_app(
     if api_key:
         app.add_middleware(ApiKeyMiddleware, key=api_key)
     app.add_middleware(RequestCounter, count=pool.metrics.request, endpoints=COUNTED)  # 401 and 413 too
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheckMiddleware, allowed=list(allowed_hosts))
+    app.add_middleware(SecurityHeadersMiddleware)
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -113,4 +136,5 @@ def create_app(
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["*"],  # the openai JS SDK sends X-Stainless-* headers
         )
+    app.add_middleware(ClosedConnectionGuard)  # outermost: it wraps the server's own send
     return app

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from llama_isolate import MEDIA_MARKER, LlamaImage, SamplerParams
 
 from .errors import ApiError
-from .schemas import ChatCompletionRequest, ChatMessage, ImagePart, ResponseFormat, Sampling
+from .schemas import ChatCompletionRequest, ChatMessage, ImagePart, ResponseFormat, Sampling, TextPart
 
 _DATA_URI = re.compile(r"data:(?P<mime>[\w.+/-]*)(?P<params>(;[\w=.+-]+)*?);base64,(?P<data>.*)", re.DOTALL)
 
@@ -42,10 +42,15 @@ class Turn:
     tool_choice: Literal["auto", "required", "none"] | dict[str, Any] = "auto"
     tool_call_id: str | None = None  # the prompt is this call's result
     n: int = 1  # choices
+    trim_history: bool = False  # over the context, leave the oldest turns out instead of answering 400
 
 
-def chat_turn(body: ChatCompletionRequest, *, images_allowed: bool) -> Turn:
-    """The scope history and the prompt of a chat request; `ApiError` 400 names what is wrong."""
+def chat_turn(body: ChatCompletionRequest, *, images_allowed: bool, trim_history: bool = False) -> Turn:
+    """The scope history and the prompt of a chat request; `ApiError` 400 names what is wrong.
+
+    `trim_history` is the server's choice for a conversation over the context; the request's own
+    ``trim_history`` (an extension of ours) overrides it.
+    """
     refuse_unsupported(body)
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
@@ -77,6 +82,7 @@ def chat_turn(body: ChatCompletionRequest, *, images_allowed: bool) -> Turn:
         tool_choice=body.tool_choice or "auto",
         tool_call_id=prompt.get("tool_call_id"),
         n=body.n or 1,
+        trim_history=trim_history if body.trim_history is None else body.trim_history,
     )
 
 
@@ -155,8 +161,14 @@ def _tool_message(message: ChatMessage, where: str) -> dict[str, Any]:
     if message.role == "tool":
         if not message.tool_call_id:
             raise ApiError(400, f"{where} is a tool result without tool_call_id", param=f"{where}.tool_call_id")
-        if not isinstance(content, str):
-            raise ApiError(400, f"{where}: a tool result's content must be text", param=f"{where}.content")
+        if content is None:
+            raise ApiError(400, f"{where} is a tool result without content", param=f"{where}.content")
+        if not isinstance(content, str):  # text parts, as LangChain's ToolMessage and MCP adapters send
+            for j, part in enumerate(content):
+                if not isinstance(part, TextPart):
+                    raise ApiError(400, "a tool result's parts must be text", param=f"{where}.content[{j}]")
+                _check_text(part.text, f"{where}.content[{j}].text")
+            content = "".join(part.text for part in content if isinstance(part, TextPart))
         _check_text(content, f"{where}.content")
         return {"role": "tool", "tool_call_id": message.tool_call_id, "content": content}
     if message.role != "assistant":

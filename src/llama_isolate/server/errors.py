@@ -7,6 +7,7 @@ Every error the server returns has this shape, including FastAPI's own
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,6 +20,7 @@ from llama_isolate import CompletionEvent
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
     408: "invalid_request_error",
@@ -28,6 +30,8 @@ _TYPES = {
     503: "service_unavailable_error",
 }
 RETRY_AFTER_S = 1  # what 429 and 503 tell a client to wait before it tries again
+_CODES = {400: "invalid_value", 404: "not_found", 405: "method_not_allowed", 500: "internal_error"}
+"""The code of an error that names none more precise: a program can always branch on ``code``."""
 
 
 class ApiError(Exception):
@@ -46,7 +50,7 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.param = param
-        self.code = code
+        self.code = code or _CODES.get(status)
         self.headers = dict(headers or {})
         if status in (429, 503):
             self.headers.setdefault("Retry-After", str(RETRY_AFTER_S))
@@ -56,7 +60,14 @@ class ApiError(Exception):
         return error_body(self.status, self.message, param=self.param, code=self.code)
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+        return ErrorResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+class ErrorResponse(JSONResponse):
+    """JSON written in ASCII: an error that quotes what a client sent stays writable whatever it quoted."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
 
 
 class ClientGone(Exception):
@@ -73,12 +84,16 @@ def error_body(status: int, message: str, *, param: str | None = None, code: str
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def event_error(event: CompletionEvent, param: str = "messages") -> ApiError:
-    """The answer for a prompt that failed before its first token (`param`: the field holding the prompt)."""
+def event_error(event: CompletionEvent, param: str = "messages", grammar_param: str | None = None) -> ApiError:
+    """The answer for a prompt that failed before its first token (`param`: the field holding the prompt;
+    `grammar_param`: the one its reply's grammar came from, ``response_format`` or ``tools``)."""
     message = event.error or "the prompt failed"
     code = event.error_code
     if code in ("context_length_exceeded", "invalid_prompt"):
         return ApiError(400, message, param=param, code=code)
+    if code == "invalid_grammar":
+        where = f"the reply's grammar, made from {grammar_param}" if grammar_param else "the reply's grammar"
+        return ApiError(400, f"{where}: {message}", param=grammar_param, code="invalid_schema")
     if code == "worker_died":
         return ApiError(503, f"{message}; the model is restarting, try again", code=code)
     if event.finish_reason in ("stopped", "cancelled"):
@@ -112,7 +127,7 @@ def install(app: FastAPI) -> None:
         return ApiError(exc.status_code, message, code=code, headers=dict(exc.headers or {})).response()
 
     async def client_gone(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(error_body(400, "the client closed the connection"), status_code=CLIENT_GONE_STATUS)
+        return ErrorResponse(error_body(400, "the client closed the connection"), status_code=CLIENT_GONE_STATUS)
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, invalid_body)

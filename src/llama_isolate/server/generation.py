@@ -93,6 +93,7 @@ class Generation:
         generation = cls(parent, on_close, on_first)
         try:
             generation._scope.messages[:] = turn.history
+            generation._scope.trim_history = turn.trim_history
             schema, logprobs = turn.json_schema, turn.logprobs
             if turn.images:
                 await generation._scope.send_prompt_with_images(
@@ -263,8 +264,11 @@ class EventStreamResponse(StreamingResponse):
                 await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                 with contextlib.suppress(OSError):  # the client went away while we wrote
                     async for chunk in self._events:
+                        if scope.get(CLIENT_GONE_KEY):  # a write to it was dropped (`ClosedConnectionGuard`)
+                            self.disconnected = True
+                            break
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    finished = True
+                    finished = not self.disconnected
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                 group.cancel_scope.cancel()
         finally:

@@ -102,8 +102,9 @@ class ModelPool:
         replicas = self.models.get(name or "")
         if replicas is None:
             known = ", ".join(sorted(self.models))
+            asked = repr(name) if name is None or len(name) <= 80 else f"{name[:80]!r}... ({len(name)} characters)"
             raise ApiError(
-                404, f"no model named {name!r}; this server has: {known}", param="model", code="model_not_found"
+                404, f"no model named {asked}; this server has: {known}", param="model", code="model_not_found"
             )
         return replicas
 

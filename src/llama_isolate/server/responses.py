@@ -35,12 +35,15 @@ def usage(event: CompletionEvent) -> dict[str, Any]:
     """OpenAI's usage: prompt tokens count the cached ones too, which `prompt_tokens_details` names."""
     prompt = event.prompt_tokens + event.cached_tokens
     completion = sum(c.completion_tokens for c in event.choices) if event.choices else event.completion_tokens
-    return {
+    counts: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": event.cached_tokens},
     }
+    if event.dropped_turns:  # ours: the request asked for trimming (trim_history), and it happened
+        counts["dropped_messages"] = event.dropped_turns
+    return counts
 
 
 def completed(event: CompletionEvent) -> bool:

@@ -23,7 +23,7 @@ from .errors import ApiError, event_error
 from .generation import EventStreamResponse, unless_disconnected
 from .pool import ModelPool
 from .responses import Reply, completed
-from .schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Sampling
+from .schemas import IDS_AS_INPUT, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Sampling, token_ids
 from .service import ModelService
 
 router = APIRouter()
@@ -38,19 +38,38 @@ def pool_of(request: Request) -> ModelPool:
 REPLICA_HEADER = "x-llama-isolate-replica"  # which model and replica answered: "name/index"
 
 
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": STARTED, "owned_by": "llama-isolate"}
+
+
 @router.get("/v1/models")
 async def models(request: Request) -> dict[str, Any]:
-    data = [
-        {"id": name, "object": "model", "created": STARTED, "owned_by": "llama-isolate"}
-        for name in pool_of(request).models
-    ]
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": [_model(name) for name in pool_of(request).models]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def model(model_id: str, request: Request) -> dict[str, Any]:
+    """One model by its id (`client.models.retrieve`); only the ids `/v1/models` lists are found."""
+    known = pool_of(request).models
+    if model_id not in known:
+        asked = model_id if len(model_id) <= 80 else f"{model_id[:80]}... ({len(model_id)} characters)"
+        raise ApiError(
+            404,
+            f"no model with id {asked!r}; this server has: {', '.join(sorted(known))}",
+            param="model",
+            code="model_not_found",
+        )
+    return _model(model_id)
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     pool = pool_of(request)
-    turn = convert.chat_turn(body, images_allowed=pool.first(body.model).load.mmproj_path is not None)
+    turn = convert.chat_turn(
+        body,
+        images_allowed=pool.first(body.model).load.mmproj_path is not None,
+        trim_history=request.app.state.trim_history,
+    )
     service = await pool.route(body.model, _conversation(turn))
     max_tokens = body.max_completion_tokens or body.max_tokens
     reply = Reply("chat", service.name, logprobs=turn.logprobs is not None)
@@ -72,7 +91,9 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     for name, given in refused.items():
         if given:
             raise ApiError(400, f"{name} is not supported", param=name)
-    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+    if token_ids(body.prompt):
+        raise ApiError(400, IDS_AS_INPUT, param="prompt", code="unsupported_value")
+    prompt = body.prompt if isinstance(body.prompt, str) else str(body.prompt[0])
     if not prompt:
         raise ApiError(400, "the prompt is empty", param="prompt")
     service = await pool_of(request).route(body.model)
@@ -101,7 +122,7 @@ async def _answer(
     try:
         first = await unless_disconnected(request.receive, generation.next())
         if isinstance(first, CompletionEvent) and not completed(first):
-            raise event_error(first, param)
+            raise event_error(first, param, _grammar_param(turn))
         if body.stream:
             stream = reply.stream(generation, first, body.include_usage)
             return EventStreamResponse(stream, generation.close, headers=replica)
@@ -110,7 +131,7 @@ async def _answer(
         event = generation.event
         assert event is not None
         if not completed(event):
-            raise event_error(event, param)
+            raise event_error(event, param, _grammar_param(turn))
         # The event's text: with a call that max_tokens cut short, that is what the model wrote of it too.
         return JSONResponse(reply.whole(event.text, event), headers=replica)
     except BaseException:
@@ -121,10 +142,17 @@ async def _answer(
             await generation.close()
 
 
+def _grammar_param(turn: convert.Turn) -> str | None:
+    """The field a prompt's grammar came from, for its errors."""
+    return "tools" if turn.tools else "response_format" if turn.json_schema is not None else None
+
+
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
     service = await pool_of(request).route(body.model)
-    texts = [body.input] if isinstance(body.input, str) else body.input
+    if token_ids(body.input):
+        raise ApiError(400, IDS_AS_INPUT, param="input", code="unsupported_value")
+    texts = [body.input] if isinstance(body.input, str) else [str(text) for text in body.input]
     with service.embedding_turn():
         data, tokens = await _embed_all(service, body, texts, request)
     return {

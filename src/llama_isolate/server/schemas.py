@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+
+from .errors import ApiError
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 Count = Annotated[StrictInt, Field(ge=1)]  # "3", true and 2.0 are refused, as OpenAI does
@@ -18,6 +20,55 @@ Stop = str | Annotated[list[str], Field(max_length=16)]
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+class _Request(_Lenient):
+    """A whole request body: before any field is read, no string in it (a key included) may be a lone surrogate.
+
+    JSON can spell one (``"\\ud800"``), and Python keeps it, but it has no UTF-8 form: it could reach neither
+    llama.cpp nor an answer (an error message that quoted it once made a plain-text 500).
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encodable(cls, data: Any) -> Any:
+        where = lone_surrogate(data)
+        if where is not None:
+            raise ApiError(
+                400,
+                f"{where or 'the body'} holds a lone surrogate (a \\ud800-\\udfff escape without its pair), "
+                "which has no UTF-8 form",
+                param=where or None,
+                code="invalid_value",
+            )
+        return data
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """Where the first string holding a lone surrogate is in parsed JSON (``messages[0].content``), or None."""
+    pending: list[tuple[str, Any]] = [("", value)]
+    while pending:
+        path, item = pending.pop()
+        if isinstance(item, str):
+            if not _encodes(item):
+                return path
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                name = key if _encodes(str(key)) else str(key).encode("utf-8", "backslashreplace").decode()
+                if name is not key:
+                    return f"{path}.{name}" if path else name
+                pending.append((f"{path}.{key}" if path else str(key), inner))
+        elif isinstance(item, list):
+            pending.extend((f"{path}[{i}]", inner) for i, inner in enumerate(item))
+    return None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class ImageURL(_Lenient):
@@ -70,7 +121,7 @@ class ResponseFormat(_Lenient):
     json_schema: JsonSchemaFormat | None = None
 
 
-class Sampling(_Lenient):
+class Sampling(_Request):
     """What chat and text completions share."""
 
     model: str | None = None
@@ -99,18 +150,31 @@ class ChatCompletionRequest(Sampling):
     tool_choice: Literal["auto", "required", "none"] | dict[str, Any] | None = None
     logprobs: StrictBool | None = None
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
+    trim_history: StrictBool | None = None  # ours: leave the oldest turns out rather than answer 400
 
 
 class CompletionRequest(Sampling):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    # Token ids (a list of ints, or a list of such lists) are read to be refused by name: see `IDS_AS_INPUT`.
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] | list[StrictInt] | list[list[StrictInt]]
     logprobs: Annotated[StrictInt, Field(ge=0, le=5)] | None = None
     echo: StrictBool = False
     suffix: str | None = None
     best_of: StrictInt | None = None
 
 
-class EmbeddingRequest(_Lenient):
+IDS_AS_INPUT = (
+    "token ids are not taken as input yet: send the text (the server tokenizes it exactly as the model's own "
+    "tokenizer would)"
+)
+
+
+def token_ids(value: object) -> bool:
+    """Whether a ``prompt`` or ``input`` is given as token ids (a list of ints, or of lists of ints)."""
+    return isinstance(value, list) and bool(value) and not isinstance(value[0], str)
+
+
+class EmbeddingRequest(_Request):
     model: str | None = None
-    input: str | Annotated[list[str], Field(min_length=1, max_length=2048)]
+    input: str | Annotated[list[str], Field(min_length=1, max_length=2048)] | list[StrictInt] | list[list[StrictInt]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: StrictInt | None = None
