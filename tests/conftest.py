@@ -65,12 +65,13 @@ async def first_token(*sources: LlamaParent | EventStream[str]) -> None:
 
 
 def greedy_load(path: Path, **context: object) -> LlamaLoad:
-    """Greedy sampling at a fixed thread count, so that two runs compare token for token.
+    """Greedy sampling with flash attention off, so that two runs compare token for token whatever else runs.
 
-    The thread count changes the last bits of a batched decode's sums, enough to flip a near-tie (docs/parallel.md):
-    adaptive threads would make such comparisons depend on what else the machine runs.
+    Without flash attention each of llama.cpp's sums is computed by one thread in one order, so the bits do not
+    depend on the thread count, and the threads may adapt to a busy machine (docs/parallel.md). A fixed count
+    would not do: two threads beside two busy processes made every decode tens of times slower.
     """
-    params = ContextParams(**{"adapt_threads": False, **context})  # type: ignore[arg-type]
+    params = ContextParams(**{"flash_attention": "off", **context})  # type: ignore[arg-type]
     return LlamaLoad(path=path, context_params=params, sampler_params=GREEDY)
 
 

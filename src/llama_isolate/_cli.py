@@ -301,13 +301,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = command(args, load)
     except KeyboardInterrupt:
         sys.stderr.write("\n")
-        return EXIT_INTERRUPTED
+        code = EXIT_INTERRUPTED
     except PipeClosed:
         _silence_stdout()
         return EXIT_PIPE_CLOSED
     except (LlamaError, OSError, ValueError) as exc:
         sys.stderr.write(f"llama-isolate: error: {exc}\n")
         return EXIT_ERROR
+    if code == EXIT_INTERRUPTED:
+        # Leaving on Ctrl-C, with the worker already gone: one more press while the interpreter shuts down
+        # has nothing left to stop, and would only print a traceback from threading's shutdown.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     return code or 0
 
 

@@ -50,6 +50,9 @@ class LoadFailure(Exception):
         self.message = message
 
 
+_INSTALLED: list[object] = []  # every log callback handed to llama.cpp, kept alive (see `LlamaLog`)
+
+
 class LlamaLog:
     """Receives llama.cpp's (and ggml's) log; keeps the last lines for error messages.
 
@@ -62,6 +65,9 @@ class LlamaLog:
         self.recent: collections.deque[str] = collections.deque(maxlen=30)
         self._partial = ""
         self._callback = C.llama_log_callback(self._on_log)
+        # llama.cpp keeps calling the last callback set for as long as the process lives, this object or not:
+        # freed, it would crash the next load (an engine made and closed inside a test process, say).
+        _INSTALLED.append(self._callback)
         C.llama_log_set(self._callback, ctypes.c_void_p(0))
 
     def cover_mtmd(self) -> None:
