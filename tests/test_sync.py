@@ -100,3 +100,18 @@ def test_errors_and_timeouts_reach_the_calling_thread(model_path: Path) -> None:
         sub.cancel()
         assert refused
         assert "deadlock" in str(refused[0])
+
+
+def test_a_sync_scope_may_refuse_to_lose_turns(model_path: Path) -> None:
+    with SyncLlamaParent(greedy_load(model_path, n_ctx=256)) as parent:
+        scope = parent.get_scope()
+        assert scope.trim_history is True
+        scope.trim_history = False
+        for i in range(12):
+            scope.messages.append({"role": "user", "content": f"Fact {i}: box {i} holds {i * 7} blue marbles."})
+            scope.messages.append({"role": "assistant", "content": "Noted."})
+        refused = scope.wait_for_completion(scope.send_prompt("How many in box 3?", max_tokens=4))
+        assert refused.error_code == "context_length_exceeded"
+        scope.trim_history = True
+        answered = scope.wait_for_completion(scope.send_prompt("How many in box 3?", max_tokens=4))
+        assert answered.success and answered.dropped_turns > 0

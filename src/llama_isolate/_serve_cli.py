@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import math
 import os
@@ -379,7 +378,7 @@ def run(args: argparse.Namespace, plan: ServePlan) -> int:
         import uvicorn
 
         from .server import ServedModel, create_app
-        from .server.middleware import LOOPBACK_HOSTS
+        from .server.middleware import LOOPBACK_HOSTS, is_loopback
         from .server.service import model_name_of
     except ImportError as exc:
         raise LlamaError(f"serve needs the server extra: pip install 'llama-isolate[server]' ({exc})") from exc
@@ -393,7 +392,7 @@ def run(args: argparse.Namespace, plan: ServePlan) -> int:
         "body_timeout": args.body_timeout,
         "trim_history": args.trim_history,
     }
-    if _loopback(args.host):
+    if is_loopback(args.host):  # this machine only: check Host names, against DNS rebinding
         options["allowed_hosts"] = [*LOOPBACK_HOSTS, *args.allowed_host]
     elif args.allowed_host:
         options["allowed_hosts"] = list(args.allowed_host)
@@ -421,16 +420,6 @@ def run(args: argparse.Namespace, plan: ServePlan) -> int:
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=grace)
     Server(config).run()
     return 0
-
-
-def _loopback(host: str) -> bool:
-    """Whether `--host` is this machine only (then Host names are checked, against DNS rebinding)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _run_on_ray(args: argparse.Namespace, plan: RayPlan, models: list[Any], options: dict[str, Any]) -> int:

@@ -32,7 +32,6 @@ Example::
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import threading
@@ -43,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from ._errors import LlamaError
 from .server import ServedModel, create_app
 from .server.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUE
-from .server.middleware import DEFAULT_BODY_TIMEOUT_S
+from .server.middleware import DEFAULT_BODY_TIMEOUT_S, is_loopback
 
 if TYPE_CHECKING:
     from ray.serve import Application
@@ -169,7 +168,7 @@ def connect(address: str, *, timeout: float = 10.0) -> None:
         except OSError as exc:
             raise ConnectionError(f"no Ray cluster answers at {address} ({exc})") from None
     init: dict[str, Any] = {"address": address, "logging_level": logging.WARNING, "log_to_driver": False}
-    if _on_loopback(host) and not address.startswith("ray://"):  # Ray Client starts no node here
+    if is_loopback(host) and not address.startswith("ray://"):  # Ray Client starts no node here
         init["_node_ip_address"] = "127.0.0.1"
     try:
         ray.init(**init)
@@ -281,12 +280,3 @@ def _host_port(address: str) -> tuple[str, int | None]:
     if not host or not port.isdigit():
         return address, None
     return host.strip("[]"), int(port)
-
-
-def _on_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

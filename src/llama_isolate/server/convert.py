@@ -203,12 +203,9 @@ def _not_an_object(text: str) -> str | None:
 
 
 def _check_text(text: str, param: str) -> None:
+    """A message's text may not hold the image marker (lone surrogates are refused with the whole body)."""
     if MEDIA_MARKER in text:
         raise ApiError(400, f"the text holds {MEDIA_MARKER}, which marks where images go", param=param)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ApiError(400, "the text holds a lone surrogate (no UTF-8 form)", param=param) from None
 
 
 def _image(url: str, param: str) -> LlamaImage:

@@ -144,6 +144,16 @@ LOOPBACK_HOSTS = ("localhost", "*.localhost")
 """Host names a server bound to a loopback address answers to (IP addresses always pass; see `HostCheckMiddleware`)."""
 
 
+def is_loopback(host: str) -> bool:
+    """Whether an address to bind or to reach (``127.0.0.1``, ``::1``, ``localhost``) is this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class HostCheckMiddleware:
     """403 for a request whose ``Host`` header is a name not in `allowed` (fnmatch patterns; ``*`` allows all).
 
@@ -177,10 +187,12 @@ class HostCheckMiddleware:
             name = name[1 : name.find("]")] if "]" in name else name
         elif name.count(":") == 1:
             name = name.rsplit(":", 1)[0]
+        if not name:
+            return True  # no name to rebind (an HTTP/1.0 client; every browser sends one)
         try:
             ipaddress.ip_address(name)
         except ValueError:
-            return bool(name) and any(fnmatch.fnmatchcase(name, pattern) for pattern in self._allowed)
+            return any(fnmatch.fnmatchcase(name, pattern) for pattern in self._allowed)
         return True
 
 
@@ -197,8 +209,8 @@ SECURITY_HEADERS = [
 framed by another site (clickjacking); nothing is sniffed into another type."""
 
 
-class SecurityHeadersMiddleware:
-    """Adds `SECURITY_HEADERS` to every response."""
+class _SendFilter:
+    """A middleware that sees each message an HTTP request's answer sends, in `forward`; the rest passes through."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -208,15 +220,25 @@ class SecurityHeadersMiddleware:
             await self.app(scope, receive, send)
             return
 
-        async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
-            await send(message)
+        async def filtered(message: Message) -> None:
+            await self.forward(scope, send, message)
 
-        await self.app(scope, receive, with_headers)
+        await self.app(scope, receive, filtered)
+
+    async def forward(self, scope: Scope, send: Send, message: Message) -> None:
+        raise NotImplementedError
 
 
-class ClosedConnectionGuard:
+class SecurityHeadersMiddleware(_SendFilter):
+    """Adds `SECURITY_HEADERS` to every response."""
+
+    async def forward(self, scope: Scope, send: Send, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+        await send(message)
+
+
+class ClosedConnectionGuard(_SendFilter):
     """Answers to a client that has gone are dropped, not raised.
 
     uvicorn marks only the request it is answering as disconnected when a client leaves; the requests the client
@@ -225,25 +247,15 @@ class ClosedConnectionGuard:
     (`CLIENT_GONE_KEY`), so that a stream stops producing (`EventStreamResponse` checks it).
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+    async def forward(self, scope: Scope, send: Send, message: Message) -> None:
+        if scope.get(CLIENT_GONE_KEY):
             return
-
-        async def guarded(message: Message) -> None:
-            if scope.get(CLIENT_GONE_KEY):
-                return
-            try:
-                await send(message)
-            except RuntimeError as exc:
-                if "closed" not in str(exc):  # uvloop's "unable to perform operation on <TCPTransport closed=True>"
-                    raise
-                scope[CLIENT_GONE_KEY] = True
-
-        await self.app(scope, receive, guarded)
+        try:
+            await send(message)
+        except RuntimeError as exc:
+            if "closed" not in str(exc):  # uvloop's "unable to perform operation on <TCPTransport closed=True>"
+                raise
+            scope[CLIENT_GONE_KEY] = True
 
 
 class RequestCounter:
