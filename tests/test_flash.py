@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import pytest
 
 from llama_isolate import ContextParams, LlamaLoad, LlamaParent
+from llama_isolate._bench.floors import busy
 from llama_isolate._worker import flash
 from llama_isolate._worker.flash import FlashCache, Timing, Verdict
 from llama_isolate.testing import make_tiny_model
@@ -106,3 +108,15 @@ async def test_an_explicit_setting_is_used_as_given_and_measures_nothing(
     assert info.flash_attention is (setting == "on")
     assert "as asked" in info.flash_attention_note
     assert not (cache_dir / flash.CACHE_FILE).exists()
+
+
+async def test_a_busy_machine_is_not_measured_at_all(tmp_path: Path, cache_dir: Path) -> None:
+    # Beside two busy processes the probe used to measure first and drop its figures after: 24 s of a 25 s load.
+    load = LlamaLoad(path=make_tiny_model(tmp_path), context_params=ContextParams(n_threads=2, n_threads_batch=2))
+    with busy(os.cpu_count() or 2):
+        async with LlamaParent(load) as parent:
+            info = parent.model_info
+    assert info is not None and info.flash_attention is False
+    assert "busy before measuring; off for now" in info.flash_attention_note
+    (entry,) = entries(cache_dir).values()
+    assert entry["provisional"] is True  # measured again on a later load, once the machine is quiet

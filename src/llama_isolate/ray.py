@@ -206,7 +206,7 @@ def deploy(
     check_free()
     if serve.status().proxies:
         logger.warning("Serve already runs on this cluster: its HTTP proxies keep their own host and port")
-    serve.start(http_options={"host": host, "port": port})
+    _start_proxies(host, port, stop)
     serve.run_many([serve.RunTarget(app, name=APP_NAME, route_prefix="/")], wait_for_applications_running=False)
     stop = stop or threading.Event()  # never set: wait for the replicas
     reported = time.monotonic()
@@ -221,6 +221,29 @@ def deploy(
             waiting = "; ".join(f"{name}: {d.message or d.status}" for name, d in state.deployments.items())
             logger.info("still deploying (%s): %s", state.status, waiting or state.message)
     return None
+
+
+PROXY_ATTEMPTS = 4
+"""How many times `deploy` lets Serve start its HTTP proxies: each attempt has Serve's own 60 s."""
+
+
+def _start_proxies(host: str, port: int, stop: threading.Event | None) -> None:
+    """Start Serve with its HTTP proxies on `host`:`port`, trying again while they are slow to come up.
+
+    Serve gives its proxies 60 s to start, and kills them past that. On a cluster whose CPUs are all busy a
+    proxy's process can take longer just to import Ray; the next attempt finds it further along.
+    """
+    from ray import serve
+    from ray.exceptions import RayActorError
+
+    for attempt in range(1, PROXY_ATTEMPTS + 1):
+        try:
+            serve.start(http_options={"host": host, "port": port})
+            return
+        except (TimeoutError, RayActorError) as exc:
+            if attempt == PROXY_ATTEMPTS or (stop is not None and stop.is_set()):
+                raise LlamaError(f"Serve's HTTP proxies did not start after {attempt} attempts: {exc}") from exc
+            logger.warning("Serve's HTTP proxies did not start in time (a busy cluster?); trying again")
 
 
 def check_free() -> None:

@@ -48,6 +48,7 @@ CACHE_FILE = "flash-attention.json"
 BUDGET_S = 8.0  # the whole probe; a model too slow for it keeps flash attention off
 BUSY_CPUS = 0.25  # other processes using more than this while the probe ran: its figures are not kept
 RETRY_S = 600.0  # a provisional verdict is measured again after this long (not at every load of a busy machine)
+LOOK_S = 0.2  # how long the machine is watched before measuring: a busy one is not measured at all
 SHALLOW = 64  # the prompt read first: generation is timed at this depth...
 DEEP = 384  # ...and at this one (a system prompt and a few turns)
 GENERATE = 8  # tokens generated (and timed) at each depth
@@ -55,6 +56,10 @@ SHORT_BATCH = 16  # a next turn's few new tokens, decoded together deep in the c
 # The chat turn the settings are compared on: reading this many prompt tokens, one short batch, and
 # generating this many tokens, half near the start and half deep.
 TURN_PROMPT, TURN_GENERATED = 256, 128
+
+
+class _OutOfTime(Exception):
+    """The probe ran past `BUDGET_S`."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +204,17 @@ class Probe:
         self._deadline = 0.0
 
     def run(self) -> Verdict:
-        """Measure both settings; when that cannot be done fairly, a verdict of off that says why."""
+        """Measure both settings; when that cannot be done fairly, a verdict of off that says why.
+
+        ggml's threads wait for each other, so a busy neighbour distorts every figure and slows every decode
+        (beside two busy processes the probe took 24 s): a machine busy before the probe is not measured, one
+        that becomes busy during it has its figures dropped, and a probe past `BUDGET_S` stops where it is.
+        """
+        before = Reading.now()
+        time.sleep(LOOK_S)  # a window to read the machine's load over, not a wait for anything
+        if (busy := self._busy(before, "before measuring")) is not None:
+            C.llama_batch_free(self._batch)
+            return busy
         self._deadline = time.monotonic() + BUDGET_S
         before = Reading.now()
         try:
@@ -209,14 +224,21 @@ class Probe:
                         False, reason="llama.cpp could not create the probe's contexts; off", provisional=True
                     )
                 verdict = self._compare(off, on)
+        except _OutOfTime:
+            why = f"measuring took longer than {BUDGET_S:.0f} s (a busy machine, or a slow model); off for now"
+            return Verdict(False, reason=why, provisional=True)
         finally:
             C.llama_batch_free(self._batch)
+        return self._busy(before, "while measuring") or verdict
+
+    @staticmethod
+    def _busy(before: Reading, when: str) -> Verdict | None:
+        """A provisional verdict of off if other processes kept the CPUs busy since `before`."""
         others = others_cpu(before, Reading.now())
-        if others > BUSY_CPUS:
-            # ggml's threads wait for each other, so a busy neighbour distorts every figure: measure another time
-            why = f"other processes kept {others:.1f} CPUs busy while measuring; off for now"
-            return Verdict(False, reason=why, provisional=True)
-        return verdict
+        if others <= BUSY_CPUS:
+            return None
+        why = f"other processes kept {others:.1f} CPUs busy {when}; off for now"
+        return Verdict(False, reason=why, provisional=True)
 
     def _compare(self, off: int, on: int) -> Verdict:
         contexts = (off, on)
@@ -279,6 +301,8 @@ class Probe:
         batch.n_tokens = count
 
     def _decode(self, ctx: int) -> float:
+        if time.monotonic() > self._deadline:
+            raise _OutOfTime
         started = time.perf_counter()
         rc = int(C.llama_decode(ctx, self._batch))
         elapsed = time.perf_counter() - started
