@@ -122,7 +122,7 @@ class Engine:
         )
         self._running: dict[int, Running] = {}  # by seq_id
         self._steps = 0
-        self._waiting: collections.deque[Prepared] = collections.deque()  # ready, in arrival order
+        self._waiting: collections.deque[Prepared] = collections.deque()  # prepared, waiting for free slots
 
     # ------------------------------------------------------------ facts
 

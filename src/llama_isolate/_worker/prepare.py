@@ -5,9 +5,10 @@ rendering the chat template, tokenizing, fitting the context and decoding
 images (text on one thread, prompts with images on another, so that text
 never waits for a large PNG). The engine keeps stepping the other
 conversations (and applying stops) meanwhile; a prompt is admitted once it
-is ready, ready prompts in the order they came. Preparation is bounded before it starts (`bounds.PromptBounds`: bytes,
-messages, special tokens, and with images their pixels), so a prompt that
-cannot fit costs nothing to refuse, and none can keep the thread for long.
+is ready, ready prompts in the order they came. Preparation is bounded
+before it starts (`bounds.PromptBounds`: bytes, messages, special tokens,
+and with images their pixels), so a prompt that cannot fit costs nothing to
+refuse, and none can keep a thread for long.
 
 Any failure while preparing one prompt (a template that refuses the
 conversation, an image that does not decode, a prompt too long for the
@@ -55,7 +56,7 @@ class Prepared:
 
 
 class Preparer:
-    """Makes `Prepared` prompts: at once for text, on a thread for prompts with images."""
+    """Makes `Prepared` prompts on its threads (`start`, then `done`); `prepare` does one on the caller's thread."""
 
     def __init__(
         self, vocab: Vocab, vision: Vision | None, n_ctx: int, wake: Callable[[], None], *, max_messages: int
@@ -69,7 +70,9 @@ class Preparer:
         # Two threads: text, and prompts with images (decoding a large PNG takes seconds; text need not wait).
         self._pools: dict[bool, concurrent.futures.ThreadPoolExecutor] = {}
         self._in_flight: dict[str, tuple[protocol.Submit, concurrent.futures.Future[Prepared]]] = {}
-        self.finished = 0  # preparations ended: progress the worker reports to the parent's liveness check
+        # Preparations ended: progress the worker reports to the parent's liveness check (both threads add to it;
+        # an increment lost to a race only delays the count, which need only move).
+        self.finished = 0
 
     def prepare(self, request: protocol.Submit) -> Prepared:
         """Prepare a prompt now; raises `Refused`."""
