@@ -71,6 +71,9 @@ def test_an_unknown_model_is_404_naming_the_known_ones(base_url: str) -> None:
     error = caught.value.body
     assert isinstance(error, dict) and error["code"] == "model_not_found" and error["param"] == "model"
     assert "smol" in error["message"] and "gemma" in error["message"]
+    body = {"model": "m" * 2**20, "messages": [{"role": "user", "content": "Hi"}]}
+    huge = httpx.post(base_url + "/v1/chat/completions", json=body, timeout=60)
+    assert huge.status_code == 404 and len(huge.text) < 1000  # a megabyte name is not echoed back whole
 
 
 def test_the_next_turn_goes_where_the_conversation_left_its_cache(base_url: str) -> None:
