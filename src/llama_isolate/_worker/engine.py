@@ -169,8 +169,19 @@ class Engine:
     # ------------------------------------------------------------ commands
 
     def submit(self, request: protocol.Submit) -> None:
-        """Start preparing the prompt (on the preparation thread); it is admitted once ready, in arrival order."""
-        self._preparer.start(request)
+        """Prepare the prompt: on a preparation thread while others decode, here while nothing does.
+
+        A text prompt that comes while nothing decodes holds nobody up, and preparing it at once lets prompts
+        that came together start in the same step (on the threads each started when its own preparation
+        ended). Preparation is bounded either way (`bounds`).
+        """
+        if request.images or self._running or self._preparer.in_flight:
+            self._preparer.start(request)
+            return
+        try:
+            self._waiting.append(self._preparer.prepare(request))
+        except Refused as exc:
+            self._refuse(request, str(exc), exc.code)
 
     def cancel(self, prompt_ids: tuple[str, ...], reason: protocol.CancelReason) -> None:
         """End these prompts with `reason`, running, waiting or being prepared; unknown ids are ignored."""

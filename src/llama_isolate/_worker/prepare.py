@@ -1,9 +1,10 @@
 """Prompt preparation: a conversation becomes the items the engine decodes.
 
-Every prompt is prepared off the engine's thread, as soon as it arrives:
-rendering the chat template, tokenizing, fitting the context and decoding
-images (text on one thread, prompts with images on another, so that text
-never waits for a large PNG). The engine keeps stepping the other
+While other conversations decode, a prompt is prepared off the engine's
+thread as soon as it arrives: rendering the chat template, tokenizing,
+fitting the context and decoding images (text on one thread, prompts with
+images on another, so that text never waits for a large PNG; a text prompt
+that comes while nothing decodes is prepared at once, see `Engine.submit`). The engine keeps stepping the other
 conversations (and applying stops) meanwhile; a prompt is admitted once it
 is ready, ready prompts in the order they came. Preparation is bounded
 before it starts (`bounds.PromptBounds`: bytes, messages, special tokens,
