@@ -26,7 +26,7 @@ def test_help_names_every_option() -> None:
     for option in ("--model", "--mmproj", "--host", "--port", "--parallel", "--ctx", "--threads", "--max-queue",
                    "--api-key", "--cors-origin", "--model-name", "--max-body-bytes", "--body-timeout",
                    "--drain-timeout", "--replicas", "--config", "--chat-template", "--ray", "--max-replicas",
-                   "--ray-resource", "--ray-cpus", "--ray-gpus"):  # fmt: skip
+                   "--ray-resource", "--ray-cpus", "--ray-gpus", "--trim-history", "--allowed-host"):  # fmt: skip
         assert option in result.stdout
     assert "127.0.0.1" in result.stdout  # bound to this machine unless told otherwise
 
@@ -110,3 +110,33 @@ def test_sigterm_drains_running_requests_then_exits_0(drain: str, max_tokens: in
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_serve_checks_host_names_and_trims_history_when_told() -> None:
+    port = free_port()
+    argv = ["serve", "--port", str(port), "--parallel", "1", "--ctx", "256", "--allowed-host", "*.example.test"]
+    process = subprocess.Popen([*CLI, *argv, "--trim-history"], stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            assert process.poll() is None
+            try:
+                return httpx.get(f"{url}/health", timeout=5).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(up, timeout=120, what="the server to start")
+        assert httpx.get(f"{url}/health", headers={"host": f"localhost:{port}"}).status_code == 200
+        assert httpx.get(f"{url}/health", headers={"host": "llm.example.test"}).status_code == 200
+        assert httpx.get(f"{url}/health", headers={"host": "attacker.example"}).status_code == 403
+        history = []
+        for i in range(12):
+            history += [{"role": "user", "content": f"Fact {i}: box {i} holds {i * 7} blue marbles."}]
+            history += [{"role": "assistant", "content": "Noted."}]
+        chat = {"messages": [*history, {"role": "user", "content": "Box 3?"}], "max_tokens": 2}
+        answer = httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=60)
+        assert answer.status_code == 200 and answer.json()["usage"]["dropped_messages"] > 0
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
