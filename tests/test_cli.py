@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from llama_isolate._cli import ProgressBar
+from llama_isolate._cli.commands import ProgressBar
 
 from .conftest import RED
 

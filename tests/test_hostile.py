@@ -26,7 +26,7 @@ from llama_isolate import (
     SamplerParams,
 )
 from llama_isolate import _protocol as protocol
-from llama_isolate._link import WorkerLink
+from llama_isolate._client.worker_link import WorkerLink
 
 from .conftest import RED, first_token, greedy_load, vlm_load
 

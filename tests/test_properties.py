@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from llama_isolate import ContextParams, LlamaLoad, ModelParams, SamplerParams
 from llama_isolate import _protocol as protocol
+from llama_isolate._client.scope_state import ScopeSnapshot, pack, unpack
 from llama_isolate._params import CACHE_TYPES, POOLING_TYPES
-from llama_isolate._state import ScopeSnapshot, pack, unpack
 
 text = st.text(max_size=200)
 # What parameters may hold: text with a UTF-8 form, and no NUL where llama.cpp takes a C string.

@@ -15,7 +15,9 @@ import openai
 import pytest
 from fastapi import FastAPI
 
-from llama_isolate import ContextParams, LlamaLoad, SamplerParams, _cli, _serve_cli
+from llama_isolate import ContextParams, LlamaLoad, SamplerParams
+from llama_isolate._cli import commands as _cli
+from llama_isolate._cli import serve as _serve_cli
 from llama_isolate.server import ServedModel, create_app
 
 from .server_tools import metric, wait_until

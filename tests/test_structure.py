@@ -11,7 +11,7 @@ import pytest
 
 import llama_isolate
 from llama_isolate import LlamaQueueFull, SamplerParams
-from llama_isolate._queue import PromptQueue, PromptRecord
+from llama_isolate._client.queue import PromptQueue, PromptRecord
 
 PACKAGE = Path(llama_isolate.__file__).parent
 
@@ -110,10 +110,11 @@ def test_the_package_has_no_import_cycle() -> None:
     assert cycles == []
 
 
-def test_the_worker_does_not_load_the_asyncio_facade() -> None:
+def test_the_worker_does_not_load_the_asyncio_facade_nor_the_grammar_compilers() -> None:
     code = (
         "import sys, llama_isolate._worker.main\n"
-        "print(sorted(m for m in ('asyncio', 'llama_isolate._parent', 'llama_isolate._sync') if m in sys.modules))"
+        "print(sorted(m for m in sys.modules if m == 'asyncio' or m.startswith(('llama_isolate._parent',\n"
+        "    'llama_isolate._sync', 'llama_isolate._client', 'llama_isolate._grammar'))))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
@@ -122,7 +123,7 @@ def test_the_worker_does_not_load_the_asyncio_facade() -> None:
 def test_ray_is_imported_only_for_ray() -> None:
     code = (
         "import sys, llama_isolate, llama_isolate.server, llama_isolate.ray\n"
-        "from llama_isolate import _cli, _serve_cli\n"
+        "from llama_isolate._cli import commands as _cli, serve as _serve_cli\n"
         "_serve_cli.describe(_cli._parser().parse_args(['serve', '--replicas', '2']))\n"
         "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
     )

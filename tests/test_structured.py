@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llama_isolate import ContextParams, LlamaLoad, LlamaSchemaError, SamplerParams, SyncLlamaParent
-from llama_isolate._schema import json_schema_grammar
+from llama_isolate._grammar.schema import json_schema_grammar
 
 ASK = "Write an example of the data as JSON."
 # Room for every reply the generated schemas allow (strings and arrays are bounded), so each one closes.

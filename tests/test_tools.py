@@ -22,7 +22,7 @@ from llama_isolate import (
     ToolCall,
     ToolCallDelta,
 )
-from llama_isolate._tools import CallReader, parse_calls, render_calls
+from llama_isolate._grammar.tools import CallReader, parse_calls, render_calls
 from llama_isolate._worker.chat import tool_format_of
 
 from .test_structured import LEAVES, _objects
@@ -251,7 +251,7 @@ def test_llama3_calls_are_json_replies_that_stream_and_go_on(llama3: SyncLlamaPa
 def test_llama3_auto_takes_a_call_only_from_its_named_marker(model_path: Path) -> None:
     # The default model never writes a Llama 3 call by itself; so this drives the worker's switch directly:
     # the text from the marker on, replayed into the call's grammar, as the engine does when it sees the marker.
-    from llama_isolate._tools import FORMATS, plan
+    from llama_isolate._grammar.tools import FORMATS, plan
     from llama_isolate._worker.engine import Engine
     from llama_isolate._worker.sampling import Sampler
 

@@ -14,7 +14,7 @@ from textual.pilot import Pilot
 from textual.widgets import Button, Input
 
 from llama_isolate import ContextParams, LlamaLoad, LlamaStatus, SamplerParams
-from llama_isolate._tui import ChatApp, ConversationPane
+from llama_isolate._cli.tui import ChatApp, ConversationPane
 
 
 def answer(pane: ConversationPane) -> str:

@@ -56,17 +56,19 @@ from ._events import (
 from ._images import MEDIA_MARKER, LlamaImage
 from ._model_path import default_model_path
 from ._params import ContextParams, LlamaLoad, ModelParams, SamplerParams
-from ._tools import CHATML_TOOLS_TEMPLATE
 
 if TYPE_CHECKING:
+    from ._grammar.tools import CHATML_TOOLS_TEMPLATE
     from ._parent import LlamaParent, default_init_timeout
     from ._scope import LlamaScope
     from ._streams import EventStream, Subscription, TokenStream
     from ._sync import SyncLlamaParent, SyncLlamaScope, SyncStream
 
-# The asyncio facade is imported on first use, so that the worker process,
-# which imports this package too, never loads it (nor asyncio).
+# The asyncio facade and the grammar compilers are imported on first use, so
+# that the worker process, which imports this package too, never loads them
+# (nor asyncio).
 _LAZY = {
+    "CHATML_TOOLS_TEMPLATE": "._grammar.tools",
     "LlamaParent": "._parent",
     "default_init_timeout": "._parent",
     "LlamaScope": "._scope",

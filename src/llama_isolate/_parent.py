@@ -28,16 +28,16 @@ from typing import Any
 
 from . import _protocol as protocol
 from ._checks import check_images, check_int, check_text
-from ._conversations import turns_of
+from ._client.conversations import turns_of
+from ._client.prompts import PromptFlow, PromptOptions, with_markers
+from ._client.worker_link import WorkerLink
 from ._errors import LlamaError, LlamaFeatureNotEnabled, LlamaStatusError, LlamaWorkerDied
 from ._events import CompletionEvent, Embedding, LlamaStatus, ModelInfo, TokenLogprob, ToolCallDelta
-from ._flow import PromptFlow, PromptOptions, with_markers
+from ._grammar.tools import ToolChoice
 from ._images import MEDIA_MARKER, LlamaImage
-from ._link import WorkerLink
 from ._params import LlamaLoad, SamplerParams
 from ._scope import LlamaScope
 from ._streams import EventStream, TokenStream
-from ._tools import ToolChoice
 
 logger = logging.getLogger("llama_isolate")
 

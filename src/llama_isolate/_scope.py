@@ -12,13 +12,13 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from ._client.scope_state import ScopeSnapshot, cache_kind, model_fingerprint, pack, unpack
 from ._errors import LlamaStateError
 from ._events import CompletionEvent, ModelInfo, TokenLogprob, ToolCallDelta
+from ._grammar.tools import ToolChoice
 from ._images import LlamaImage
 from ._params import LlamaLoad, SamplerParams
-from ._state import ScopeSnapshot, cache_kind, model_fingerprint, pack, unpack
 from ._streams import EventStream, TokenStream
-from ._tools import ToolChoice
 
 
 class ScopeHost(Protocol):

@@ -19,12 +19,12 @@ from typing import Any, Generic, TypeVar
 
 from ._errors import LlamaStatusError
 from ._events import CompletionEvent, Embedding, LlamaStatus, ModelInfo, TokenLogprob, ToolCallDelta
+from ._grammar.tools import ToolChoice
 from ._images import LlamaImage
 from ._params import LlamaLoad, SamplerParams
 from ._parent import LlamaParent
 from ._scope import LlamaScope
 from ._streams import EventStream, Subscription
-from ._tools import ToolChoice
 
 T = TypeVar("T")
 _CLOSED = object()

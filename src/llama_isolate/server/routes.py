@@ -20,11 +20,11 @@ from llama_isolate import (
 
 from . import convert
 from .errors import ApiError, event_error
-from .generation import EventStreamResponse, unless_disconnected
 from .pool import ModelPool
 from .responses import Reply, completed
 from .schemas import IDS_AS_INPUT, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Sampling, token_ids
 from .service import ModelService
+from .streaming import EventStreamResponse, unless_disconnected
 
 router = APIRouter()
 STARTED = int(time.time())

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
-from . import _protocol as protocol
+from .. import _protocol as protocol
 
 logger = logging.getLogger("llama_isolate")
 

@@ -16,18 +16,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _protocol as protocol
-from ._checks import check_int, check_text
-from ._conversations import Conversations
-from ._events import CompletionEvent, ErrorCode, FinishReason, TokenLogprob, ToolCallDelta
-from ._images import MEDIA_MARKER, LlamaImage
-from ._ledger import CompletionLedger, token_logprob
-from ._params import LlamaLoad, SamplerParams
-from ._queue import Conversation, PromptQueue, PromptRecord
-from ._schema import json_schema_grammar
-from ._streams import EventStream, TokenStream
-from ._tools import CallReader, ToolChoice, ToolFormat, ToolPlan, parse_calls
-from ._tools import plan as plan_tools
+from .. import _protocol as protocol
+from .._checks import check_int, check_text
+from .._events import CompletionEvent, ErrorCode, FinishReason, TokenLogprob, ToolCallDelta
+from .._grammar.schema import json_schema_grammar
+from .._grammar.tools import CallReader, ToolChoice, ToolFormat, ToolPlan, parse_calls
+from .._grammar.tools import plan as plan_tools
+from .._images import MEDIA_MARKER, LlamaImage
+from .._params import LlamaLoad, SamplerParams
+from .._streams import EventStream, TokenStream
+from .completions import CompletionLedger, token_logprob
+from .conversations import Conversations
+from .queue import Conversation, PromptQueue, PromptRecord
 
 MAX_LOGPROBS = 20  # alternatives per token, as OpenAI allows
 

@@ -20,11 +20,11 @@ from textual.binding import BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Input, Label, Static, TextArea
 
-from ._errors import LlamaError
-from ._events import CompletionEvent, LlamaStatus
-from ._params import LlamaLoad
-from ._parent import LlamaParent
-from ._scope import LlamaScope
+from .._errors import LlamaError
+from .._events import CompletionEvent, LlamaStatus
+from .._params import LlamaLoad
+from .._parent import LlamaParent
+from .._scope import LlamaScope
 
 _RATE_WINDOW_S = 2.0
 

@@ -26,8 +26,8 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
-from ._errors import LlamaSchemaError
-from ._pattern import translate
+from .._errors import LlamaSchemaError
+from .pattern import translate
 
 __all__ = ["JSON_OBJECT_SCHEMA", "json_schema_grammar"]
 

@@ -12,8 +12,8 @@ import asyncio
 import collections
 import time
 
-from . import _protocol as protocol
-from ._events import (
+from .. import _protocol as protocol
+from .._events import (
     CompletionChoice,
     CompletionEvent,
     CompletionTimings,
@@ -22,8 +22,8 @@ from ._events import (
     TokenLogprob,
     ToolCallDelta,
 )
-from ._queue import PromptRecord
-from ._streams import EventStream, TokenStream
+from .._streams import EventStream, TokenStream
+from .queue import PromptRecord
 
 
 class CompletionLedger:

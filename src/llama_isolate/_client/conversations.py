@@ -12,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from . import _protocol as protocol
-from ._checks import check_history
-from ._events import ToolCall
-from ._queue import Conversation, PromptRecord
-from ._tools import FORMATS, ToolFormat, openai_calls, render_calls
+from .. import _protocol as protocol
+from .._checks import check_history
+from .._events import ToolCall
+from .._grammar.tools import FORMATS, ToolFormat, openai_calls, render_calls
+from .queue import Conversation, PromptRecord
 
 
 class Conversations:

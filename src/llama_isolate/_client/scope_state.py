@@ -16,11 +16,11 @@ from array import array
 from dataclasses import dataclass
 from typing import Any
 
-from ._checks import check_history
-from ._errors import LlamaStateError
-from ._events import ModelInfo
-from ._images import LlamaImage
-from ._params import LlamaLoad
+from .._checks import check_history
+from .._errors import LlamaStateError
+from .._events import ModelInfo
+from .._images import LlamaImage
+from .._params import LlamaLoad
 
 MAGIC = b"llama-isolate scope state\n"
 VERSION = 1

@@ -18,12 +18,13 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
-from . import __version__, _serve_cli
-from ._errors import LlamaError
-from ._images import LlamaImage
-from ._model_path import default_model_path
-from ._params import ContextParams, LlamaLoad, SamplerParams
-from ._sync import SyncLlamaParent
+from .. import __version__
+from .._errors import LlamaError
+from .._images import LlamaImage
+from .._model_path import default_model_path
+from .._params import ContextParams, LlamaLoad, SamplerParams
+from .._sync import SyncLlamaParent
+from . import serve as serve_command
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -77,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     tui = commands.add_parser("tui", parents=[common], help="two conversations side by side (needs textual)")
     tui.add_argument("--n-parallel", type=int, default=2, metavar="N", help="sequences decoded together (default 2)")
-    _serve_cli.add_parser(commands)
+    serve_command.add_parser(commands)
     return parser
 
 
@@ -255,21 +256,21 @@ def _embed(args: argparse.Namespace, load: LlamaLoad) -> None:
 
 
 def _bench(args: argparse.Namespace, load: None) -> None:
-    from ._bench.run import main as bench
+    from .._bench.run import main as bench
 
     bench(args.sections)
 
 
 def _tui(args: argparse.Namespace, load: LlamaLoad) -> None:
     try:
-        from ._tui import ChatApp
+        from .tui import ChatApp
     except ImportError as exc:
         raise LlamaError("the tui needs textual: pip install 'llama-isolate[tui]'") from exc
     ChatApp(load, max_tokens=args.max_tokens).run()
 
 
 def _check_bench(args: argparse.Namespace) -> None:
-    from ._bench.run import SECTIONS
+    from .._bench.run import SECTIONS
 
     unknown = [name for name in args.sections if name not in SECTIONS]
     if unknown:
@@ -284,7 +285,7 @@ COMMANDS: dict[str, tuple[Callable[..., int | None], Callable[[argparse.Namespac
     "embed": (_embed, functools.partial(_load, embeddings=True)),
     "bench": (_bench, _check_bench),
     "tui": (_tui, lambda args: _load(args, n_parallel=args.n_parallel)),
-    "serve": (_serve_cli.run, _serve_cli.describe),
+    "serve": (serve_command.run, serve_command.describe),
 }
 
 

@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import _protocol as protocol
-from ._errors import LlamaQueueFull
-from ._events import CompletionEvent, TokenLogprob, ToolCall, ToolCallDelta
-from ._images import LlamaImage
-from ._params import SamplerParams
-from ._streams import EventStream, TokenStream
-from ._tools import CallReader, ToolPlan
+from .. import _protocol as protocol
+from .._errors import LlamaQueueFull
+from .._events import CompletionEvent, TokenLogprob, ToolCall, ToolCallDelta
+from .._grammar.tools import CallReader, ToolPlan
+from .._images import LlamaImage
+from .._params import SamplerParams
+from .._streams import EventStream, TokenStream
 
 
 class Conversation(Protocol):

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import LlamaSchemaError
+from .._errors import LlamaSchemaError
 
 MAX_PATTERN = 512  # characters
 MAX_REPEATS = 2000  # llama.cpp's cap on a grammar's repetitions, for all the pattern's bounds together

@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from . import _protocol as protocol
-from ._errors import (
+from .. import _protocol as protocol
+from .._errors import (
     LlamaContextLengthExceeded,
     LlamaError,
     LlamaFeatureNotEnabled,
@@ -36,9 +36,9 @@ from ._errors import (
     LlamaWorkerDied,
     LlamaWorkerDiedOnLoad,
 )
-from ._events import ModelInfo
-from ._params import LlamaLoad
-from ._transport import WorkerProcess
+from .._events import ModelInfo
+from .._params import LlamaLoad
+from .process import WorkerProcess
 
 # An engine that answers pings but makes no progress for this many liveness timeouts (60 s by default) is stuck.
 STALL_FACTOR = 6

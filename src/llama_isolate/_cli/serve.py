@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._errors import LlamaError
-from ._model_path import default_model_path
-from ._params import ContextParams, LlamaLoad
-from ._tools import CHATML_TOOLS_TEMPLATE
+from .._errors import LlamaError
+from .._grammar.tools import CHATML_TOOLS_TEMPLATE
+from .._model_path import default_model_path
+from .._params import ContextParams, LlamaLoad
 
 # "auto" on a CPU is measured on the first load of a model on the machine (ContextParams.flash_attention).
 DEFAULT_FLASH_ATTENTION = "auto"
@@ -377,9 +377,9 @@ def run(args: argparse.Namespace, plan: ServePlan) -> int:
     try:
         import uvicorn
 
-        from .server import ServedModel, create_app
-        from .server.middleware import LOOPBACK_HOSTS, is_loopback
-        from .server.service import model_name_of
+        from ..server import ServedModel, create_app
+        from ..server.middleware import LOOPBACK_HOSTS, is_loopback
+        from ..server.service import model_name_of
     except ImportError as exc:
         raise LlamaError(f"serve needs the server extra: pip install 'llama-isolate[server]' ({exc})") from exc
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
@@ -425,7 +425,7 @@ def run(args: argparse.Namespace, plan: ServePlan) -> int:
 def _run_on_ray(args: argparse.Namespace, plan: RayPlan, models: list[Any], options: dict[str, Any]) -> int:
     """Deploy to the cluster, then wait for SIGTERM (exit 0) or Ctrl-C (exit 130); the app is deleted either way."""
     try:
-        from .ray import build_app, check_free, connect, deploy, undeploy, watch
+        from ..server.ray import build_app, check_free, connect, deploy, undeploy, watch
     except ImportError as exc:  # pragma: no cover - the dev extra installs Ray
         raise LlamaError(f"serve --ray needs the ray extra: pip install 'llama-isolate[ray]' ({exc})") from exc
     app = build_app(

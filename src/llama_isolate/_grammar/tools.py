@@ -36,9 +36,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ._errors import LlamaSchemaError
-from ._events import ToolCall, ToolCallDelta
-from ._schema import json_schema_grammar
+from .._errors import LlamaSchemaError
+from .._events import ToolCall, ToolCallDelta
+from .schema import json_schema_grammar
 
 # A ChatML template (SmolLM2's, as its own renders a conversation without tools) that shows the tools in
 # the system turn, an assistant's calls as <tool_call> JSON and the results as <tool_response> user turns.
