@@ -192,6 +192,15 @@ def test_token_ids_as_input_are_refused_by_name(base_url: str, path: str, field:
     assert "token ids" in str(error["message"])
 
 
+@pytest.mark.parametrize(("path", "field"), [("/v1/completions", "prompt"), ("/v1/embeddings", "input")])
+@pytest.mark.parametrize("empty", [[], [[]], [""]])
+def test_an_empty_prompt_or_input_is_a_400_naming_it(base_url: str, path: str, field: str, empty: object) -> None:
+    response = httpx.post(base_url + path, json={field: empty, "max_tokens": 2})  # {"prompt": []} was a 500
+    assert response.status_code == 400, response.text
+    assert str(error_of(response)["param"]).startswith(field)
+    assert httpx.get(base_url + "/health").status_code == 200
+
+
 def test_every_error_has_a_code(base_url: str) -> None:
     answers = [
         httpx.get(base_url + "/v1/nothing"),

@@ -153,9 +153,14 @@ class ChatCompletionRequest(Sampling):
     trim_history: StrictBool | None = None  # ours: leave the oldest turns out rather than answer 400
 
 
+# Token ids (a list of ints, or of lists of ints), read only to be refused by name. Never empty: an empty list is no
+# prompt at all, and must fail validation rather than reach a handler as one.
+TokenIds = Annotated[list[StrictInt], Field(min_length=1)] | Annotated[list[list[StrictInt]], Field(min_length=1)]
+
+
 class CompletionRequest(Sampling):
     # Token ids (a list of ints, or a list of such lists) are read to be refused by name: see `IDS_AS_INPUT`.
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] | list[StrictInt] | list[list[StrictInt]]
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] | TokenIds
     logprobs: Annotated[StrictInt, Field(ge=0, le=5)] | None = None
     echo: StrictBool = False
     suffix: str | None = None
@@ -175,6 +180,6 @@ def token_ids(value: object) -> bool:
 
 class EmbeddingRequest(_Request):
     model: str | None = None
-    input: str | Annotated[list[str], Field(min_length=1, max_length=2048)] | list[StrictInt] | list[list[StrictInt]]
+    input: str | Annotated[list[str], Field(min_length=1, max_length=2048)] | TokenIds
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: StrictInt | None = None
