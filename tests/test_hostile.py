@@ -121,7 +121,7 @@ async def test_a_listener_raising_cancelled_error_does_not_stop_the_parent(paren
 async def test_if_the_channel_breaks_anyway_every_pending_prompt_fails_and_the_status_says_error(
     parent: LlamaParent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llama_isolate import _transport
+    from llama_isolate._client import process as _transport
 
     running = await parent.send_prompt("Write a long story.", max_tokens=500)
     queued = await parent.send_prompt("And another.", max_tokens=5)

@@ -55,19 +55,22 @@ from ._events import (
 )
 from ._images import MEDIA_MARKER, LlamaImage
 from ._model_path import default_model_path
+from ._options import PromptFields, PromptOptions
 from ._params import ContextParams, LlamaLoad, ModelParams, SamplerParams
 
 if TYPE_CHECKING:
     from ._grammar.tools import CHATML_TOOLS_TEMPLATE
+    from ._handle import PromptHandle
     from ._parent import LlamaParent, default_init_timeout
     from ._scope import LlamaScope
     from ._streams import EventStream, Subscription, TokenStream
-    from ._sync import SyncLlamaParent, SyncLlamaScope, SyncStream
+    from ._sync import SyncLlamaParent, SyncLlamaScope, SyncPromptHandle, SyncStream
 
 # The asyncio facade and the grammar compilers are imported on first use, so
 # that the worker process, which imports this package too, never loads them
 # (nor asyncio).
 _LAZY = {
+    "PromptHandle": "._handle",
     "CHATML_TOOLS_TEMPLATE": "._grammar.tools",
     "LlamaParent": "._parent",
     "default_init_timeout": "._parent",
@@ -77,6 +80,7 @@ _LAZY = {
     "TokenStream": "._streams",
     "SyncLlamaParent": "._sync",
     "SyncLlamaScope": "._sync",
+    "SyncPromptHandle": "._sync",
     "SyncStream": "._sync",
 }
 
@@ -124,10 +128,14 @@ __all__ = [
     "LlamaWorkerDiedOnLoad",
     "ModelInfo",
     "ModelParams",
+    "PromptFields",
+    "PromptHandle",
+    "PromptOptions",
     "SamplerParams",
     "Subscription",
     "SyncLlamaParent",
     "SyncLlamaScope",
+    "SyncPromptHandle",
     "SyncStream",
     "TokenLogprob",
     "TokenStream",

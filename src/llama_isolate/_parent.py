@@ -20,24 +20,31 @@ buffer, and replies arrive through the link on the loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _protocol as protocol
 from ._checks import check_images, check_int, check_text
-from ._client.conversations import turns_of
-from ._client.prompts import PromptFlow, PromptOptions, with_markers
+from ._client.conversations import split_last_turn, turns_of
+from ._client.prompts import PromptFlow, with_markers
+from ._client.queue import PromptRecord
 from ._client.worker_link import WorkerLink
 from ._errors import LlamaError, LlamaFeatureNotEnabled, LlamaStatusError, LlamaWorkerDied
 from ._events import CompletionEvent, Embedding, LlamaStatus, ModelInfo, TokenLogprob, ToolCallDelta
-from ._grammar.tools import ToolChoice
+from ._handle import PromptHandle
 from ._images import MEDIA_MARKER, LlamaImage
-from ._params import LlamaLoad, SamplerParams
+from ._options import PromptFields, PromptOptions, options_of, takes_prompt_fields
+from ._params import LlamaLoad
 from ._scope import LlamaScope
 from ._streams import EventStream, TokenStream
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 logger = logging.getLogger("llama_isolate")
 
@@ -310,69 +317,40 @@ class LlamaParent:
 
     # ------------------------------------------------------------------ prompts
 
+    @takes_prompt_fields
     async def send_prompt(
         self,
         prompt: str,
         *,
         scope: LlamaScope | None = None,
-        sampler_params: SamplerParams | None = None,
-        max_tokens: int | None = None,
-        raw: bool = False,
-        json_schema: Mapping[str, Any] | None = None,
-        logprobs: int | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: ToolChoice = "auto",
-        tool_call_id: str | None = None,
-        n: int = 1,
+        options: PromptOptions | None = None,
+        **overrides: Unpack[PromptFields],
     ) -> str:
         """Queue one chat turn and return its prompt id at once, without waiting for it to start.
 
         Prompts start in the order they were sent. Subscribing to a stream
-        right after this returns sees every token of the prompt.
+        right after this returns sees every token of the prompt. The turn
+        and its reply join the conversation: `scope`'s `messages`, or the
+        parent's own `messages`.
 
         Args:
-            prompt: the user's message.
+            prompt: the user's message (or, with ``tool_call_id``, a tool's result).
             scope: the conversation (default: the parent's own `messages`).
-            sampler_params: overrides `LlamaLoad.sampler_params` for this prompt.
-            max_tokens: most tokens to generate (default `ContextParams.n_predict`).
-            raw: text completion: the model continues the conversation's text
-                as it is, without the chat template (special tokens written in
-                it, such as ``<|im_start|>``, are read as such). This is what
-                a model without a template always gets.
-            json_schema: the reply is JSON valid against this schema (a dict),
-                enforced token by token by a grammar. A schema the grammar
-                cannot enforce exactly raises `LlamaSchemaError`; nothing is
-                ever relaxed. A reply cut by `max_tokens` ends with
-                ``finish_reason="length"`` and is then incomplete JSON. See
-                docs/structured-output.md.
-            logprobs: 0 to 20: each generated token comes with its log
-                probability and this many most likely alternatives, on the
-                `token_logprobs` streams and on `CompletionEvent.logprobs`
-                (see `TokenLogprob`). None (the default) costs nothing.
-            tools: OpenAI-style function specs (``{"type": "function",
-                "function": {"name", "description", "parameters"}}``) the model
-                may call; the chat template shows them, and the calls it makes
-                come back on `CompletionEvent.tool_calls`. See docs/tools.md.
-            tool_choice: ``"auto"`` (the model chooses; a call it begins is held
-                to the function's schema), ``"required"`` (it must call one),
-                ``"none"``, or ``{"name": ...}`` (it must call that one).
-            tool_call_id: the prompt is the result of this call (a ``tool``
-                turn, not a user turn), for the model to carry on from.
-            n: how many replies (1 to ``n_parallel``). The prompt is read
-                once and its KV cache copied to n slots, which then decode
-                together, each with its own sampler (a given seed plus the
-                choice's index). `CompletionEvent.choices` holds them all;
-                choice 0 is the event's `text`, the one streamed and kept in
-                `messages`.
+            options: how to answer (`PromptOptions`, where each field is documented).
+            **overrides: fields of `PromptOptions` by name, over `options`:
+                ``sampler_params``, ``max_tokens``, ``raw``, ``json_schema``,
+                ``logprobs``, ``tools``, ``tool_choice``, ``tool_call_id``,
+                ``n``, ``images``, ``stop``, ``trim_history``.
 
         Raises:
             LlamaStatusError: before `init()`, after `dispose()`, after the worker
                 died, or from an event loop other than the parent's.
             LlamaQueueFull: `max_queue` prompts are already waiting.
+            LlamaFeatureNotEnabled: images without ``LlamaLoad(mmproj_path=...)``.
             ValueError: a bad argument, or a malformed entry in the
                 conversation's `messages` (the message names it).
             LlamaSchemaError: `json_schema` cannot be enforced (a `ValueError` too).
-            TypeError: an argument of the wrong type.
+            TypeError: an argument of the wrong type, or an unknown keyword.
 
         Cancellation: this never suspends, so it cannot be cancelled half-way.
 
@@ -380,30 +358,21 @@ class LlamaParent:
 
             pid = await parent.send_prompt("Hello!", max_tokens=64)
         """
-        options = PromptOptions(
-            raw=raw,
-            json_schema=json_schema,
-            logprobs=logprobs,
-            tools=tools,
-            tool_choice=tool_choice,
-            tool_call_id=tool_call_id,
-            n=n,
-        )
-        return self._enqueue(prompt, scope, sampler_params, max_tokens, (), options=options)
+        chosen = options_of(options, overrides, "send_prompt")
+        return self._enqueue("send_prompt", prompt, scope, chosen).id
 
+    @takes_prompt_fields
     async def send_prompt_with_images(
         self,
         prompt: str,
         images: Sequence[LlamaImage],
+        /,
         *,
         scope: LlamaScope | None = None,
-        sampler_params: SamplerParams | None = None,
-        max_tokens: int | None = None,
-        json_schema: Mapping[str, Any] | None = None,
-        logprobs: int | None = None,
-        n: int = 1,
+        options: PromptOptions | None = None,
+        **overrides: Unpack[PromptFields],
     ) -> str:
-        """Like `send_prompt`, with images; needs `LlamaLoad(mmproj_path=...)`.
+        """``send_prompt(prompt, images=images, ...)``: a turn with images; needs `LlamaLoad(mmproj_path=...)`.
 
         Each image goes where the prompt has llama.cpp's media marker
         ``<__media__>`` (`MEDIA_MARKER`), in order; a prompt without markers
@@ -429,7 +398,92 @@ class LlamaParent:
         """
         if self._load.mmproj_path is None:
             raise LlamaFeatureNotEnabled("image prompts need LlamaLoad(mmproj_path=...) (a multimodal projector)")
-        pictures = check_images(images, self._load.max_image_pixels)
+        images = check_images(images, self._load.max_image_pixels)  # not empty, each a LlamaImage
+        chosen = options_of(options, {**overrides, "images": images}, "send_prompt_with_images")
+        return self._enqueue("send_prompt_with_images", prompt, scope, chosen).id
+
+    @takes_prompt_fields
+    def generate(
+        self,
+        messages_or_prompt: str | Sequence[Mapping[str, Any]],
+        options: PromptOptions | None = None,
+        **overrides: Unpack[PromptFields],
+    ) -> PromptHandle:
+        """Queue one prompt on a conversation of its own and return its `PromptHandle` at once.
+
+        Nothing is kept after it ends: neither the parent's `messages` nor a
+        scope changes. The worker still finds the KV cache of an earlier
+        prompt that began the same way (a previous turn, a shared system
+        prompt) and reads only what is new.
+
+        Args:
+            messages_or_prompt: a user message (str), or a whole conversation
+                as ``{"role", "content"}`` dicts whose last message is the
+                one to answer: a ``user`` turn (its ``"images"`` entry, if
+                any, are the prompt's images) or a ``tool`` turn (its
+                ``tool_call_id`` says which call it answers).
+            options, **overrides: as for `send_prompt`.
+
+        Raises:
+            like `send_prompt`; ValueError also when the conversation is empty
+            or its last message is neither a user nor a tool turn.
+
+        Example::
+
+            async with parent.generate([{"role": "user", "content": "Hi"}], max_tokens=16) as handle:
+                async for piece in handle:
+                    print(piece, end="")
+                print((await handle.event).finish_reason)
+        """
+        chosen = options_of(options, overrides, "generate")
+        self._check_loop("generate")
+        if isinstance(messages_or_prompt, str):
+            prompt, history = messages_or_prompt, list[dict[str, Any]]()
+        else:
+            prompt, history, chosen = split_last_turn(messages_or_prompt, chosen)
+        handle = PromptHandle(uuid.uuid4().hex, self._flow.cancel_prompt)
+        self._enqueue("generate", prompt, None, chosen, history=history, key=f"prompt-{handle.id}", listener=handle)
+        return handle
+
+    def _enqueue(
+        self,
+        what: str,
+        prompt: str,
+        scope: LlamaScope | None,
+        options: PromptOptions,
+        *,
+        history: list[dict[str, Any]] | None = None,
+        key: str | None = None,
+        listener: PromptHandle | None = None,
+    ) -> PromptRecord:
+        self._require_ready(what, queueing=True)
+        if scope is not None and (not isinstance(scope, LlamaScope) or scope.parent is not self or scope.disposed):
+            raise LlamaStatusError(f"scope {getattr(scope, 'id', scope)!r} is disposed or belongs to another parent")
+        if options.images:
+            prompt, options = self._with_images(prompt, options)
+        if options.tools is not None and self._info is not None and not self._info.has_chat_template:
+            raise ValueError("tools need a chat template to show them; this model has none (see chat_template)")
+        sampler_params = options.sampler_params
+        if sampler_params is not None and sampler_params.logit_bias and self._info is not None:
+            top = max(token for token, _ in sampler_params.logit_bias)
+            if top >= self._info.n_vocab:
+                raise ValueError(
+                    f"SamplerParams.logit_bias names token {top}, outside the vocabulary (0..{self._info.n_vocab - 1})"
+                )
+        prompt_id = None if listener is None else listener.id
+        record = self._flow.enqueue(
+            prompt, scope, options, history=history, key=key, listener=listener, prompt_id=prompt_id
+        )
+        self._dispatch()
+        return record
+
+    def _with_images(self, prompt: str, options: PromptOptions) -> tuple[str, PromptOptions]:
+        """The prompt with one media marker per image, and the images checked; raises what `send_prompt` says."""
+        if self._load.mmproj_path is None:
+            raise LlamaFeatureNotEnabled("image prompts need LlamaLoad(mmproj_path=...) (a multimodal projector)")
+        if options.raw:
+            raise ValueError("images cannot be sent with raw=True: they go where the chat template puts them")
+        pictures = check_images(options.images, self._load.max_image_pixels)
         if isinstance(prompt, str):
             prompt = with_markers(prompt, len(pictures))
             if self._info is not None and not self._info.has_chat_template and prompt.endswith(MEDIA_MARKER):
@@ -437,33 +491,7 @@ class LlamaParent:
                     "on a model without a chat template the prompt must not end with an image: "
                     "the model needs text after it to answer (put the marker before your question)"
                 )
-        options = PromptOptions(json_schema=json_schema, logprobs=logprobs, n=n)
-        return self._enqueue(prompt, scope, sampler_params, max_tokens, pictures, options=options)
-
-    def _enqueue(
-        self,
-        prompt: str,
-        scope: LlamaScope | None,
-        sampler_params: SamplerParams | None,
-        max_tokens: int | None,
-        images: tuple[LlamaImage, ...],
-        *,
-        options: PromptOptions,
-    ) -> str:
-        self._require_ready("send_prompt", queueing=True)
-        if scope is not None and (not isinstance(scope, LlamaScope) or scope.parent is not self or scope.disposed):
-            raise LlamaStatusError(f"scope {getattr(scope, 'id', scope)!r} is disposed or belongs to another parent")
-        if options.tools is not None and self._info is not None and not self._info.has_chat_template:
-            raise ValueError("tools need a chat template to show them; this model has none (see chat_template)")
-        if sampler_params is not None and sampler_params.logit_bias and self._info is not None:
-            top = max(token for token, _ in sampler_params.logit_bias)
-            if top >= self._info.n_vocab:
-                raise ValueError(
-                    f"SamplerParams.logit_bias names token {top}, outside the vocabulary (0..{self._info.n_vocab - 1})"
-                )
-        record = self._flow.enqueue(prompt, scope, sampler_params, max_tokens, images, options=options)
-        self._dispatch()
-        return record.id
+        return prompt, dataclasses.replace(options, images=pictures)
 
     def _check_loop(self, what: str) -> None:
         if self._loop is None:
@@ -618,6 +646,12 @@ class LlamaParent:
         return scope
 
     # ------------------------------------------------------------------ the scopes' surface (see ScopeHost)
+
+    def _scope_generate(self, scope: LlamaScope, prompt: str, options: PromptOptions) -> PromptHandle:
+        self._check_loop("generate")
+        handle = PromptHandle(uuid.uuid4().hex, self._flow.cancel_prompt)
+        self._enqueue("generate", prompt, scope, options, listener=handle)
+        return handle
 
     async def _scope_stop(self, scope: LlamaScope) -> None:
         self._check_loop("stop")

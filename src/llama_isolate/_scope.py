@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._client.scope_state import ScopeSnapshot, cache_kind, model_fingerprint, pack, unpack
 from ._errors import LlamaStateError
 from ._events import CompletionEvent, ModelInfo, TokenLogprob, ToolCallDelta
-from ._grammar.tools import ToolChoice
+from ._handle import PromptHandle
 from ._images import LlamaImage
-from ._params import LlamaLoad, SamplerParams
+from ._options import PromptFields, PromptOptions, options_of, takes_prompt_fields
+from ._params import LlamaLoad
 from ._streams import EventStream, TokenStream
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 class ScopeHost(Protocol):
@@ -40,29 +44,22 @@ class ScopeHost(Protocol):
         prompt: str,
         *,
         scope: LlamaScope | None = None,
-        sampler_params: SamplerParams | None = None,
-        max_tokens: int | None = None,
-        raw: bool = False,
-        json_schema: Mapping[str, Any] | None = None,
-        logprobs: int | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: ToolChoice = "auto",
-        tool_call_id: str | None = None,
-        n: int = 1,
+        options: PromptOptions | None = None,
+        **overrides: Unpack[PromptFields],
     ) -> str: ...
 
     async def send_prompt_with_images(
         self,
         prompt: str,
         images: Sequence[LlamaImage],
+        /,
         *,
         scope: LlamaScope | None = None,
-        sampler_params: SamplerParams | None = None,
-        max_tokens: int | None = None,
-        json_schema: Mapping[str, Any] | None = None,
-        logprobs: int | None = None,
-        n: int = 1,
+        options: PromptOptions | None = None,
+        **overrides: Unpack[PromptFields],
     ) -> str: ...
+
+    def _scope_generate(self, scope: LlamaScope, prompt: str, options: PromptOptions) -> PromptHandle: ...
 
     async def wait_for_completion(self, prompt_id: str) -> CompletionEvent: ...
 
@@ -115,67 +112,51 @@ class LlamaScope:
         ``error_code="context_length_exceeded"`` (what OpenAI's API does, and `serve`'s default). Read when a
         prompt is sent."""
 
+    @takes_prompt_fields
     async def send_prompt(
-        self,
-        prompt: str,
-        *,
-        sampler_params: SamplerParams | None = None,
-        max_tokens: int | None = None,
-        raw: bool = False,
-        json_schema: Mapping[str, Any] | None = None,
-        logprobs: int | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: ToolChoice = "auto",
-        tool_call_id: str | None = None,
-        n: int = 1,
+        self, prompt: str, *, options: PromptOptions | None = None, **overrides: Unpack[PromptFields]
     ) -> str:
-        """``parent.send_prompt(prompt, scope=self, ...)``.
+        """``parent.send_prompt(prompt, scope=self, ...)``: a turn of this conversation; returns its prompt id.
 
         Example::
 
-            pid = await scope.send_prompt("And then?")
+            pid = await scope.send_prompt("And then?", max_tokens=64)
         """
-        return await self.parent.send_prompt(
-            prompt,
-            scope=self,
-            sampler_params=sampler_params,
-            max_tokens=max_tokens,
-            raw=raw,
-            json_schema=json_schema,
-            logprobs=logprobs,
-            tools=tools,
-            tool_choice=tool_choice,
-            tool_call_id=tool_call_id,
-            n=n,
-        )
+        return await self.parent.send_prompt(prompt, scope=self, options=options, **overrides)
 
+    @takes_prompt_fields
     async def send_prompt_with_images(
         self,
         prompt: str,
         images: Sequence[LlamaImage],
+        /,
         *,
-        sampler_params: SamplerParams | None = None,
-        max_tokens: int | None = None,
-        json_schema: Mapping[str, Any] | None = None,
-        logprobs: int | None = None,
-        n: int = 1,
+        options: PromptOptions | None = None,
+        **overrides: Unpack[PromptFields],
     ) -> str:
-        """``parent.send_prompt_with_images(prompt, images, scope=self, ...)``.
+        """``scope.send_prompt(prompt, images=images, ...)`` (see `LlamaParent.send_prompt_with_images`).
 
         Example::
 
             pid = await scope.send_prompt_with_images("What is this?", [image])
         """
-        return await self.parent.send_prompt_with_images(
-            prompt,
-            images,
-            scope=self,
-            sampler_params=sampler_params,
-            max_tokens=max_tokens,
-            json_schema=json_schema,
-            logprobs=logprobs,
-            n=n,
-        )
+        return await self.parent.send_prompt_with_images(prompt, images, scope=self, options=options, **overrides)
+
+    @takes_prompt_fields
+    def generate(
+        self, prompt: str, options: PromptOptions | None = None, **overrides: Unpack[PromptFields]
+    ) -> PromptHandle:
+        """A turn of this conversation, like `send_prompt`, with its `PromptHandle` (see `LlamaParent.generate`).
+
+        The turn and its reply join `messages`, and the scope's streams carry
+        its pieces too.
+
+        Example::
+
+            async with scope.generate("And then?", max_tokens=64) as handle:
+                reply = "".join([piece async for piece in handle if isinstance(piece, str)])
+        """
+        return self.parent._scope_generate(self, prompt, options_of(options, overrides, "generate"))
 
     async def stop(self) -> None:
         """Cancel this scope's running prompt and remove its queued ones.

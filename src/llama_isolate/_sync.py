@@ -15,16 +15,20 @@ import queue
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._errors import LlamaStatusError
 from ._events import CompletionEvent, Embedding, LlamaStatus, ModelInfo, TokenLogprob, ToolCallDelta
-from ._grammar.tools import ToolChoice
+from ._handle import PromptHandle
 from ._images import LlamaImage
-from ._params import LlamaLoad, SamplerParams
+from ._options import PromptFields, PromptOptions, takes_prompt_fields
+from ._params import LlamaLoad
 from ._parent import LlamaParent
 from ._scope import LlamaScope
 from ._streams import EventStream, Subscription
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 T = TypeVar("T")
 _CLOSED = object()
@@ -131,6 +135,76 @@ class SyncStream(Generic[T]):
             self._loop.soon(subscription.cancel)
 
 
+class SyncPromptHandle:
+    """A blocking `PromptHandle`: iterate it for the pieces, read `event` for the end, `cancel()` to stop.
+
+    Example::
+
+        with parent.generate("Hello!") as handle:
+            for piece in handle:
+                print(piece, end="")
+            event = handle.event
+    """
+
+    def __init__(self, handle: PromptHandle, loop: _LoopThread) -> None:
+        self._handle = handle
+        self._loop = loop
+
+    @property
+    def id(self) -> str:
+        """The prompt's id."""
+        return self._handle.id
+
+    @property
+    def done(self) -> bool:
+        """True once the prompt has ended."""
+        return self._handle.done
+
+    @property
+    def event(self) -> CompletionEvent:
+        """The prompt's `CompletionEvent`; blocks until the prompt ends (see `wait` for a timeout)."""
+        return self.wait()
+
+    def wait(self, timeout: float | None = None) -> CompletionEvent:
+        """Block until the prompt's event (`TimeoutError` after `timeout` seconds; the prompt goes on)."""
+
+        async def event() -> CompletionEvent:
+            return await self._handle.event
+
+        return self._loop.call(event(), timeout)
+
+    def take_logprobs(self) -> list[TokenLogprob]:
+        """The `TokenLogprob` entries that came since the last call (see `PromptHandle.take_logprobs`)."""
+
+        async def take() -> list[TokenLogprob]:
+            return self._handle.take_logprobs()
+
+        return self._loop.call(take())
+
+    def __iter__(self) -> Iterator[str | ToolCallDelta]:
+        async def step() -> object:
+            try:
+                return await self._handle.__anext__()
+            except StopAsyncIteration:
+                return _CLOSED
+
+        while (piece := self._loop.call(step())) is not _CLOSED:
+            yield piece  # type: ignore[misc]  # only pieces and _CLOSED come back
+
+    def cancel(self) -> None:
+        """Stop the prompt wherever it is; returns once its event is out."""
+        self._loop.call(self._handle.cancel())
+
+    def __enter__(self) -> SyncPromptHandle:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._loop.closed:
+            self.cancel()
+
+
 class SyncLlamaScope:
     """A blocking `LlamaScope`: one conversation on a `SyncLlamaParent`.
 
@@ -172,59 +246,36 @@ class SyncLlamaScope:
     def trim_history(self, value: bool) -> None:
         self._scope.trim_history = value
 
+    @takes_prompt_fields
     def send_prompt(
-        self,
-        prompt: str,
-        *,
-        sampler_params: SamplerParams | None = None,
-        max_tokens: int | None = None,
-        raw: bool = False,
-        json_schema: Mapping[str, Any] | None = None,
-        logprobs: int | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: ToolChoice = "auto",
-        tool_call_id: str | None = None,
-        n: int = 1,
+        self, prompt: str, *, options: PromptOptions | None = None, **overrides: Unpack[PromptFields]
     ) -> str:
-        """Queue a turn; returns its prompt id at once."""
-        return self._loop.call(
-            self._scope.send_prompt(
-                prompt,
-                sampler_params=sampler_params,
-                max_tokens=max_tokens,
-                raw=raw,
-                json_schema=json_schema,
-                logprobs=logprobs,
-                tools=tools,
-                tool_choice=tool_choice,
-                tool_call_id=tool_call_id,
-                n=n,
-            )
-        )
+        """Queue a turn; returns its prompt id at once (see `LlamaScope.send_prompt`)."""
+        return self._loop.call(self._scope.send_prompt(prompt, options=options, **overrides))
 
+    @takes_prompt_fields
     def send_prompt_with_images(
         self,
         prompt: str,
         images: Sequence[LlamaImage],
+        /,
         *,
-        sampler_params: SamplerParams | None = None,
-        max_tokens: int | None = None,
-        json_schema: Mapping[str, Any] | None = None,
-        logprobs: int | None = None,
-        n: int = 1,
+        options: PromptOptions | None = None,
+        **overrides: Unpack[PromptFields],
     ) -> str:
         """Queue a turn with images; returns its prompt id at once."""
-        return self._loop.call(
-            self._scope.send_prompt_with_images(
-                prompt,
-                images,
-                sampler_params=sampler_params,
-                max_tokens=max_tokens,
-                json_schema=json_schema,
-                logprobs=logprobs,
-                n=n,
-            )
-        )
+        return self._loop.call(self._scope.send_prompt_with_images(prompt, images, options=options, **overrides))
+
+    @takes_prompt_fields
+    def generate(
+        self, prompt: str, options: PromptOptions | None = None, **overrides: Unpack[PromptFields]
+    ) -> SyncPromptHandle:
+        """A turn of this conversation with its handle (see `LlamaScope.generate`)."""
+
+        async def make() -> PromptHandle:
+            return self._scope.generate(prompt, options, **overrides)
+
+        return SyncPromptHandle(self._loop.call(make()), self._loop)
 
     def wait_for_completion(self, prompt_id: str, timeout: float | None = None) -> CompletionEvent:
         """Block until the prompt's event (`TimeoutError` after `timeout` seconds)."""
@@ -360,65 +411,55 @@ class SyncLlamaParent:
         """A fresh worker after an ERROR."""
         self._loop.call(self._parent.restart(timeout=timeout))
 
+    @takes_prompt_fields
     def send_prompt(
         self,
         prompt: str,
         *,
         scope: SyncLlamaScope | None = None,
-        sampler_params: SamplerParams | None = None,
-        max_tokens: int | None = None,
-        raw: bool = False,
-        json_schema: Mapping[str, Any] | None = None,
-        logprobs: int | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        tool_choice: ToolChoice = "auto",
-        tool_call_id: str | None = None,
-        n: int = 1,
+        options: PromptOptions | None = None,
+        **overrides: Unpack[PromptFields],
     ) -> str:
         """Queue one chat turn; returns its prompt id at once (see `LlamaParent.send_prompt`)."""
         inner = None if scope is None else scope._scope
-        return self._loop.call(
-            self._parent.send_prompt(
-                prompt,
-                scope=inner,
-                sampler_params=sampler_params,
-                max_tokens=max_tokens,
-                raw=raw,
-                json_schema=json_schema,
-                logprobs=logprobs,
-                tools=tools,
-                tool_choice=tool_choice,
-                tool_call_id=tool_call_id,
-                n=n,
-            )
-        )
+        return self._loop.call(self._parent.send_prompt(prompt, scope=inner, options=options, **overrides))
 
+    @takes_prompt_fields
     def send_prompt_with_images(
         self,
         prompt: str,
         images: Sequence[LlamaImage],
+        /,
         *,
         scope: SyncLlamaScope | None = None,
-        sampler_params: SamplerParams | None = None,
-        max_tokens: int | None = None,
-        json_schema: Mapping[str, Any] | None = None,
-        logprobs: int | None = None,
-        n: int = 1,
+        options: PromptOptions | None = None,
+        **overrides: Unpack[PromptFields],
     ) -> str:
         """Queue one chat turn with images; returns its prompt id at once."""
         inner = None if scope is None else scope._scope
-        return self._loop.call(
-            self._parent.send_prompt_with_images(
-                prompt,
-                images,
-                scope=inner,
-                sampler_params=sampler_params,
-                max_tokens=max_tokens,
-                json_schema=json_schema,
-                logprobs=logprobs,
-                n=n,
-            )
-        )
+        sending = self._parent.send_prompt_with_images(prompt, images, scope=inner, options=options, **overrides)
+        return self._loop.call(sending)
+
+    @takes_prompt_fields
+    def generate(
+        self,
+        messages_or_prompt: str | Sequence[Mapping[str, Any]],
+        options: PromptOptions | None = None,
+        **overrides: Unpack[PromptFields],
+    ) -> SyncPromptHandle:
+        """One prompt on a conversation of its own, with its handle (see `LlamaParent.generate`).
+
+        Example::
+
+            with parent.generate("Name three rivers.", max_tokens=32) as handle:
+                text = "".join(piece for piece in handle if isinstance(piece, str))
+                print(handle.event.finish_reason)
+        """
+
+        async def make() -> PromptHandle:
+            return self._parent.generate(messages_or_prompt, options, **overrides)
+
+        return SyncPromptHandle(self._loop.call(make()), self._loop)
 
     def wait_for_completion(self, prompt_id: str, timeout: float | None = None) -> CompletionEvent:
         """Block until the prompt's event (`TimeoutError` after `timeout` seconds; the prompt goes on)."""

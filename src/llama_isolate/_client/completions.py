@@ -69,11 +69,15 @@ class CompletionLedger:
             self._token_logprobs._emit(entry)
             if record.scope is not None:
                 record.scope.token_logprobs._emit(entry)
+            if record.listener is not None:
+                record.listener.on_logprob(entry)
         if text:
             record.pieces.append(text)
             self._stream._emit(text)
             if record.scope is not None:
                 record.scope.stream._emit(text)
+            if record.listener is not None:
+                record.listener.on_piece(text)
 
     def tool_call_delta(self, record: PromptRecord, delta: ToolCallDelta) -> None:
         """A piece of one of a prompt's tool calls, to the streams."""
@@ -82,6 +86,8 @@ class CompletionLedger:
         self._tool_call_deltas._emit(delta)
         if record.scope is not None:
             record.scope.tool_call_deltas._emit(delta)
+        if record.listener is not None:
+            record.listener.on_piece(delta)
 
     def complete(
         self,
@@ -101,6 +107,8 @@ class CompletionLedger:
             self._events.popitem(last=False)
         if not future.done():
             future.set_result(event)
+        if record.listener is not None:
+            record.listener.on_event(event)
         self._completions._emit(event)
         if record.scope is not None:
             record.scope.completions._emit(event)

@@ -16,6 +16,7 @@ from .. import _protocol as protocol
 from .._checks import check_history
 from .._events import ToolCall
 from .._grammar.tools import FORMATS, ToolFormat, openai_calls, render_calls
+from .._options import PromptOptions
 from .queue import Conversation, PromptRecord
 
 
@@ -34,13 +35,24 @@ class Conversations:
         """Raise `ValueError` naming the field if the conversation holds a malformed message."""
         check_history(self.history(scope), "messages" if scope is None else f"scope {scope.id} messages")
 
+    def of(self, record: PromptRecord) -> list[dict[str, Any]]:
+        """The conversation `record` joins: its own (a `generate` call's), else its scope's or the parent's."""
+        return self.history(record.scope) if record.history is None else record.history
+
+    def check_record(self, record: PromptRecord) -> None:
+        """`check` for the conversation `record` joins."""
+        if record.history is None:
+            self.check(record.scope)
+        else:
+            check_history(record.history, "messages")
+
     def open_turn(self, record: PromptRecord, tool_format: ToolFormat) -> protocol.Submit:
         """Append the prompt's user turn and return the command that starts it; `ValueError` if malformed.
 
         Tool calls, the reply's and those in the history, are in `tool_format`, the model's.
         """
-        self.check(record.scope)
-        history = self.history(record.scope)
+        self.check_record(record)
+        history = self.of(record)
         record.history_len = len(history)
         turn: dict[str, Any] = {"role": "user", "content": record.text}
         if record.tool_call_id is not None:
@@ -54,7 +66,7 @@ class Conversations:
         """A reply (and its tool calls) joins the conversation; a failed prompt takes its user turn back out."""
         if record.history_len is None:
             return  # never started: its user turn was never added
-        history = self.history(record.scope)
+        history = self.of(record)
         if not failed:
             reply: dict[str, Any] = {"role": "assistant", "content": text}
             if calls:
@@ -64,6 +76,32 @@ class Conversations:
         last = history[-1] if len(history) == record.history_len + 1 else None
         if isinstance(last, dict) and last.get("content") == record.text:
             history.pop()
+
+
+def split_last_turn(messages: object, options: PromptOptions) -> tuple[str, list[dict[str, Any]], PromptOptions]:
+    """A conversation given whole, as the prompt to answer (its last message), the history before it, and the options
+    that message implies (its images, or the call a tool turn answers); `ValueError` names what is wrong."""
+    history = check_history(list(messages) if isinstance(messages, (list, tuple)) else messages, "messages")
+    if not history:
+        raise ValueError("messages must not be empty: the last message is the one to answer")
+    last = history[-1]
+    where = f"messages[{len(history) - 1}]"
+    role = last["role"]
+    if role not in ("user", "tool"):
+        raise ValueError(f"{where} is a {role!r} message; the last message must be a user or tool turn to answer")
+    if not isinstance(last["content"], str):
+        raise ValueError(f"{where}.content must be text")
+    images = tuple(last.get("images") or ())
+    if images and options.images:
+        raise ValueError(f"{where} has images and so do the options; give them in one place")
+    if images:
+        options = dataclasses.replace(options, images=images)
+    if role == "tool":
+        call = last.get("tool_call_id")
+        if not isinstance(call, str):
+            raise ValueError(f"{where} is a tool turn without a tool_call_id")
+        options = dataclasses.replace(options, tool_call_id=call)
+    return last["content"], history[:-1], options
 
 
 def turns_of(messages: object, tool_format: ToolFormat) -> tuple[tuple[str, str], ...]:
@@ -93,7 +131,7 @@ def _submit(record: PromptRecord, history: list[dict[str, Any]], tool_format: To
         sampler,
         record.max_tokens,
         images,
-        record.raw,
+        record.options.raw,
         record.logprobs,
         tools=None if tools is None else tools.specs_json,
         tool_markers=() if tools is None or tools.mode == "none" else FORMATS[tool_format].markers(tools.names),

@@ -12,37 +12,22 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from .. import _protocol as protocol
-from .._checks import check_int, check_text
+from .._checks import check_history, check_int, check_text
 from .._events import CompletionEvent, ErrorCode, FinishReason, TokenLogprob, ToolCallDelta
 from .._grammar.schema import json_schema_grammar
-from .._grammar.tools import CallReader, ToolChoice, ToolFormat, ToolPlan, parse_calls
+from .._grammar.tools import CallReader, ToolFormat, ToolPlan, parse_calls
 from .._grammar.tools import plan as plan_tools
-from .._images import MEDIA_MARKER, LlamaImage
+from .._images import MEDIA_MARKER
+from .._options import PromptOptions
 from .._params import LlamaLoad, SamplerParams
 from .._streams import EventStream, TokenStream
 from .completions import CompletionLedger, token_logprob
 from .conversations import Conversations
-from .queue import Conversation, PromptQueue, PromptRecord
-
-MAX_LOGPROBS = 20  # alternatives per token, as OpenAI allows
-
-
-@dataclass(frozen=True)
-class PromptOptions:
-    """What a prompt asks for beyond its text and sampler (see `LlamaParent.send_prompt`, where each is documented)."""
-
-    raw: bool = False
-    json_schema: Mapping[str, Any] | None = None
-    logprobs: int | None = None
-    tools: Sequence[Mapping[str, Any]] | None = None
-    tool_choice: ToolChoice = "auto"
-    tool_call_id: str | None = None
-    n: int = 1
+from .queue import Conversation, PromptListener, PromptQueue, PromptRecord
 
 
 class PromptFlow:
@@ -78,44 +63,47 @@ class PromptFlow:
         self,
         prompt: str,
         scope: Conversation | None,
-        sampler_params: SamplerParams | None,
-        max_tokens: int | None,
-        images: tuple[LlamaImage, ...] = (),
+        options: PromptOptions,
         *,
-        options: PromptOptions = PromptOptions(),
+        history: list[dict[str, Any]] | None = None,
+        key: str | None = None,
+        listener: PromptListener | None = None,
+        prompt_id: str | None = None,
     ) -> PromptRecord:
-        """Check a prompt and queue it; `ValueError`/`TypeError` name a bad argument, nothing is queued then."""
+        """Check a prompt and queue it; `ValueError`/`TypeError` name a bad argument, nothing is queued then.
+
+        `history` and `key` give the prompt a conversation of its own (a
+        `generate` call's) instead of its scope's; `listener` hears its output.
+        """
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         check_text(prompt, "prompt")
-        if sampler_params is not None and not isinstance(sampler_params, SamplerParams):
-            raise TypeError(f"sampler_params must be a SamplerParams, got {type(sampler_params).__name__}")
-        if max_tokens is not None:
-            check_int(max_tokens, "max_tokens", 1)
-        if options.logprobs is not None:
-            check_int(options.logprobs, "logprobs", 0, MAX_LOGPROBS)
         check_int(options.n, "n", 1, self._load.context_params.n_parallel)  # each choice decodes in a slot of its own
-        if options.n > 1 and options.tools is not None:
-            raise ValueError("n above 1 cannot be combined with tools yet")
-        if options.tool_call_id is not None:
-            check_text(options.tool_call_id, "tool_call_id")
-        self.conversations.check(scope)
-        if scope is not None and not isinstance(scope.trim_history, bool):
-            raise TypeError(f"trim_history must be a bool, got {type(scope.trim_history).__name__}")
-        sampler, tool_plan = _grammar_of(sampler_params or self._load.sampler_params, options)
+        if history is None:
+            self.conversations.check(scope)
+        else:
+            check_history(history, "messages")
+        trim = options.trim_history
+        if trim is None:
+            trim = True if scope is None or history is not None else scope.trim_history
+            if not isinstance(trim, bool):
+                raise TypeError(f"trim_history must be a bool, got {type(trim).__name__}")
+        sampler = options.sampler_params or self._load.sampler_params
+        if options.stop is not None:
+            sampler = dataclasses.replace(sampler, stop=options.stop)
+        sampler, tool_plan = _grammar_of(sampler, options)
         record = PromptRecord(
-            id=uuid.uuid4().hex,
+            id=prompt_id or uuid.uuid4().hex,
             scope=scope,
             text=prompt,
             sampler=sampler,
-            max_tokens=max_tokens or self._load.context_params.n_predict,
-            images=images,
-            raw=bool(options.raw),
-            trim=True if scope is None else scope.trim_history,
-            logprobs=options.logprobs,
+            max_tokens=options.max_tokens or self._load.context_params.n_predict,
+            options=options,
+            trim=trim,
             tools=tool_plan,
-            tool_call_id=options.tool_call_id,
-            n=options.n,
+            history=history,
+            key=key,
+            listener=listener,
         )
         self.queue.push(record)
         self.ledger.open(record)
@@ -194,6 +182,8 @@ class PromptFlow:
             if not record.calls:  # begun but not in a form the grammar took: it stays text
                 record.pieces.append(call_text)
         self.conversations.settle(record, record.reply, failed=reason == "error", calls=record.calls)
+        if record.history is not None and record.key is not None:  # a conversation of its own: the worker forgets it
+            self._send(protocol.DropScope(record.key))
         self.ledger.complete(record, reason, error, stats, error_code)
 
     # ------------------------------------------------------------------ ending many
@@ -203,6 +193,13 @@ class PromptFlow:
         if prompt_ids:
             self._send(protocol.Cancel(tuple(prompt_ids), reason))
             await self.ledger.wait_all(prompt_ids)
+
+    async def cancel_prompt(self, prompt_id: str) -> None:
+        """Cancel one prompt, waiting or running; returns once its event was emitted."""
+        for record in self.queue.remove_waiting(lambda r: r.id == prompt_id):
+            self.end(record, "cancelled")
+        if prompt_id in self.queue.running:
+            await self.cancel_running([prompt_id], "cancelled")
 
     async def stop_scope(self, scope: Conversation) -> None:
         """Cancel a conversation's waiting and running prompts."""

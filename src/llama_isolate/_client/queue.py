@@ -19,6 +19,7 @@ from .._errors import LlamaQueueFull
 from .._events import CompletionEvent, TokenLogprob, ToolCall, ToolCallDelta
 from .._grammar.tools import CallReader, ToolPlan
 from .._images import LlamaImage
+from .._options import PromptOptions
 from .._params import SamplerParams
 from .._streams import EventStream, TokenStream
 
@@ -35,25 +36,34 @@ class Conversation(Protocol):
     completions: EventStream[CompletionEvent]
 
 
+class PromptListener(Protocol):
+    """Who hears one prompt's output besides the streams (`PromptHandle` is one)."""
+
+    def on_piece(self, item: str | ToolCallDelta) -> None: ...
+
+    def on_logprob(self, entry: TokenLogprob) -> None: ...
+
+    def on_event(self, event: CompletionEvent) -> None: ...
+
+
 @dataclass(eq=False)
 class PromptRecord:
     """The parent's record of one prompt, from send to completion event."""
 
     id: str
-    scope: Conversation | None
+    scope: Conversation | None  # where its pieces and event are also streamed (and, by default, its history)
     text: str
-    sampler: SamplerParams
+    sampler: SamplerParams  # the options' sampler, with the grammar a schema needs
     max_tokens: int
-    images: tuple[LlamaImage, ...] = ()
-    raw: bool = False  # text completion, without the chat template
+    options: PromptOptions = field(default_factory=PromptOptions)  # as the caller gave them
     trim: bool = True  # a conversation over the context loses its oldest turns (else the prompt fails)
-    logprobs: int | None = None  # alternatives per token, when token log probabilities are wanted
     tools: ToolPlan | None = None  # the functions the model may call, and how
-    tool_call_id: str | None = None  # the prompt is the result of this call (a "tool" turn)
+    history: list[dict[str, Any]] | None = None  # the conversation it joins (None: its scope's, or the parent's)
+    key: str | None = None  # its conversation's key in the worker (None: its scope's id, "" for the parent's)
+    listener: PromptListener | None = None
     calls: tuple[ToolCall, ...] = ()  # the calls the reply made
     tool_format: str = "hermes"  # the model's, once dispatched
     call_reader: CallReader | None = None  # reads the reply's calls as they are written (tools, not "none")
-    n: int = 1  # choices asked for
     choice_pieces: dict[int, list[str]] = field(default_factory=dict)  # the text of choices 1..n-1
     choice_logprobs: dict[int, list[TokenLogprob]] = field(default_factory=dict)  # their tokens (with logprobs=k)
     choice_ends: dict[int, protocol.Finished] = field(default_factory=dict)  # how each choice ended
@@ -72,7 +82,29 @@ class PromptRecord:
     @property
     def scope_key(self) -> str:
         """The conversation's key in the worker ("" for the parent's own)."""
+        if self.key is not None:
+            return self.key
         return "" if self.scope is None else self.scope.id
+
+    @property
+    def n(self) -> int:
+        """Choices asked for."""
+        return self.options.n
+
+    @property
+    def logprobs(self) -> int | None:
+        """Alternatives per token, when token log probabilities are wanted."""
+        return self.options.logprobs
+
+    @property
+    def images(self) -> tuple[LlamaImage, ...]:
+        """The prompt's images."""
+        return self.options.images
+
+    @property
+    def tool_call_id(self) -> str | None:
+        """The call whose result the prompt is (a "tool" turn)."""
+        return self.options.tool_call_id
 
 
 class PromptQueue:

@@ -1,18 +1,16 @@
-"""One prompt for one HTTP request: its own scope, its pieces as they come, and cancellation.
+"""One prompt for one HTTP request: its handle, its pieces as they come, and cancellation.
 
-Each request carries its whole conversation, so each gets a fresh
-`LlamaScope` given that history; the engine finds the KV cache that shares
-the longest prefix with it (the previous turn's, or a shared system prompt).
-The scope is disposed when the request ends, which stops the prompt in the
+Each request carries its whole conversation and is sent with
+`LlamaParent.generate`, which keeps nothing after it; the engine finds the KV
+cache that shares the longest prefix with it (the previous turn's, or a
+shared system prompt). Closing the generation cancels the prompt in the
 engine if it is still queued, reading its prompt or generating.
 """
 
 from __future__ import annotations
 
-import asyncio
-import re
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any
 
 from llama_isolate import (
     CompletionEvent,
@@ -21,6 +19,8 @@ from llama_isolate import (
     LlamaQueueFull,
     LlamaSchemaError,
     LlamaStatusError,
+    PromptHandle,
+    PromptOptions,
     SamplerParams,
     TokenLogprob,
     ToolCallDelta,
@@ -30,38 +30,24 @@ from .convert import Turn
 from .errors import ApiError
 from .streaming import to_the_end
 
-T = TypeVar("T")
 Item = str | ToolCallDelta | CompletionEvent
 
 
 class Generation:
-    """A prompt sent through its own scope; `next()` gives its text pieces and tool-call deltas, then its event."""
+    """A prompt's handle for one request; `next()` gives its text pieces and tool-call deltas, then its event."""
 
     def __init__(
         self,
-        parent: LlamaParent,
         on_close: Callable[[Generation], object] = lambda _: None,
         on_first: Callable[[], object] = lambda: None,
     ) -> None:
         self._on_close = on_close
         self._on_first = on_first
-        self._scope = parent.get_scope()
-        self._items: asyncio.Queue[Item] = asyncio.Queue()
-        self._scope.stream.listen(self._piece)
-        self._scope.tool_call_deltas.listen(self._piece)
-        self._scope.completions.listen(self._items.put_nowait)
-        self._logprobs: list[TokenLogprob] = []
-        self._scope.token_logprobs.listen(self._logprobs.append)
+        self._handle: PromptHandle | None = None
         self.event: CompletionEvent | None = None
         self.generating = False
         """True from the first piece of text on."""
         self._closed = False
-
-    def _piece(self, text: str | ToolCallDelta) -> None:
-        if not self.generating:
-            self.generating = True
-            self._on_first()
-        self._items.put_nowait(text)
 
     @classmethod
     async def start(
@@ -79,36 +65,27 @@ class Generation:
         """Queue the prompt; `ApiError` if it cannot be (429 queue full, 503 not ready, 400 bad input).
 
         `on_first()` runs at its first piece of text; `on_close(generation)`
-        once the scope is disposed (its `event` is set if the prompt ended).
+        once it is closed (its `event` is set if the prompt ended).
         """
-        generation = cls(parent, on_close, on_first)
+        generation = cls(on_close, on_first)
+        options = PromptOptions(
+            sampler_params=sampler,
+            max_tokens=max_tokens,
+            raw=raw,
+            json_schema=turn.json_schema,
+            logprobs=turn.logprobs,
+            tools=turn.tools,
+            tool_choice=turn.tool_choice,
+            n=turn.n,
+            trim_history=turn.trim_history,
+        )
+        last: dict[str, Any] = {"role": "user", "content": turn.prompt}
+        if turn.tool_call_id is not None:
+            last = {"role": "tool", "tool_call_id": turn.tool_call_id, "content": turn.prompt}
+        if turn.images:
+            last["images"] = turn.images
         try:
-            generation._scope.messages[:] = turn.history
-            generation._scope.trim_history = turn.trim_history
-            schema, logprobs = turn.json_schema, turn.logprobs
-            if turn.images:
-                await generation._scope.send_prompt_with_images(
-                    turn.prompt,
-                    turn.images,
-                    sampler_params=sampler,
-                    max_tokens=max_tokens,
-                    json_schema=schema,
-                    logprobs=logprobs,
-                    n=turn.n,
-                )
-            else:
-                await generation._scope.send_prompt(
-                    turn.prompt,
-                    sampler_params=sampler,
-                    max_tokens=max_tokens,
-                    raw=raw,
-                    json_schema=schema,
-                    logprobs=logprobs,
-                    tools=turn.tools,
-                    tool_choice=turn.tool_choice,
-                    tool_call_id=turn.tool_call_id,
-                    n=turn.n,
-                )
+            generation._handle = parent.generate([*turn.history, last], options)
         except BaseException as exc:
             await generation.close()
             refusal = _refusal(exc, param, "tools" if turn.tools else "response_format")
@@ -119,15 +96,22 @@ class Generation:
 
     def take_logprobs(self) -> list[TokenLogprob]:
         """The token log probabilities that came since the last call (they come before their text)."""
-        taken, self._logprobs[:] = list(self._logprobs), []
-        return taken
+        return [] if self._handle is None else self._handle.take_logprobs()
 
     async def next(self) -> Item:
         """The next text piece or tool-call delta, or the event (the last item)."""
-        item = await self._items.get()
-        if isinstance(item, CompletionEvent):
-            self.event = item
-        return item
+        assert self._handle is not None, "next() on a generation that did not start"
+        if self.event is not None:
+            return self.event
+        try:
+            piece = await self._handle.__anext__()
+        except StopAsyncIteration:
+            self.event = await self._handle.event
+            return self.event
+        if not self.generating:
+            self.generating = True
+            self._on_first()
+        return piece
 
     async def finish(self) -> tuple[str, CompletionEvent]:
         """Every piece to the end: the text and the event (whose calls are whole)."""
@@ -138,22 +122,19 @@ class Generation:
         return "".join(pieces), item
 
     async def close(self) -> None:
-        """Stop the prompt if it has not ended and free the scope; idempotent, and finishes even if cancelled."""
+        """Cancel the prompt if it has not ended; idempotent, and finishes even if cancelled."""
         if self._closed:
             return
         self._closed = True
         await to_the_end(self._close())
 
     async def _close(self) -> None:
-        await self._scope.dispose()
-        while self.event is None and not self._items.empty():  # a stopped prompt's event came on dispose
-            item = self._items.get_nowait()
-            if isinstance(item, CompletionEvent):
-                self.event = item
+        handle = self._handle
+        if handle is not None:
+            await handle.cancel()
+            if self.event is None:
+                self.event = await handle.event
         self._on_close(self)
-
-
-_SCOPE_HISTORY = re.compile(r"\bscope scope-[0-9]+-[0-9a-f]+ messages")
 
 
 def _refusal(exc: BaseException, param: str, schema_param: str) -> BaseException:
@@ -167,8 +148,7 @@ def _refusal(exc: BaseException, param: str, schema_param: str) -> BaseException
     if isinstance(exc, LlamaFeatureNotEnabled):
         return ApiError(400, str(exc), param=param, code="images_not_supported")
     if isinstance(exc, (ValueError, TypeError)):
-        # The library names a scope's history by the scope's id; the client knows it as its own messages.
-        message = _SCOPE_HISTORY.sub("messages", str(exc))
+        message = str(exc)
         named = message.split("[", 1)[0].split(" ", 1)[0]  # "tools[1] needs ...", "tool_choice names ..."
         where = named if named in ("tools", "tool_choice", "n", "messages") else param
         return ApiError(400, message, param=where, code="invalid_value")
