@@ -56,6 +56,7 @@ from ._events import (
 from ._images import MEDIA_MARKER, LlamaImage
 from ._model_path import default_model_path
 from ._params import ContextParams, LlamaLoad, ModelParams, SamplerParams
+from ._restart import RestartPolicy
 
 if TYPE_CHECKING:
     from ._grammar.tools import CHATML_TOOLS_TEMPLATE
@@ -124,6 +125,7 @@ __all__ = [
     "LlamaWorkerDiedOnLoad",
     "ModelInfo",
     "ModelParams",
+    "RestartPolicy",
     "SamplerParams",
     "Subscription",
     "SyncLlamaParent",
