@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from llama_isolate import ContextParams, LlamaLoad, LlamaParent, LlamaStatus, Ll
 from llama_isolate._client.restarts import CrashRestarts
 from llama_isolate.testing import make_tiny_model
 
-from .conftest import children, first_token, greedy_load
+from .conftest import children, first_token, flag_on_log, greedy_load
 
 
 async def kill_after_first_token(parent: LlamaParent) -> None:
@@ -68,30 +66,6 @@ async def test_restart_on_crash_fails_the_running_prompt_and_runs_the_queued_one
 
 
 # ---------------------------------------------------------------------- the restart policy
-
-
-class Flag(logging.Handler):
-    """Sets an asyncio event when a log record's message contains `text` (records come on the loop's thread)."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
-        self.event = asyncio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.text in record.getMessage():
-            self.event.set()
-
-
-@contextlib.contextmanager
-def flag_on_log(text: str) -> Iterator[asyncio.Event]:
-    handler = Flag(text)
-    logger = logging.getLogger("llama_isolate")
-    logger.addHandler(handler)
-    try:
-        yield handler.event
-    finally:
-        logger.removeHandler(handler)
 
 
 async def kill_with_prompts(parent: LlamaParent) -> tuple[str, list[str]]:
