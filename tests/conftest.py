@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -62,6 +64,30 @@ async def first_token(*sources: LlamaParent | EventStream[str]) -> None:
     await asyncio.gather(*(e.wait() for e in events))
     for sub in subs:
         sub.cancel()
+
+
+class Flag(logging.Handler):
+    """Sets an asyncio event when a log record's message contains `text` (records come on the loop's thread)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.event = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+@contextlib.contextmanager
+def flag_on_log(text: str) -> Iterator[asyncio.Event]:
+    handler = Flag(text)
+    logger = logging.getLogger("llama_isolate")
+    logger.addHandler(handler)
+    try:
+        yield handler.event
+    finally:
+        logger.removeHandler(handler)
 
 
 def greedy_load(path: Path, **context: object) -> LlamaLoad:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llama_isolate import ContextParams, LlamaLoad, ModelParams, SamplerParams
+from llama_isolate import ContextParams, LlamaLoad, ModelParams, RestartPolicy, SamplerParams
 
 
 @pytest.mark.parametrize(
@@ -48,6 +48,17 @@ from llama_isolate import ContextParams, LlamaLoad, ModelParams, SamplerParams
         (lambda: LlamaLoad(path=3), "path"),  # type: ignore[arg-type]
         (lambda: LlamaLoad(path="m.gguf", context_params=SamplerParams()), "context_params"),  # type: ignore[arg-type]
         (lambda: LlamaLoad(path="m.gguf", chat_template=""), "chat_template"),
+        (lambda: RestartPolicy(max_attempts=0), "RestartPolicy.max_attempts"),
+        (lambda: RestartPolicy(max_attempts=True), "RestartPolicy.max_attempts"),
+        (lambda: RestartPolicy(max_attempts=2.0), "RestartPolicy.max_attempts"),  # type: ignore[arg-type]
+        (lambda: RestartPolicy(backoff_s=-1.0), "RestartPolicy.backoff_s"),
+        (lambda: RestartPolicy(backoff_s=float("nan")), "RestartPolicy.backoff_s"),
+        (lambda: RestartPolicy(backoff_s=float("inf")), "RestartPolicy.backoff_s"),
+        (lambda: RestartPolicy(backoff_s="1"), "RestartPolicy.backoff_s"),  # type: ignore[arg-type]
+        (lambda: RestartPolicy(max_backoff_s=float("inf")), "RestartPolicy.max_backoff_s"),
+        (lambda: RestartPolicy(backoff_s=5.0, max_backoff_s=1.0), "RestartPolicy.max_backoff_s"),
+        (lambda: RestartPolicy(reset_after_s=-0.5), "RestartPolicy.reset_after_s"),
+        (lambda: RestartPolicy(reset_after_s=float("nan")), "RestartPolicy.reset_after_s"),
     ],
 )
 def test_bad_values_raise_value_error_naming_the_field(factory: object, field: str) -> None:
@@ -76,3 +87,10 @@ def test_sequences_become_tuples_and_paths_become_str(tmp_path: Path) -> None:
     load = LlamaLoad(path=tmp_path / "m.gguf", mmproj_path=tmp_path / "p.gguf")
     assert load.path == str(tmp_path / "m.gguf")
     assert load.mmproj_path == str(tmp_path / "p.gguf")
+
+
+def test_a_restart_policy_waits_longer_each_attempt_up_to_its_cap() -> None:
+    policy = RestartPolicy(backoff_s=0.5, max_backoff_s=3.0)
+    assert [policy.wait_before(n) for n in range(1, 7)] == [0.0, 0.5, 1.0, 2.0, 3.0, 3.0]
+    assert policy.wait_before(10_000) == 3.0
+    assert RestartPolicy(max_attempts=None, reset_after_s=float("inf")).max_attempts is None

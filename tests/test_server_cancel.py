@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -14,9 +17,13 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from llama_isolate.server import create_app
+from llama_isolate import ContextParams, LlamaLoad, LlamaStatus
+from llama_isolate.server import create_app, service
+from llama_isolate.server.metrics import ServerMetrics
+from llama_isolate.server.service import ModelService
+from llama_isolate.testing import make_tiny_model
 
-from .conftest import children
+from .conftest import children, flag_on_log
 from .server_tools import metric, wait_until
 from .serving import serving
 from .test_server import CHAT, COMPLETIONS, COUNTING, ask, server_load
@@ -218,10 +225,40 @@ def test_a_worker_killed_again_while_it_restarts_still_comes_back(model_path: Pa
         def restarting_worker() -> bool:
             fresh = [c for c in children() if c.pid not in {w.pid for w in first}]
             for worker in fresh:
-                worker.kill()  # it dies while loading: the parent's own restart fails
+                worker.kill()  # it dies while loading: the first attempt fails, the policy tries again
             return bool(fresh)
 
         wait_until(restarting_worker, what="the restarted worker")
         wait_until(lambda: httpx.get(url + "/health").status_code == 200, timeout=60, what="the server to recover")
         answer = httpx.post(url + CHAT, json={"messages": ask("Hi"), "max_tokens": 2}, timeout=60)
         assert answer.status_code == 200
+
+
+async def test_a_replica_keeps_restarting_past_the_library_default_until_its_model_is_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "RESTARTS", dataclasses.replace(service.RESTARTS, backoff_s=0.01, max_backoff_s=0.02))
+    path = make_tiny_model(tmp_path)
+    load = LlamaLoad(path=path, context_params=ContextParams(n_ctx=256, n_threads=1, n_threads_batch=1))
+    replica = ModelService(
+        load, name="tiny", metrics=ServerMetrics().replica("tiny", 0), max_queue=None, init_timeout=None
+    )
+    await replica.start()
+    try:
+        away = path.rename(tmp_path / "away.gguf")  # every restart fails to load while it is gone
+        with flag_on_log("restart attempt 8 failed") as eighth, flag_on_log("the worker is back") as back:
+            pid = replica.ready().worker_pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            await asyncio.wait_for(eighth.wait(), 60)  # RestartPolicy() would have given up after 5
+            assert replica.status is not LlamaStatus.READY
+            away.rename(path)
+            await asyncio.wait_for(back.wait(), 60)
+        parent = replica.ready()
+        fresh = parent.worker_pid
+        assert fresh not in (None, pid)
+        event = await parent.wait_for_completion(await parent.send_prompt("Hi", max_tokens=2))
+        assert event.success, event.error
+    finally:
+        await replica.stop()
+    assert fresh not in {child.pid for child in children()}  # (the module's server keeps its own worker)

@@ -57,6 +57,7 @@ from ._images import MEDIA_MARKER, LlamaImage
 from ._model_path import default_model_path
 from ._options import PromptFields, PromptOptions
 from ._params import ContextParams, LlamaLoad, ModelParams, SamplerParams
+from ._restart import RestartPolicy
 
 if TYPE_CHECKING:
     from ._grammar.tools import CHATML_TOOLS_TEMPLATE
@@ -131,6 +132,7 @@ __all__ = [
     "PromptFields",
     "PromptHandle",
     "PromptOptions",
+    "RestartPolicy",
     "SamplerParams",
     "Subscription",
     "SyncLlamaParent",

@@ -33,13 +33,15 @@ from ._checks import check_images, check_int, check_text
 from ._client.conversations import split_last_turn, turns_of
 from ._client.prompts import PromptFlow, with_markers
 from ._client.queue import PromptRecord
+from ._client.restarts import CrashRestarts
 from ._client.worker_link import WorkerLink
-from ._errors import LlamaError, LlamaFeatureNotEnabled, LlamaStatusError, LlamaWorkerDied
+from ._errors import LlamaFeatureNotEnabled, LlamaStatusError, LlamaWorkerDied
 from ._events import CompletionEvent, Embedding, LlamaStatus, ModelInfo, TokenLogprob, ToolCallDelta
 from ._handle import PromptHandle
 from ._images import MEDIA_MARKER, LlamaImage
 from ._options import PromptFields, PromptOptions, options_of, takes_prompt_fields
 from ._params import LlamaLoad
+from ._restart import RestartPolicy
 from ._scope import LlamaScope
 from ._streams import EventStream, TokenStream
 
@@ -89,7 +91,10 @@ class LlamaParent:
         max_queue: most prompts waiting to start; a send beyond it raises
             `LlamaQueueFull`. None = unbounded.
         restart_on_crash: when the worker dies, start a new one and carry on
-            with the prompts still queued (the running ones fail).
+            with the prompts still queued (the running ones fail): a
+            `RestartPolicy` says how often and how far apart to try before
+            giving up; True = `RestartPolicy()` (5 attempts in a row, 1 s
+            apart and then doubling), False = never.
         keep_completed: how many finished events `wait_for_completion` still
             returns after the fact (the most recent ones); an older id raises
             KeyError. Keeps a long-running parent's memory flat.
@@ -106,7 +111,7 @@ class LlamaParent:
         load: LlamaLoad,
         *,
         max_queue: int | None = None,
-        restart_on_crash: bool = False,
+        restart_on_crash: RestartPolicy | bool = False,
         keep_completed: int = 1024,
         liveness_timeout: float | None = 10.0,
     ) -> None:
@@ -121,8 +126,11 @@ class LlamaParent:
             or liveness_timeout <= 0
         ):
             raise ValueError(f"liveness_timeout must be None or a number of seconds > 0, got {liveness_timeout!r}")
+        if not isinstance(restart_on_crash, (RestartPolicy, bool)):
+            raise TypeError(f"restart_on_crash must be a RestartPolicy or a bool, got {restart_on_crash!r}")
+        policy = restart_on_crash if isinstance(restart_on_crash, RestartPolicy) else RestartPolicy()
         self._load = load
-        self._restart_on_crash = restart_on_crash
+        self._restarts = None if restart_on_crash is False else CrashRestarts(policy)
         self._restarting = False
         self._restart_task: asyncio.Task[None] | None = None
         self._status = LlamaStatus.UNINITIALIZED
@@ -299,9 +307,14 @@ class LlamaParent:
         self._status = LlamaStatus.DISPOSED
         reason = "the parent was disposed"
         self._link.cancel_start(LlamaStatusError("dispose() was called while init() was loading"))
+        restarting, self._restarting = self._restart_task, False
+        if self._restarts is not None:
+            self._restarts.stop()  # a backoff wait ends now, and no attempt follows
         for record in self._flow.queue.remove_waiting(lambda _: True):
             self._flow.end(record, "cancelled")
         try:
+            if restarting is not None and restarting is not asyncio.current_task():
+                await asyncio.wait({restarting})  # it closes a worker that loaded just before dispose()
             if self._flow.queue.running:
                 self._link.send(protocol.Cancel(tuple(self._flow.queue.running), "cancelled"))
             await self._link.close(grace=5.0)
@@ -694,20 +707,24 @@ class LlamaParent:
         self._status = LlamaStatus.ERROR
         self._error = message
         self._flow.end_running("error", message, "worker_died")
-        if self._restart_on_crash:
+        if self._restarts is not None:
             self._restarting = True  # sends are queued from now on
-            self._restart_task = asyncio.get_running_loop().create_task(self._restart_after_crash())
+            self._restart_task = asyncio.get_running_loop().create_task(self._restart_after_crash(message))
         else:
             self._fail_unfinished(message)
 
-    async def _restart_after_crash(self) -> None:
+    async def _restart_after_crash(self, crash: str) -> None:
+        assert self._restarts is not None
         try:
-            await self.restart()
-        except LlamaError as exc:
-            logger.error("llama_isolate could not restart the worker: %s", exc)
-            self._fail_unfinished(f"the worker died and could not be restarted: {exc}")
+            gave_up = await self._restarts.run(crash, self.restart, lambda: self._status is LlamaStatus.ERROR)
         finally:
             self._restarting = False
+        if self._restarts.stopped:  # dispose() came while a worker was loading, which then loaded: it goes too
+            self._status = LlamaStatus.DISPOSED
+            await self._link.close(grace=5.0)
+        elif gave_up is not None:
+            self._error = gave_up
+            self._fail_unfinished(gave_up)
 
     def _fail_unfinished(self, message: str) -> None:
         self._flow.end_all("error", message, "worker_died")

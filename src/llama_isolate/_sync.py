@@ -24,6 +24,7 @@ from ._images import LlamaImage
 from ._options import PromptFields, PromptOptions, takes_prompt_fields
 from ._params import LlamaLoad
 from ._parent import LlamaParent
+from ._restart import RestartPolicy
 from ._scope import LlamaScope
 from ._streams import EventStream, Subscription
 
@@ -321,7 +322,7 @@ class SyncLlamaParent:
         load: LlamaLoad,
         *,
         max_queue: int | None = None,
-        restart_on_crash: bool = False,
+        restart_on_crash: RestartPolicy | bool = False,
         keep_completed: int = 1024,
         liveness_timeout: float | None = 10.0,
     ) -> None:

@@ -16,6 +16,7 @@ from llama_isolate import (
     LlamaLoad,
     LlamaParent,
     LlamaStatus,
+    RestartPolicy,
     SamplerParams,
     default_model_path,
 )
@@ -28,8 +29,9 @@ from .metrics import Metrics
 logger = logging.getLogger("llama_isolate.server")
 
 DEFAULT_PARALLEL = 4
-WATCH_S = 0.5  # how often the worker's status is checked
-RESTART_MIN_S, RESTART_MAX_S = 1.0, 30.0  # the back-off between restarts that fail
+# A crashed worker is restarted at once, then 1 s, 2 s, ... up to 30 s apart while restarts fail, and never given
+# up on: the server comes back when it can (a model file restored, memory freed) instead of answering 503 forever.
+RESTARTS = RestartPolicy(max_attempts=None, backoff_s=1.0, max_backoff_s=30.0)
 
 
 def default_load() -> LlamaLoad:
@@ -64,23 +66,19 @@ class ModelService:
         self._max_queue = max_queue
         self._init_timeout = init_timeout
         self._parent: LlamaParent | None = None
-        self._watchdog: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        parent = LlamaParent(self.load, max_queue=self._max_queue, restart_on_crash=True)
+        parent = LlamaParent(self.load, max_queue=self._max_queue, restart_on_crash=RESTARTS)
         await parent.init(timeout=self._init_timeout)
         self._parent = parent
         self.metrics.watch(parent)
-        self._watchdog = asyncio.get_running_loop().create_task(self._keep_alive(parent))
         logger.info("model %s (replica %d) ready: %s", self.name, self.replica, parent.model_info)
 
     async def stop(self) -> None:
         """Stop the worker; every request still pending ends (503, or an error event in its stream)."""
         parent, self._parent = self._parent, None
         self.metrics.watch(None)
-        if self._watchdog is not None:
-            self._watchdog.cancel()
         if parent is not None:
             await parent.dispose()
 
@@ -88,31 +86,6 @@ class ModelService:
         """The server was told to stop (SIGTERM): end the pending requests now, not after uvicorn's grace period."""
         if self._parent is not None:
             self._stopping = asyncio.get_running_loop().create_task(self.stop())
-
-    async def _keep_alive(self, parent: LlamaParent) -> None:
-        """Restart the worker again when the restart after a crash failed too (it died while loading).
-
-        The parent restarts a crashed worker once by itself; this keeps
-        trying, 1 s apart at first and up to 30 s apart, so that the server
-        comes back instead of answering 503 forever.
-        """
-        delay = RESTART_MIN_S
-        failed_checks = 0
-        while True:
-            await asyncio.sleep(WATCH_S)
-            if parent.status is not LlamaStatus.ERROR:
-                failed_checks, delay = 0, RESTART_MIN_S
-                continue
-            failed_checks += 1
-            if failed_checks < 2:  # the parent's own restart may be about to begin
-                continue
-            logger.warning("the worker is down (%s); restarting it", parent.error)
-            try:
-                await parent.restart()
-            except LlamaError as exc:
-                logger.error("restarting the worker failed: %s; next try in %.0f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RESTART_MAX_S)
 
     @property
     def status(self) -> LlamaStatus:
