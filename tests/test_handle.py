@@ -11,6 +11,8 @@ import pytest
 
 from llama_isolate import (
     LlamaParent,
+    LlamaStatus,
+    LlamaStatusError,
     PromptFields,
     PromptHandle,
     PromptOptions,
@@ -206,3 +208,40 @@ async def test_sampler_options_reach_the_worker(model_path: Path) -> None:
         two = await parent.generate(ASK, seeded).event
         greedy = await parent.generate(ASK, max_tokens=8).event
         assert one.text == two.text and one.text != greedy.text
+
+
+# ------------------------------------------------------------------ one default conversation, one name
+
+
+async def test_the_parents_own_conversation_is_its_default_scope(parent: LlamaParent) -> None:
+    default = parent.default_scope
+    heard: list[str] = []
+    default.stream.listen(heard.append)
+    other = parent.get_scope()
+    await parent.wait_for_completion(await other.send_prompt(ASK, max_tokens=3))
+    event = await parent.wait_for_completion(await parent.send_prompt(ASK, max_tokens=3))
+    assert event.scope_id == default.id == "default" and "".join(heard) == event.text
+    assert parent.messages is default.messages and len(default.messages) == 2
+    follow = await parent.wait_for_completion(await default.send_prompt("More?", max_tokens=3))
+    assert follow.cached_tokens > 0 and len(parent.messages) == 4  # the same conversation, its KV kept
+    with pytest.raises(LlamaStatusError, match="lives as long as its parent"):
+        await default.dispose()
+    await default.clear()
+    assert parent.messages == [] and not default.disposed
+
+
+async def test_a_scope_cancel_ends_its_running_and_queued_prompts_and_stop_is_its_old_name(
+    parent: LlamaParent,
+) -> None:
+    scope = parent.get_scope()
+    for ending in (scope.cancel, scope.stop):
+        running = await scope.send_prompt(ASK, max_tokens=300)
+        queued = await scope.send_prompt(ASK, max_tokens=300)
+        await ending()
+        events = [await parent.wait_for_completion(p) for p in (running, queued)]
+        assert [e.finish_reason for e in events] == ["cancelled", "cancelled"]
+        assert events[1].completion_tokens == 0
+
+
+def test_is_ready_means_a_worker_takes_prompts() -> None:
+    assert {s for s in LlamaStatus if s.is_ready} == {LlamaStatus.READY, LlamaStatus.GENERATING}

@@ -46,6 +46,11 @@ class LlamaStatus(enum.Enum):
     ERROR = "error"
     DISPOSED = "disposed"
 
+    @property
+    def is_ready(self) -> bool:
+        """True in READY and GENERATING: a worker is there and takes prompts."""
+        return self in (LlamaStatus.READY, LlamaStatus.GENERATING)
+
 
 @dataclass(frozen=True, kw_only=True)
 class CompletionTimings:
@@ -199,7 +204,9 @@ class CompletionEvent:
         finish_reason: "stop" (end of generation or a stop string), "length"
             (max tokens or context full), "stopped" (`stop()`), "cancelled"
             (`scope.stop()`/`dispose()`), "error".
-        scope_id: the scope the prompt was sent through, or None for the parent's own.
+        scope_id: the scope the prompt was sent through (`LlamaParent.default_scope`'s id, ``"default"``, for
+            the parent's own conversation), or None for a prompt of `LlamaParent.generate` (a conversation of its
+            own).
         prompt_tokens: prompt tokens the worker processed for this prompt (the
             conversation formatted by the chat template, minus `cached_tokens`).
         cached_tokens: prompt tokens reused from the conversation's KV cache

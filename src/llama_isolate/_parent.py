@@ -42,7 +42,7 @@ from ._images import MEDIA_MARKER, LlamaImage
 from ._options import PromptFields, PromptOptions, options_of, takes_prompt_fields
 from ._params import LlamaLoad
 from ._restart import RestartPolicy
-from ._scope import LlamaScope
+from ._scope import DEFAULT_SCOPE_ID, LlamaScope
 from ._streams import EventStream, TokenStream
 
 if TYPE_CHECKING:
@@ -52,7 +52,6 @@ logger = logging.getLogger("llama_isolate")
 
 _BASE_TIMEOUT_S = 60.0
 _TIMEOUT_PER_GIB_S = 30.0
-_ACTIVE = (LlamaStatus.READY, LlamaStatus.GENERATING)
 
 
 def default_init_timeout(path: str | os.PathLike[str]) -> float:
@@ -138,6 +137,10 @@ class LlamaParent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._info: ModelInfo | None = None
         self._scopes: dict[str, LlamaScope] = {}
+        self.default_scope = LlamaScope(self, scope_id=DEFAULT_SCOPE_ID)
+        """The parent's own conversation, a scope like any other (id ``"default"``): what `send_prompt` uses when
+        no scope is given, and whose history is `messages`. It lives as long as the parent."""
+        self._scopes[self.default_scope.id] = self.default_scope
         self.stream = TokenStream()
         """Every generated piece of text, from every prompt and scope."""
         self.completions: EventStream[CompletionEvent] = EventStream()
@@ -199,7 +202,7 @@ class LlamaParent:
         message first); it is checked when a prompt is sent and read when it
         starts.
         """
-        return self._flow.conversations.default
+        return self.default_scope.messages
 
     @property
     def queue_length(self) -> int:
@@ -348,7 +351,7 @@ class LlamaParent:
 
         Args:
             prompt: the user's message (or, with ``tool_call_id``, a tool's result).
-            scope: the conversation (default: the parent's own `messages`).
+            scope: the conversation (default: `default_scope`, whose history is `messages`).
             options: how to answer (`PromptOptions`, where each field is documented).
             **overrides: fields of `PromptOptions` by name, over `options`:
                 ``sampler_params``, ``max_tokens``, ``raw``, ``json_schema``,
@@ -372,7 +375,7 @@ class LlamaParent:
             pid = await parent.send_prompt("Hello!", max_tokens=64)
         """
         chosen = options_of(options, overrides, "send_prompt")
-        return self._enqueue("send_prompt", prompt, scope, chosen).id
+        return self._enqueue("send_prompt", prompt, scope or self.default_scope, chosen).id
 
     @takes_prompt_fields
     async def send_prompt_with_images(
@@ -413,7 +416,7 @@ class LlamaParent:
             raise LlamaFeatureNotEnabled("image prompts need LlamaLoad(mmproj_path=...) (a multimodal projector)")
         images = check_images(images, self._load.max_image_pixels)  # not empty, each a LlamaImage
         chosen = options_of(options, {**overrides, "images": images}, "send_prompt_with_images")
-        return self._enqueue("send_prompt_with_images", prompt, scope, chosen).id
+        return self._enqueue("send_prompt_with_images", prompt, scope or self.default_scope, chosen).id
 
     @takes_prompt_fields
     def generate(
@@ -521,7 +524,7 @@ class LlamaParent:
 
     def _require_ready(self, what: str, *, queueing: bool = False) -> None:
         self._check_loop(what)
-        if self._status in _ACTIVE:
+        if self._status.is_ready:
             return
         if queueing and self._restarting:
             return  # queued now, dispatched once the new worker is ready
@@ -536,7 +539,7 @@ class LlamaParent:
 
     def _dispatch(self) -> None:
         """Start what may start, while a worker is there; the status follows what runs."""
-        if self._status not in _ACTIVE:
+        if not self._status.is_ready:
             return
         self._flow.dispatch()
         self._status = LlamaStatus.GENERATING if self._flow.queue.running else LlamaStatus.READY

@@ -62,7 +62,7 @@ class Submit:
     """Start generating a reply to the conversation `messages` (its last turn is the prompt)."""
 
     prompt_id: str
-    scope_key: str
+    scope_id: str
     messages: tuple[tuple[str, str], ...]
     sampler: SamplerParams
     max_tokens: int
@@ -90,7 +90,7 @@ class Cancel:
 class DropScope:
     """Forget everything the worker keeps for this scope."""
 
-    scope_key: str
+    scope_id: str
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class SaveScope:
     """Request: the conversation's KV state; reply `ScopeState`."""
 
     request_id: int
-    scope_key: str
+    scope_id: str
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ class LoadScope:
     """Request: make this state the conversation's KV cache; reply `RequestDone`."""
 
     request_id: int
-    scope_key: str
+    scope_id: str
     tokens: tuple[int, ...]
     data: bytes
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._client.scope_state import ScopeSnapshot, cache_kind, model_fingerprint, pack, unpack
-from ._errors import LlamaStateError
+from ._errors import LlamaStateError, LlamaStatusError
 from ._events import CompletionEvent, ModelInfo, TokenLogprob, ToolCallDelta
 from ._handle import PromptHandle
 from ._images import LlamaImage
@@ -23,6 +23,9 @@ from ._streams import EventStream, TokenStream
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
+
+
+DEFAULT_SCOPE_ID = "default"  # the id of every parent's `default_scope`
 
 
 class ScopeHost(Protocol):
@@ -89,9 +92,10 @@ class LlamaScope:
 
     _ids = itertools.count(1)
 
-    def __init__(self, parent: ScopeHost) -> None:
-        self.id = f"scope-{next(LlamaScope._ids)}-{uuid.uuid4().hex[:8]}"
-        """The scope's id; `CompletionEvent.scope_id` of its prompts."""
+    def __init__(self, parent: ScopeHost, *, scope_id: str | None = None) -> None:
+        self.id = scope_id or f"scope-{next(LlamaScope._ids)}-{uuid.uuid4().hex[:8]}"
+        """The scope's id: `CompletionEvent.scope_id` of its prompts, and its conversation's key in the worker."""
+        self._permanent = scope_id is not None  # the parent's default scope: it lives as long as its parent
         self.parent = parent
         """The `LlamaParent` this scope belongs to."""
         self.stream = TokenStream()
@@ -158,23 +162,34 @@ class LlamaScope:
         """
         return self.parent._scope_generate(self, prompt, options_of(options, overrides, "generate"))
 
-    async def stop(self) -> None:
+    async def cancel(self) -> None:
         """Cancel this scope's running prompt and remove its queued ones.
 
         Each gets an event with ``finish_reason="cancelled"`` (success, with
         the text generated so far). Other scopes are not touched. Returns once
-        the events were emitted.
+        the events were emitted. (`LlamaParent.stop` is another thing: it
+        stops what runs in every scope, with ``finish_reason="stopped"``, and
+        leaves the queue alone.)
 
-        Cancellation: cancelling the awaiting task does not undo the stop.
+        Cancellation: cancelling the awaiting task does not undo the cancel.
 
         Example::
 
-            await scope.stop()
+            await scope.cancel()
         """
         await self.parent._scope_stop(self)
 
+    async def stop(self) -> None:
+        """The first name of `cancel()`, kept for existing code: the same call.
+
+        Example::
+
+            await scope.stop()  # == await scope.cancel()
+        """
+        await self.cancel()
+
     async def clear(self) -> None:
-        """`stop()`, then forget the conversation: empty `messages`, and its KV cache is no longer its own.
+        """`cancel()`, then forget the conversation: empty `messages`, and its KV cache is no longer its own.
 
         The scope stays usable; its next prompt starts a new conversation. The
         cache stays in the worker, owned by no one, for any prompt that starts
@@ -185,7 +200,7 @@ class LlamaScope:
             await scope.clear()
             assert scope.messages == []
         """
-        await self.stop()
+        await self.cancel()
         self.messages.clear()
         self.parent._scope_forget(self, disposed=False)
 
@@ -245,17 +260,21 @@ class LlamaScope:
         return info
 
     async def dispose(self) -> None:
-        """`stop()`, then close this scope's streams and free its state in the worker.
+        """`cancel()`, then close this scope's streams and free its state in the worker.
 
-        The parent goes on. Idempotent.
+        The parent goes on. Idempotent. The parent's `default_scope` lives as
+        long as its parent: disposing it raises `LlamaStatusError` (`clear()`
+        it instead).
 
         Example::
 
             await scope.dispose()
         """
+        if self._permanent:
+            raise LlamaStatusError("the default scope lives as long as its parent: clear() it, or dispose() the parent")
         if self.disposed:
             return
-        await self.stop()
+        await self.cancel()
         self.disposed = True
         self.parent._scope_forget(self, disposed=True)
         self._close()

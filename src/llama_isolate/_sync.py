@@ -282,9 +282,13 @@ class SyncLlamaScope:
         """Block until the prompt's event (`TimeoutError` after `timeout` seconds)."""
         return self._loop.call(self._scope.parent.wait_for_completion(prompt_id), timeout)
 
+    def cancel(self) -> None:
+        """Cancel this scope's running and queued prompts (see `LlamaScope.cancel`)."""
+        self._loop.call(self._scope.cancel())
+
     def stop(self) -> None:
-        """Cancel this scope's running and queued prompts."""
-        self._loop.call(self._scope.stop())
+        """The first name of `cancel()`: the same call."""
+        self.cancel()
 
     def clear(self) -> None:
         """Forget the conversation and its KV cache."""
@@ -350,6 +354,8 @@ class SyncLlamaParent:
         """The tool calls of prompts sent with ``tools=``, as they are written (`ToolCallDelta`)."""
         self.completions: SyncStream[CompletionEvent] = SyncStream(self._parent.completions, self._loop)
         """One `CompletionEvent` per finished prompt."""
+        self.default_scope = SyncLlamaScope(self._parent.default_scope, self._loop)
+        """The parent's own conversation (see `LlamaParent.default_scope`)."""
 
     def __enter__(self) -> SyncLlamaParent:
         try:

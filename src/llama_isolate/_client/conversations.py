@@ -21,30 +21,27 @@ from .queue import Conversation, PromptRecord
 
 
 class Conversations:
-    """The histories prompts are sent with, and the bookkeeping of their turns."""
+    """The turns of prompts in the conversations they join: a scope's `messages`, or a `generate` call's own."""
 
-    def __init__(self) -> None:
-        self.default: list[dict[str, Any]] = []
-        """The parent's own conversation (`LlamaParent.messages`)."""
+    @staticmethod
+    def of(record: PromptRecord) -> list[dict[str, Any]]:
+        """The conversation `record` joins: its own (a `generate` call's), else its scope's."""
+        if record.history is not None:
+            return record.history
+        assert record.scope is not None, "a prompt has a scope or a conversation of its own"
+        return record.scope.messages
 
-    def history(self, scope: Conversation | None) -> list[dict[str, Any]]:
-        """The conversation of `scope` (the parent's own for None)."""
-        return self.default if scope is None else scope.messages
-
-    def check(self, scope: Conversation | None) -> None:
-        """Raise `ValueError` naming the field if the conversation holds a malformed message."""
-        check_history(self.history(scope), "messages" if scope is None else f"scope {scope.id} messages")
-
-    def of(self, record: PromptRecord) -> list[dict[str, Any]]:
-        """The conversation `record` joins: its own (a `generate` call's), else its scope's or the parent's."""
-        return self.history(record.scope) if record.history is None else record.history
+    @staticmethod
+    def check(scope: Conversation | None, history: list[dict[str, Any]] | None = None) -> None:
+        """Raise `ValueError` naming the field if the conversation (`history`, else the scope's) is malformed."""
+        if history is not None or scope is None:
+            check_history([] if history is None else history, "messages")
+        else:  # the default scope's history is the parent's `messages`
+            check_history(scope.messages, "messages" if scope.id == "default" else f"scope {scope.id} messages")
 
     def check_record(self, record: PromptRecord) -> None:
         """`check` for the conversation `record` joins."""
-        if record.history is None:
-            self.check(record.scope)
-        else:
-            check_history(record.history, "messages")
+        self.check(record.scope, record.history)
 
     def open_turn(self, record: PromptRecord, tool_format: ToolFormat) -> protocol.Submit:
         """Append the prompt's user turn and return the command that starts it; `ValueError` if malformed.
@@ -126,7 +123,7 @@ def _submit(record: PromptRecord, history: list[dict[str, Any]], tool_format: To
         sampler = dataclasses.replace(sampler, stop=sampler.stop + extra) if extra else sampler
     return protocol.Submit(
         record.id,
-        record.scope_key,
+        record.scope_id,
         turns,
         sampler,
         record.max_tokens,

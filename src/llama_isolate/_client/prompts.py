@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _protocol as protocol
-from .._checks import check_history, check_int, check_text
+from .._checks import check_int, check_text
 from .._events import CompletionEvent, ErrorCode, FinishReason, TokenLogprob, ToolCallDelta
 from .._grammar.schema import json_schema_grammar
 from .._grammar.tools import CallReader, ToolFormat, ToolPlan, parse_calls
@@ -79,10 +79,12 @@ class PromptFlow:
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         check_text(prompt, "prompt")
         check_int(options.n, "n", 1, self._load.context_params.n_parallel)  # each choice decodes in a slot of its own
-        if history is None:
-            self.conversations.check(scope)
-        else:
-            check_history(history, "messages")
+        if scope is None and history is None:
+            history = []  # a conversation of its own, as `generate` gives
+        self.conversations.check(scope, history)
+        prompt_id = prompt_id or uuid.uuid4().hex
+        if history is not None and key is None:
+            key = f"prompt-{prompt_id}"
         trim = options.trim_history
         if trim is None:
             trim = True if scope is None or history is not None else scope.trim_history
@@ -93,7 +95,7 @@ class PromptFlow:
             sampler = dataclasses.replace(sampler, stop=options.stop)
         sampler, tool_plan = _grammar_of(sampler, options)
         record = PromptRecord(
-            id=prompt_id or uuid.uuid4().hex,
+            id=prompt_id,
             scope=scope,
             text=prompt,
             sampler=sampler,

@@ -80,8 +80,8 @@ class PromptRecord:
         return "".join(self.pieces)
 
     @property
-    def scope_key(self) -> str:
-        """The conversation's key in the worker ("" for the parent's own)."""
+    def scope_id(self) -> str:
+        """Its conversation's id in the worker: its own (a `generate` call's), else its scope's."""
         if self.key is not None:
             return self.key
         return "" if self.scope is None else self.scope.id
@@ -143,9 +143,9 @@ class PromptQueue:
         """The first waiting prompt that may start now, moved to the running ones; None if none may."""
         if len(self.running) >= self._slots:
             return None
-        busy = {record.scope_key for record in self.running.values()}
+        busy = {record.scope_id for record in self.running.values()}
         for record in self._waiting:
-            if record.scope_key not in busy:
+            if record.scope_id not in busy:
                 self._waiting.remove(record)
                 self.running[record.id] = record
                 return record
@@ -162,13 +162,13 @@ class PromptQueue:
             self._waiting.remove(record)
         return taken
 
-    def running_of(self, scope_key: str) -> list[PromptRecord]:
+    def running_of(self, scope_id: str) -> list[PromptRecord]:
         """The running prompts of one conversation."""
-        return [record for record in self.running.values() if record.scope_key == scope_key]
+        return [record for record in self.running.values() if record.scope_id == scope_id]
 
-    def has_scope(self, scope_key: str) -> bool:
+    def has_scope(self, scope_id: str) -> bool:
         """True while the conversation has a prompt waiting or running."""
-        return any(record.scope_key == scope_key for record in self)
+        return any(record.scope_id == scope_id for record in self)
 
     def drain(self) -> list[PromptRecord]:
         """Every unfinished prompt (waiting first, in order), all forgotten."""

@@ -196,17 +196,17 @@ class Engine:
             if self._preparer.cancel(prompt_id):
                 self._emit(protocol.Finished.unstarted(prompt_id, reason))
 
-    def drop_scope(self, scope_key: str) -> None:
+    def drop_scope(self, scope_id: str) -> None:
         """Forget the conversation's KV cache, in a slot or parked."""
-        self._preparer.forget(scope_key)
-        self._slots.drop(scope_key, set(self._running))
+        self._preparer.forget(scope_id)
+        self._slots.drop(scope_id, set(self._running))
 
-    def save_scope(self, scope_key: str) -> protocol.ScopeState:
+    def save_scope(self, scope_id: str) -> protocol.ScopeState:
         """The conversation's tokens and KV state, in the portable form (see `seqstate`)."""
-        state = self._slots.save(scope_key)
+        state = self._slots.save(scope_id)
         return protocol.ScopeState(0, state.tokens, to_portable(state, self._n_stream))
 
-    def load_scope(self, scope_key: str, tokens: tuple[int, ...], data: bytes) -> None:
+    def load_scope(self, scope_id: str, tokens: tuple[int, ...], data: bytes) -> None:
         """Make a saved state the conversation's KV cache; raises `RequestFailure("state", ...)`."""
         if len(tokens) >= self._n_ctx:
             raise RequestFailure(
@@ -218,7 +218,7 @@ class Engine:
             state = from_portable(tokens, data, self._n_stream)
         except StateMismatch as exc:
             raise RequestFailure("state", str(exc)) from None
-        if not self._slots.load(scope_key, state, set(self._running)):
+        if not self._slots.load(scope_id, state, set(self._running)):
             saved = flash_attention_of(data)
             hint = (
                 f"; it was saved with flash attention {saved}: if this parent's differs, use the same" if saved else ""
@@ -333,7 +333,7 @@ class Engine:
             self._refuse(request, str(exc), "invalid_grammar" if isinstance(exc, GrammarError) else "invalid_prompt")
             return
         positions = prepared.prompt.flat()
-        slot = self._slots.assign(request.scope_key, positions, set(self._running))
+        slot = self._slots.assign(request.scope_id, positions, set(self._running))
         n_cached, pending = self._slots.reuse_prefix(slot, prepared.prompt, positions)
         self._running[slot.seq_id] = Running(
             request=request,

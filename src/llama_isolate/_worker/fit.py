@@ -53,7 +53,7 @@ class ContextFitter:
         return self._n_ctx - reserve
 
     def fit(
-        self, scope_key: str, roles: Sequence[str], max_tokens: int, encode: Encode, *, trim: bool = True
+        self, scope_id: str, roles: Sequence[str], max_tokens: int, encode: Encode, *, trim: bool = True
     ) -> tuple[Prompt, int]:
         """The prompt of the messages kept (`encode` makes it from their indexes) and how many were left out.
 
@@ -62,7 +62,7 @@ class ContextFitter:
         limit = self.limit(max_tokens)
         prompt = encode(list(range(len(roles))))
         if len(prompt) <= limit:
-            self._cuts.pop(scope_key, None)
+            self._cuts.pop(scope_id, None)
             return prompt, 0
         groups = exchanges(roles)
         if not trim and groups:
@@ -73,12 +73,12 @@ class ContextFitter:
                 f"{self._n_ctx - limit} of the reply: {limit} for the prompt. Its oldest turns are left out only when "
                 "asked (LlamaScope.trim_history; serve --trim-history, or the request's trim_history)"
             )
-        cut = min(self._cuts.get(scope_key, 0), len(groups))
+        cut = min(self._cuts.get(scope_id, 0), len(groups))
         if cut:
             prompt = self._swap(prompt, encode(kept(len(roles), groups, cut)))
         if cut == 0 or len(prompt) > limit:
             prompt, cut = self._bisect(prompt, cut, len(groups), lambda c: encode(kept(len(roles), groups, c)), limit)
-        self._cuts[scope_key] = cut
+        self._cuts[scope_id] = cut
         return prompt, sum(len(group) for group in groups[:cut])
 
     @staticmethod
@@ -110,5 +110,5 @@ class ContextFitter:
         old.free()
         return new
 
-    def forget(self, scope_key: str) -> None:
-        self._cuts.pop(scope_key, None)
+    def forget(self, scope_id: str) -> None:
+        self._cuts.pop(scope_id, None)

@@ -115,15 +115,15 @@ def _apply(command: protocol.Command | _Wake, engine: Engine, channel: Channel) 
                 engine.submit(command)
             case protocol.Cancel(prompt_ids=ids, reason=reason):
                 engine.cancel(ids, reason)
-            case protocol.DropScope(scope_key=key):
+            case protocol.DropScope(scope_id=key):
                 engine.drop_scope(key)
             case protocol.Embed(request_id=rid, text=text, normalize=normalize):
                 _answer(channel, rid, lambda: protocol.Embedding(rid, *engine.embed(text, normalize)))
             case protocol.Probe(request_id=rid, turns=turns):
                 _answer(channel, rid, lambda: protocol.Probed(rid, *engine.probe(turns)))
-            case protocol.SaveScope(request_id=rid, scope_key=key):
+            case protocol.SaveScope(request_id=rid, scope_id=key):
                 _answer(channel, rid, lambda: _with_id(engine.save_scope(key), rid))
-            case protocol.LoadScope(request_id=rid, scope_key=key, tokens=tokens, data=data):
+            case protocol.LoadScope(request_id=rid, scope_id=key, tokens=tokens, data=data):
                 _answer(channel, rid, lambda: _loaded(rid, engine, key, tokens, data))
             case protocol.Shutdown():
                 return False

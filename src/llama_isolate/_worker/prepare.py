@@ -80,7 +80,7 @@ class Preparer:
         try:
             keep = self.bounds.messages_to_keep(request.messages, raw=request.raw, trim=request.trim)
             prompt, dropped = self._fitter.fit(
-                request.scope_key,
+                request.scope_id,
                 [request.messages[i][0] for i in keep],
                 request.max_tokens,
                 self._encoder(request, keep),
@@ -146,9 +146,9 @@ class Preparer:
         entry[1].add_done_callback(_free_result)
         return True
 
-    def forget(self, scope_key: str) -> None:
+    def forget(self, scope_id: str) -> None:
         """Drop what is remembered of a conversation (how many old turns it leaves out)."""
-        self._fitter.forget(scope_key)
+        self._fitter.forget(scope_id)
 
     def close(self) -> bool:
         """Abandon every preparation and end the thread, without waiting; False if one is still running.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from llama_isolate import CompletionEvent, LlamaParent, LlamaStatus
+from llama_isolate import CompletionEvent, LlamaParent
 
 PREFIX = "llama_isolate"
 _TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -130,7 +130,7 @@ class Metrics:
 
     @property
     def up(self) -> bool:
-        return self._parent is not None and self._parent.status in (LlamaStatus.READY, LlamaStatus.GENERATING)
+        return self._parent is not None and self._parent.status.is_ready
 
     def prompt_ended(self, event: CompletionEvent) -> None:
         server = self._server

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llama_isolate import LlamaLoad, LlamaStatus
+from llama_isolate import LlamaLoad
 
 from .errors import ApiError
 from .metrics import ServerMetrics
@@ -115,7 +115,7 @@ class ModelPool:
     async def route(self, name: str | None, messages: list[dict[str, Any]] | None = None) -> ModelService:
         """The replica a request goes to (see the module's docstring); `messages` is its conversation, if any."""
         replicas = self.replicas(name)
-        ready = [r for r in replicas if r.status in (LlamaStatus.READY, LlamaStatus.GENERATING)] or replicas
+        ready = [r for r in replicas if r.status.is_ready] or replicas
         if len(ready) == 1:
             return ready[0]
         if messages:

@@ -15,7 +15,6 @@ from llama_isolate import (
     LlamaContextLengthExceeded,
     LlamaFeatureNotEnabled,
     LlamaRequestError,
-    LlamaStatus,
 )
 
 from . import convert
@@ -198,8 +197,7 @@ async def _embed_all(
 async def health(request: Request) -> JSONResponse:
     """200 while every model has a ready replica; each replica's status when there is more than one."""
     models = pool_of(request).models
-    ready = (LlamaStatus.READY, LlamaStatus.GENERATING)
-    down = [r.status for replicas in models.values() if not any(r.status in ready for r in replicas) for r in replicas]
+    down = [r.status for replicas in models.values() if not any(r.status.is_ready for r in replicas) for r in replicas]
     body: dict[str, Any] = {"status": down[0].value if down else "ok"}
     if sum(map(len, models.values())) > 1:
         body["models"] = {name: [r.status.value for r in replicas] for name, replicas in models.items()}

@@ -94,7 +94,7 @@ class ModelService:
     def ready(self) -> LlamaParent:
         """The parent, or 503 while it loads, restarts after a crash, or is gone."""
         parent = self._parent
-        if parent is None or parent.status not in (LlamaStatus.READY, LlamaStatus.GENERATING):
+        if parent is None or not parent.status.is_ready:
             state = "not started" if parent is None else parent.status.value
             raise ApiError(503, f"the model is not ready ({state}); try again shortly", code="model_not_ready")
         return parent
@@ -141,7 +141,7 @@ class ModelService:
     async def cached_tokens(self, messages: list[dict[str, Any]]) -> int:
         """How much of the prompt `messages` make this replica's caches hold (0 when it cannot say)."""
         parent = self._parent
-        if parent is None or parent.status not in (LlamaStatus.READY, LlamaStatus.GENERATING):
+        if parent is None or not parent.status.is_ready:
             return 0
         try:
             return await parent.cached_tokens(messages)
