@@ -39,6 +39,8 @@ from ._errors import (
     LlamaSchemaError,
     LlamaStateError,
     LlamaStatusError,
+    LlamaTypeError,
+    LlamaValueError,
     LlamaWorkerDied,
     LlamaWorkerDiedOnLoad,
 )
@@ -120,6 +122,8 @@ __all__ = [
     "LlamaStateError",
     "LlamaStatus",
     "LlamaStatusError",
+    "LlamaTypeError",
+    "LlamaValueError",
     "LlamaWorkerDied",
     "LlamaWorkerDiedOnLoad",
     "ModelInfo",

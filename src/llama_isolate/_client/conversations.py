@@ -31,11 +31,15 @@ class Conversations:
         return self.default if scope is None else scope.messages
 
     def check(self, scope: Conversation | None) -> None:
-        """Raise `ValueError` naming the field if the conversation holds a malformed message."""
-        check_history(self.history(scope), "messages" if scope is None else f"scope {scope.id} messages")
+        """Raise `LlamaValueError` naming the field if the conversation holds a malformed message.
+
+        A scope's history is named ``messages`` as the parent's is: it is the scope's `messages`, the
+        caller knows which scope it sent to, and a failed prompt's event carries the scope's id.
+        """
+        check_history(self.history(scope))
 
     def open_turn(self, record: PromptRecord, tool_format: ToolFormat) -> protocol.Submit:
-        """Append the prompt's user turn and return the command that starts it; `ValueError` if malformed.
+        """Append the prompt's user turn and return the command that starts it; `LlamaValueError` if malformed.
 
         Tool calls, the reply's and those in the history, are in `tool_format`, the model's.
         """
@@ -67,8 +71,8 @@ class Conversations:
 
 
 def turns_of(messages: object, tool_format: ToolFormat) -> tuple[tuple[str, str], ...]:
-    """`messages` (OpenAI-style dicts, as in `messages`) as the worker's turns; `ValueError` names a malformed one."""
-    history = check_history(list(messages) if isinstance(messages, tuple) else messages, "messages")
+    """`messages` (OpenAI-style dicts) as the worker's turns; `LlamaValueError` names a malformed one."""
+    history = check_history(list(messages) if isinstance(messages, tuple) else messages)
     return _turns(history, tool_format)
 
 
