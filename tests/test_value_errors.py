@@ -22,8 +22,10 @@ from llama_isolate import (
     ModelParams,
     SamplerParams,
     SyncLlamaParent,
+    check_messages,
 )
 
+from .conftest import RED
 from .test_tools import TOOLS, tools_load
 
 BOUNDED = {"type": "object", "properties": {"n": {"type": "integer", "maximum": 3}}}
@@ -86,6 +88,32 @@ def test_they_survive_pickling_with_their_attributes() -> None:
 def test_a_bad_field_is_named_as_a_load_holds_it(factory: Callable[[], object], param: str, code: str) -> None:
     error = refusal(factory)
     assert (error.param, error.code) == (param, code), error
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ("hello", "messages"),
+        ([{"role": "user", "content": "Hi"}, {"role": "assistant"}], "messages[1].content"),
+        ([{"content": "Hi"}], "messages[0].role"),
+        ([{"role": "user", "content": 3}], "messages[0].content"),
+        ([{"role": "", "content": "Hi"}], "messages[0].role"),
+        ([{"role": "user", "content": "Look", "images": (RED,)}], "messages[0].content"),  # no marker for it
+        ([{"role": "user", "content": "<__media__>", "images": ["x"]}], "messages[0].images[0]"),
+        (
+            [{"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": "{"}}]}],
+            "messages[0].tool_calls[0].function.arguments",
+        ),
+        (
+            [{"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "", "arguments": {}}}]}],
+            "messages[0].tool_calls[0].function.name",
+        ),
+    ],
+)
+def test_check_messages_names_the_bad_field(messages: object, param: str) -> None:
+    error = refusal(lambda: check_messages(messages))
+    assert error.param == param, error
+    assert check_messages([{"role": "user", "content": "What does <__media__> mean?"}])  # text, with no images
 
 
 # ---------------------------------------------------------------- send-time checks

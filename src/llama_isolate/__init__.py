@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._checks import check_messages
 from ._errors import (
     LlamaContextLengthExceeded,
     LlamaError,
@@ -138,6 +139,7 @@ __all__ = [
     "ToolCall",
     "ToolCallDelta",
     "__version__",
+    "check_messages",
     "default_init_timeout",
     "default_model_path",
 ]

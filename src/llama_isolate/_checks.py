@@ -177,3 +177,23 @@ def check_history(history: object, where: str = "messages") -> list[dict[str, An
     for i, message in enumerate(history):
         check_message(message, f"{where}[{i}]", f"messages[{i}]")
     return history
+
+
+def check_messages(messages: object) -> list[dict[str, Any]]:
+    """Check a conversation as `send_prompt` checks a `messages` list, without sending anything.
+
+    Returns `messages` if every entry is a chat message the worker can use:
+    a dict with a non-empty "role" and a "content" (text with a UTF-8 form),
+    assistant "tool_calls" in OpenAI's shape whose arguments are a JSON
+    object (or its text), and "images" (`LlamaImage`), one per `MEDIA_MARKER`
+    in the content. Otherwise raises `LlamaValueError` naming the first bad
+    entry: its ``param`` is the field (``"messages[2].tool_calls[0].function.arguments"``).
+
+    Example::
+
+        try:
+            check_messages([{"role": "user", "content": "Hi"}, {"role": "assistant"}])
+        except LlamaValueError as exc:
+            print(exc.param, exc)  # messages[1].content messages[1] has no 'content'
+    """
+    return check_history(messages)
