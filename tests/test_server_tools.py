@@ -87,7 +87,10 @@ def test_a_tool_result_round_trip(client: openai.OpenAI) -> None:
         ({"messages": [*ASK, {"role": "tool", "content": "18"}]}, "messages[1].tool_call_id"),
         ({"messages": ASK, "tool_choice": "required"}, "tool_choice"),
         ({"messages": ASK, "tools": TOOLS, "tool_choice": {"name": "nope"}}, "tool_choice"),
-        ({"messages": ASK, "tools": [{"type": "function", "function": {"name": "f", "parameters": BOUNDED}}]}, "tools"),
+        (
+            {"messages": ASK, "tools": [{"type": "function", "function": {"name": "f", "parameters": BOUNDED}}]},
+            "tools[0].function.parameters",
+        ),
         ({"messages": ASK, "tools": TOOLS, "response_format": {"type": "json_object"}}, "response_format"),
         ({"messages": [{"role": "user", "content": "hi", "tool_calls": [CALL]}, *ASK]}, "messages[0].tool_calls"),
         (

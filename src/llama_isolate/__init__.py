@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._checks import check_messages
 from ._errors import (
     LlamaContextLengthExceeded,
     LlamaError,
@@ -39,6 +40,8 @@ from ._errors import (
     LlamaSchemaError,
     LlamaStateError,
     LlamaStatusError,
+    LlamaTypeError,
+    LlamaValueError,
     LlamaWorkerDied,
     LlamaWorkerDiedOnLoad,
 )
@@ -125,6 +128,8 @@ __all__ = [
     "LlamaStateError",
     "LlamaStatus",
     "LlamaStatusError",
+    "LlamaTypeError",
+    "LlamaValueError",
     "LlamaWorkerDied",
     "LlamaWorkerDiedOnLoad",
     "ModelInfo",
@@ -144,6 +149,7 @@ __all__ = [
     "ToolCall",
     "ToolCallDelta",
     "__version__",
+    "check_messages",
     "default_init_timeout",
     "default_model_path",
 ]

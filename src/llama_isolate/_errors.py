@@ -1,9 +1,10 @@
 """The exceptions raised by llama_isolate.
 
-Every exception the library raises on purpose derives from `LlamaError`,
-except `ValueError` for parameter values refused at construction time::
+Every exception the library raises on purpose derives from `LlamaError`::
 
     LlamaError
+     ├── LlamaValueError             an argument's value is refused (also a ValueError); .param names it
+     ├── LlamaTypeError              an argument of the wrong type (also a TypeError); .param names it
      ├── LlamaLoadError              init() failed; the worker is gone
      │    ├── LlamaModelNotFound     the model (or mmproj) path does not exist
      │    ├── LlamaInvalidModel      not a GGUF file, a directory, or llama.cpp refused it
@@ -15,9 +16,15 @@ except `ValueError` for parameter values refused at construction time::
      ├── LlamaFeatureNotEnabled      embeddings without embeddings=True, images without mmproj_path
      ├── LlamaQueueFull              max_queue prompts are already waiting
      ├── LlamaRequestError           one request (e.g. an embedding) failed; the worker carries on
-     │    ├── LlamaStateError        a saved scope state is damaged or does not fit (also a ValueError)
+     │    ├── LlamaStateError        a saved scope state is damaged or does not fit (also a LlamaValueError)
+     │    ├── LlamaSchemaError       a json_schema= the grammar cannot enforce (also a LlamaValueError)
      │    └── LlamaContextLengthExceeded  a text has more tokens than can be processed at once
      └── LlamaWorkerDied             the worker process ended unexpectedly
+
+A refused argument raises `LlamaValueError` or `LlamaTypeError` at once,
+before anything is queued or sent: the class says what Python's own
+`ValueError`/`TypeError` would, ``param`` which argument (or field inside it)
+was wrong and ``code`` what kind of refusal it is.
 
 Failures of a single prompt do not raise: they end that prompt with a
 `CompletionEvent` whose `success` is False and whose `error` says why.
@@ -32,6 +39,8 @@ Example::
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LlamaError(Exception):
     """Base class of every error raised by llama_isolate.
@@ -43,6 +52,67 @@ class LlamaError(Exception):
         except LlamaError as exc:
             log.warning("model unavailable: %s", exc)
     """
+
+
+class _Refusal(LlamaError):
+    """What `LlamaValueError` and `LlamaTypeError` share: the message, `param` and `code`."""
+
+    default_code = "invalid_value"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code or self.default_code
+
+
+class LlamaValueError(_Refusal, ValueError):
+    """An argument, or a field inside one, has a value the library refuses; nothing was queued or sent.
+
+    It is also a `ValueError`, so ``except ValueError`` still catches it. The
+    message says what is wrong for a person; two attributes say it for a
+    program:
+
+    - ``param``: the argument or field, as the caller wrote it, in OpenAI's
+      notation: ``"max_tokens"``, ``"sampler_params.temperature"``,
+      ``"context_params.n_ctx"``, ``"path"`` (a `LlamaLoad` field),
+      ``"messages[3].content"``, ``"messages[0].tool_calls[1].function.arguments"``,
+      ``"tools[1].function.name"``, ``"tool_choice"``, ``"json_schema"``,
+      ``"images[0]"``; None when no single argument is to blame.
+    - ``code``, one of OpenAI's error codes:
+
+      - ``"invalid_value"``: the value is refused (out of range, malformed,
+        empty, or at odds with another argument);
+      - ``"invalid_type"``: the value has the wrong type (a str where an int
+        goes). Checks that raised `ValueError` for a wrong type before keep
+        doing so, with this code; the others raise `LlamaTypeError`;
+      - ``"invalid_schema"``: a JSON schema the grammar cannot enforce (a
+        `LlamaSchemaError`).
+
+    Example::
+
+        try:
+            await parent.send_prompt("Hi", max_tokens=0)
+        except LlamaValueError as exc:
+            print(exc.param, exc.code)  # max_tokens invalid_value
+    """
+
+
+class LlamaTypeError(_Refusal, TypeError):
+    """An argument, or a field inside one, has the wrong type; nothing was queued or sent.
+
+    It is also a `TypeError`, raised where the library raised `TypeError`
+    before. Like `LlamaValueError` it has ``param`` (which argument) and
+    ``code`` (always ``"invalid_type"``).
+
+    Example::
+
+        try:
+            await parent.send_prompt_with_images("What is it?", ["cat.png"])
+        except LlamaTypeError as exc:
+            print(exc.param)  # images: LlamaImage objects are needed, not paths
+    """
+
+    default_code = "invalid_type"
 
 
 class LlamaLoadError(LlamaError):
@@ -180,12 +250,14 @@ class LlamaRequestError(LlamaError):
     """
 
 
-class LlamaStateError(LlamaRequestError, ValueError):
+class LlamaStateError(LlamaRequestError, LlamaValueError):
     """A scope state given to `load_state()` is damaged, or does not fit this parent.
 
     The message says what differs (the model, the KV cache type, the context
     size) or which part is damaged (a malformed message names its field).
-    It is also a `ValueError`: the bytes are a bad value.
+    It is also a `LlamaValueError` (and so a `ValueError`): the bytes are a
+    bad value; its ``param`` is ``"data"`` (`load_state`'s argument) and its
+    ``code`` ``"invalid_value"``.
 
     Example::
 
@@ -195,14 +267,20 @@ class LlamaStateError(LlamaRequestError, ValueError):
             print("cannot restore:", exc)
     """
 
+    def __init__(self, message: str, *, param: str | None = "data", code: str | None = None) -> None:
+        super().__init__(message, param=param, code=code)
 
-class LlamaSchemaError(LlamaRequestError, ValueError):
+
+class LlamaSchemaError(LlamaRequestError, LlamaValueError):
     """A JSON schema given as `json_schema=` uses something the grammar cannot enforce, or is malformed.
 
     Nothing was queued. The message says what and why; `path` is a JSON
     pointer to the place in the schema ("" for the whole schema). See
     docs/structured-output.md for what is supported. It is also a
-    `ValueError`: the schema is a bad value.
+    `LlamaValueError` (and so a `ValueError`): the schema is a bad value.
+    Its ``code`` is ``"invalid_schema"`` and its ``param`` the argument
+    that held the schema: ``"json_schema"``, or a tool's parameters
+    (``"tools[0].function.parameters"``).
 
     Example::
 
@@ -212,9 +290,14 @@ class LlamaSchemaError(LlamaRequestError, ValueError):
             print(exc.path, exc)  # /minimum 'minimum' is not supported: numeric bounds are not enforced ...
     """
 
-    def __init__(self, message: str, path: str) -> None:
-        super().__init__(f"{message} (at {path or 'the root'})")
+    def __init__(self, message: str, path: str, *, param: str = "json_schema") -> None:
+        super().__init__(f"{message} (at {path or 'the root'})", param=param, code="invalid_schema")
+        self.reason = message
         self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The message is made from `reason` and `path`: rebuilt from them, not from the whole message.
+        return (type(self), (self.reason, self.path), self.__dict__)
 
 
 class LlamaContextLengthExceeded(LlamaRequestError):

@@ -6,6 +6,8 @@ import os
 import struct
 from dataclasses import dataclass, field
 
+from ._errors import LlamaTypeError, LlamaValueError
+
 MEDIA_MARKER = "<__media__>"
 """Where an image goes in a prompt's text (llama.cpp mtmd's default marker)."""
 
@@ -73,15 +75,16 @@ class LlamaImage:
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"LlamaImage.data must be bytes, got {type(self.data).__name__}")
+            raise LlamaTypeError(f"LlamaImage.data must be bytes, got {type(self.data).__name__}", param="data")
         if not self.data:
-            raise ValueError(f"LlamaImage {self.name!r} is empty")
+            raise LlamaValueError(f"LlamaImage {self.name!r} is empty", param="data")
         if not isinstance(self.name, str):
-            raise TypeError(f"LlamaImage.name must be a str, got {type(self.name).__name__}")
+            raise LlamaTypeError(f"LlamaImage.name must be a str, got {type(self.name).__name__}", param="name")
         try:
             self.name.encode("utf-8")
         except UnicodeEncodeError:
-            raise ValueError(f"LlamaImage.name {self.name!r} is not valid text (a lone surrogate)") from None
+            message = f"LlamaImage.name {self.name!r} is not valid text (a lone surrogate)"
+            raise LlamaValueError(message, param="name") from None
         object.__setattr__(self, "data", bytes(self.data))
         size = image_size(self.data)
         if size is not None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 from ._checks import check_int, check_text
+from ._errors import LlamaTypeError, LlamaValueError
 from ._images import LlamaImage
 from ._params import SamplerParams
 
@@ -98,20 +99,25 @@ class PromptOptions:
 
     def __post_init__(self) -> None:
         if self.sampler_params is not None and not isinstance(self.sampler_params, SamplerParams):
-            raise TypeError(f"sampler_params must be a SamplerParams, got {type(self.sampler_params).__name__}")
+            raise LlamaTypeError(
+                f"sampler_params must be a SamplerParams, got {type(self.sampler_params).__name__}",
+                param="sampler_params",
+            )
         if self.max_tokens is not None:
             check_int(self.max_tokens, "max_tokens", 1)
         if not isinstance(self.raw, bool):
-            raise TypeError(f"raw must be a bool, got {type(self.raw).__name__}")
+            raise LlamaTypeError(f"raw must be a bool, got {type(self.raw).__name__}", param="raw")
         if self.logprobs is not None:
             check_int(self.logprobs, "logprobs", 0, MAX_LOGPROBS)
         check_int(self.n, "n", 1)
         if self.n > 1 and self.tools is not None:
-            raise ValueError("n above 1 cannot be combined with tools yet")
+            raise LlamaValueError("n above 1 cannot be combined with tools yet", param="n")
         if self.tool_call_id is not None:
             check_text(self.tool_call_id, "tool_call_id")
         if self.trim_history is not None and not isinstance(self.trim_history, bool):
-            raise TypeError(f"trim_history must be a bool or None, got {type(self.trim_history).__name__}")
+            raise LlamaTypeError(
+                f"trim_history must be a bool or None, got {type(self.trim_history).__name__}", param="trim_history"
+            )
         object.__setattr__(self, "images", _images_of(self.images))
         if self.stop is not None:
             object.__setattr__(self, "stop", _stop_of(self.stop))
@@ -120,17 +126,17 @@ class PromptOptions:
 def _images_of(images: object) -> tuple[LlamaImage, ...]:
     """`images` as a tuple, if it is a sequence of `LlamaImage` (a str or one image is not)."""
     if isinstance(images, (str, bytes, LlamaImage)) or not isinstance(images, Sequence):
-        raise TypeError(f"images must be a sequence of LlamaImage, got {type(images).__name__}")
+        raise LlamaTypeError(f"images must be a sequence of LlamaImage, got {type(images).__name__}", param="images")
     for i, image in enumerate(images):
         if not isinstance(image, LlamaImage):
-            raise TypeError(f"images[{i}] must be a LlamaImage, got {type(image).__name__}")
+            raise LlamaTypeError(f"images[{i}] must be a LlamaImage, got {type(image).__name__}", param=f"images[{i}]")
     return tuple(images)
 
 
 def _stop_of(stop: object) -> tuple[str, ...]:
     """`stop` as a tuple, if it is a sequence of strings (one str is not: it would be its letters)."""
     if isinstance(stop, str) or not isinstance(stop, Sequence):
-        raise TypeError(f"stop must be a sequence of strings, got {type(stop).__name__}")
+        raise LlamaTypeError(f"stop must be a sequence of strings, got {type(stop).__name__}", param="stop")
     return tuple(check_text(text, f"stop[{i}]") for i, text in enumerate(stop))
 
 
@@ -163,10 +169,13 @@ _FIELDS = frozenset(field.name for field in dataclasses.fields(PromptOptions))
 def options_of(options: PromptOptions | None, overrides: Mapping[str, Any], what: str) -> PromptOptions:
     """`options` (or the defaults) with `overrides` applied; `TypeError` names an unknown keyword."""
     if options is not None and not isinstance(options, PromptOptions):
-        raise TypeError(f"options must be a PromptOptions, got {type(options).__name__}")
+        raise LlamaTypeError(f"options must be a PromptOptions, got {type(options).__name__}", param="options")
     unknown = sorted(set(overrides) - _FIELDS)
     if unknown:
-        raise TypeError(f"{what}() got unexpected keyword {unknown[0]!r}; the options are {', '.join(sorted(_FIELDS))}")
+        raise LlamaTypeError(
+            f"{what}() got unexpected keyword {unknown[0]!r}; the options are {', '.join(sorted(_FIELDS))}",
+            param=unknown[0],
+        )
     base = options or PromptOptions()
     return dataclasses.replace(base, **overrides) if overrides else base
 

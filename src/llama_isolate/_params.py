@@ -1,8 +1,10 @@
 """The load description and the parameter classes.
 
 All are frozen, keyword-only dataclasses checked at construction: a bad value
-raises `ValueError` naming the field and what is allowed, in the caller, never
-later inside the worker.
+raises `LlamaValueError` (a `ValueError`) naming the field and what is allowed,
+in the caller, never later inside the worker. Its ``param`` is the field as a
+`LlamaLoad` holds it: ``"sampler_params.temperature"``, ``"context_params.n_ctx"``,
+``"model_params.tensor_split[1]"``, ``"path"``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ._checks import check_text
+from ._errors import LlamaValueError
 
 SplitMode = Literal["none", "layer", "row"]
 PoolingType = Literal["unspecified", "none", "mean", "cls", "last", "rank"]
@@ -37,13 +40,27 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _fail(cls: str, name: str, allowed: str, value: object) -> None:
-    raise ValueError(f"{cls}.{name} must be {allowed}, got {value!r}")
+_FIELD_OF = {"ModelParams": "model_params.", "ContextParams": "context_params.", "SamplerParams": "sampler_params."}
+"""How a `LlamaLoad` names each class's fields (its own fields are named as they are)."""
+
+
+def _param(cls: str, name: str) -> str:
+    """The error's param for field `name` of class `cls`: ``sampler_params.temperature``."""
+    return _FIELD_OF.get(cls, "") + name
+
+
+def _fail(cls: str, name: str, allowed: str, value: object, code: str = "invalid_value") -> None:
+    raise LlamaValueError(f"{cls}.{name} must be {allowed}, got {value!r}", param=_param(cls, name), code=code)
+
+
+def _code(value: object, kind: type) -> str:
+    """``invalid_value`` for a `kind` refused for its value, ``invalid_type`` for anything else."""
+    return "invalid_value" if isinstance(value, kind) else "invalid_type"
 
 
 def _check_int(cls: str, name: str, value: object, lo: int, hi: int | None = None) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
-        _fail(cls, name, "an int", value)
+        _fail(cls, name, "an int", value, "invalid_type")
     assert isinstance(value, int)
     if value < lo or (hi is not None and value > hi):
         allowed = f">= {lo}" if hi is None else f"between {lo} and {hi}"
@@ -54,7 +71,7 @@ def _check_float(
     cls: str, name: str, value: object, lo: float, hi: float | None = None, *, lo_open: bool = False
 ) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        _fail(cls, name, "a number", value)
+        _fail(cls, name, "a number", value, "invalid_type")
     number = float(value)  # type: ignore[arg-type]
     too_low = number <= lo if lo_open else number < lo
     if math.isnan(number) or too_low or (hi is not None and number > hi):
@@ -68,17 +85,17 @@ def _check_choice(cls: str, name: str, value: object, choices: tuple[str, ...]) 
 
 
 def _check_str(cls: str, name: str, value: object, *, nul: bool = True) -> None:
-    check_text(value, f"{cls}.{name}", nul=nul)
+    check_text(value, f"{cls}.{name}", nul=nul, param=_param(cls, name))
 
 
 def _check_bool(cls: str, name: str, value: object) -> None:
     if not isinstance(value, bool):
-        _fail(cls, name, "a bool", value)
+        _fail(cls, name, "a bool", value, "invalid_type")
 
 
 def _as_tuple(obj: object, name: str, value: object) -> tuple[object, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        _fail(type(obj).__name__, name, "a sequence", value)
+        _fail(type(obj).__name__, name, "a sequence", value, "invalid_type")
     assert isinstance(value, Sequence)
     items = tuple(value)
     object.__setattr__(obj, name, items)
@@ -118,8 +135,8 @@ class ModelParams:
         _check_int(c, "n_gpu_layers", self.n_gpu_layers, -1)
         _check_choice(c, "split_mode", self.split_mode, SPLIT_MODES)
         _check_int(c, "main_gpu", self.main_gpu, 0)
-        for share in _as_tuple(self, "tensor_split", self.tensor_split):
-            _check_float(c, "tensor_split[...]", share, 0.0)
+        for i, share in enumerate(_as_tuple(self, "tensor_split", self.tensor_split)):
+            _check_float(c, f"tensor_split[{i}]", share, 0.0)
         for name in ("vocab_only", "use_mmap", "use_mlock", "check_tensors"):
             _check_bool(c, name, getattr(self, name))
 
@@ -301,13 +318,13 @@ class SamplerParams:
         _check_int(c, "dry_penalty_last_n", self.dry_penalty_last_n, -1)
         for breaker in _as_tuple(self, "dry_sequence_breakers", self.dry_sequence_breakers):
             if not isinstance(breaker, str) or not breaker:
-                _fail(c, "dry_sequence_breakers", "non-empty strings", breaker)
+                _fail(c, "dry_sequence_breakers", "non-empty strings", breaker, _code(breaker, str))
             # llama.cpp takes them as C strings: a NUL would silently cut one short
             _check_str(c, "dry_sequence_breakers", breaker, nul=False)
         _check_float(c, "xtc_probability", self.xtc_probability, 0.0, 1.0)
         _check_float(c, "xtc_threshold", self.xtc_threshold, 0.0, 1.0)
         if self.grammar is not None and (not isinstance(self.grammar, str) or not self.grammar.strip()):
-            _fail(c, "grammar", "None or non-empty GBNF text", self.grammar)
+            _fail(c, "grammar", "None or non-empty GBNF text", self.grammar, _code(self.grammar, str))
         if self.grammar is not None:
             _check_str(c, "grammar", self.grammar, nul=False)  # a C string: a NUL would cut it short
         if self.seed is not None:
@@ -315,7 +332,7 @@ class SamplerParams:
         _check_bool(c, "greedy", self.greedy)
         for stop in _as_tuple(self, "stop", self.stop):
             if not isinstance(stop, str) or not stop:
-                _fail(c, "stop", "a sequence of non-empty strings", stop)
+                _fail(c, "stop", "a sequence of non-empty strings", stop, _code(stop, str))
             _check_str(c, "stop", stop)
         self._normalize_logit_bias()
 
@@ -324,7 +341,7 @@ class SamplerParams:
         pairs = list(value.items()) if isinstance(value, Mapping) else value
         what = "(token id, bias) pairs or a dict of them, ids >= 0, biases numbers (not NaN or +inf)"
         if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
-            _fail("SamplerParams", "logit_bias", what, value)
+            _fail("SamplerParams", "logit_bias", what, value, "invalid_type")
         assert isinstance(pairs, Sequence)
         merged: dict[int, float] = {}
         for pair in pairs:
@@ -340,9 +357,11 @@ class SamplerParams:
 
 
 def _check_path(name: str, value: object) -> None:
-    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
-        _fail("LlamaLoad", name, "a non-empty str or os.PathLike", value)
+    if not isinstance(value, (str, os.PathLike)):
+        _fail("LlamaLoad", name, "a non-empty str or os.PathLike", value, "invalid_type")
     path = os.fspath(value)  # type: ignore[call-overload]
+    if not path:
+        _fail("LlamaLoad", name, "a non-empty str or os.PathLike", value)
     if isinstance(path, str):
         _check_str("LlamaLoad", name, path, nul=False)
 
@@ -419,13 +438,12 @@ class LlamaLoad:
             ("sampler_params", SamplerParams),
         ):
             if not isinstance(getattr(self, name), kind):
-                _fail(c, name, f"a {kind.__name__}", getattr(self, name))
-        if self.chat_template is not None and (
-            not isinstance(self.chat_template, str) or not self.chat_template.strip()
-        ):
-            _fail(c, "chat_template", "None or non-empty Jinja text", self.chat_template)
-        if self.chat_template is not None:
-            _check_str(c, "chat_template", self.chat_template)
+                _fail(c, name, f"a {kind.__name__}", getattr(self, name), "invalid_type")
+        template = self.chat_template
+        if template is not None and (not isinstance(template, str) or not template.strip()):
+            _fail(c, "chat_template", "None or non-empty Jinja text", template, _code(template, str))
+        if template is not None:
+            _check_str(c, "chat_template", template)
         _check_choice(c, "tool_format", self.tool_format, ("auto", "hermes", "llama3"))
         _check_int(c, "max_image_pixels", self.max_image_pixels, 1)
         _check_int(c, "max_prompt_pixels", self.max_prompt_pixels, 1)

@@ -35,7 +35,7 @@ from ._client.prompts import PromptFlow, with_markers
 from ._client.queue import PromptRecord
 from ._client.restarts import CrashRestarts
 from ._client.worker_link import WorkerLink
-from ._errors import LlamaFeatureNotEnabled, LlamaStatusError, LlamaWorkerDied
+from ._errors import LlamaFeatureNotEnabled, LlamaStatusError, LlamaTypeError, LlamaValueError, LlamaWorkerDied
 from ._events import CompletionEvent, Embedding, LlamaStatus, ModelInfo, TokenLogprob, ToolCallDelta
 from ._handle import PromptHandle
 from ._images import MEDIA_MARKER, LlamaImage
@@ -115,7 +115,7 @@ class LlamaParent:
         liveness_timeout: float | None = 10.0,
     ) -> None:
         if not isinstance(load, LlamaLoad):
-            raise TypeError(f"LlamaParent needs a LlamaLoad, got {type(load).__name__}")
+            raise LlamaTypeError(f"LlamaParent needs a LlamaLoad, got {type(load).__name__}", param="load")
         if max_queue is not None:
             check_int(max_queue, "max_queue", 1)
         check_int(keep_completed, "keep_completed", 0)
@@ -124,9 +124,15 @@ class LlamaParent:
             or isinstance(liveness_timeout, bool)
             or liveness_timeout <= 0
         ):
-            raise ValueError(f"liveness_timeout must be None or a number of seconds > 0, got {liveness_timeout!r}")
+            raise LlamaValueError(
+                f"liveness_timeout must be None or a number of seconds > 0, got {liveness_timeout!r}",
+                param="liveness_timeout",
+            )
         if not isinstance(restart_on_crash, (RestartPolicy, bool)):
-            raise TypeError(f"restart_on_crash must be a RestartPolicy or a bool, got {restart_on_crash!r}")
+            raise LlamaTypeError(
+                f"restart_on_crash must be a RestartPolicy or a bool, got {restart_on_crash!r}",
+                param="restart_on_crash",
+            )
         policy = restart_on_crash if isinstance(restart_on_crash, RestartPolicy) else RestartPolicy()
         self._load = load
         self._restarts = None if restart_on_crash is False else CrashRestarts(policy)
@@ -478,13 +484,16 @@ class LlamaParent:
         if options.images:
             prompt, options = self._with_images(prompt, options)
         if options.tools is not None and self._info is not None and not self._info.has_chat_template:
-            raise ValueError("tools need a chat template to show them; this model has none (see chat_template)")
+            raise LlamaValueError(
+                "tools need a chat template to show them; this model has none (see chat_template)", param="tools"
+            )
         sampler_params = options.sampler_params
         if sampler_params is not None and sampler_params.logit_bias and self._info is not None:
             top = max(token for token, _ in sampler_params.logit_bias)
             if top >= self._info.n_vocab:
-                raise ValueError(
-                    f"SamplerParams.logit_bias names token {top}, outside the vocabulary (0..{self._info.n_vocab - 1})"
+                raise LlamaValueError(
+                    f"SamplerParams.logit_bias names token {top}, outside the vocabulary (0..{self._info.n_vocab - 1})",
+                    param="sampler_params.logit_bias",
                 )
         prompt_id = None if listener is None else listener.id
         record = self._flow.enqueue(
@@ -498,14 +507,17 @@ class LlamaParent:
         if self._load.mmproj_path is None:
             raise LlamaFeatureNotEnabled("image prompts need LlamaLoad(mmproj_path=...) (a multimodal projector)")
         if options.raw:
-            raise ValueError("images cannot be sent with raw=True: they go where the chat template puts them")
+            raise LlamaValueError(
+                "images cannot be sent with raw=True: they go where the chat template puts them", param="images"
+            )
         pictures = check_images(options.images, self._load.max_image_pixels)
         if isinstance(prompt, str):
             prompt = with_markers(prompt, len(pictures))
             if self._info is not None and not self._info.has_chat_template and prompt.endswith(MEDIA_MARKER):
-                raise ValueError(
+                raise LlamaValueError(
                     "on a model without a chat template the prompt must not end with an image: "
-                    "the model needs text after it to answer (put the marker before your question)"
+                    "the model needs text after it to answer (put the marker before your question)",
+                    param="prompt",
                 )
         return prompt, dataclasses.replace(options, images=pictures)
 
@@ -641,7 +653,7 @@ class LlamaParent:
     async def _embed(self, text: str, normalize: bool, what: str) -> protocol.Embedding:
         self._require_ready(what)
         if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+            raise LlamaTypeError(f"text must be a str, got {type(text).__name__}", param="text")
         check_text(text, "text")
         if not self._load.context_params.embeddings or self._load.model_params.vocab_only:
             raise LlamaFeatureNotEnabled(f"{what}() needs LlamaLoad(context_params=ContextParams(embeddings=True))")

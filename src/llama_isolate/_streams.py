@@ -15,6 +15,8 @@ import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Generic, TypeVar
 
+from ._errors import LlamaTypeError
+
 T = TypeVar("T")
 
 logger = logging.getLogger("llama_isolate")
@@ -139,11 +141,12 @@ class EventStream(Generic[T]):
     def _subscribe(self, callback: Callable[[T], object], on_close: Callable[[], object] | None = None) -> Subscription:
         """`listen`, and call `on_close()` if the stream closes while subscribed."""
         if not callable(callback):
-            raise TypeError(f"listen() needs a callable, got {type(callback).__name__}")
+            raise LlamaTypeError(f"listen() needs a callable, got {type(callback).__name__}", param="callback")
         if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(getattr(callback, "__call__", None)):  # noqa: B004
-            raise TypeError(
+            raise LlamaTypeError(
                 "listen() needs a plain function; an async one would never be awaited. "
-                "Iterate the stream with `async for` instead."
+                "Iterate the stream with `async for` instead.",
+                param="callback",
             )
         subscription = Subscription(self._drop_callback)
         if self._closed:

@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import _protocol as protocol
 from .._checks import check_history
+from .._errors import LlamaValueError
 from .._events import ToolCall
 from .._grammar.tools import FORMATS, ToolFormat, openai_calls, render_calls
 from .._options import PromptOptions
@@ -33,18 +34,22 @@ class Conversations:
 
     @staticmethod
     def check(scope: Conversation | None, history: list[dict[str, Any]] | None = None) -> None:
-        """Raise `ValueError` naming the field if the conversation (`history`, else the scope's) is malformed."""
+        """Raise `LlamaValueError` naming the field if the conversation (`history`, else the scope's) is malformed.
+
+        A scope's history is named ``messages`` as any other is: it is the scope's `messages`, the caller knows
+        which scope it sent to, and a failed prompt's event carries the scope's id.
+        """
         if history is not None or scope is None:
-            check_history([] if history is None else history, "messages")
-        else:  # the default scope's history is the parent's `messages`
-            check_history(scope.messages, "messages" if scope.id == "default" else f"scope {scope.id} messages")
+            check_history([] if history is None else history)
+        else:
+            check_history(scope.messages)
 
     def check_record(self, record: PromptRecord) -> None:
         """`check` for the conversation `record` joins."""
         self.check(record.scope, record.history)
 
     def open_turn(self, record: PromptRecord, tool_format: ToolFormat) -> protocol.Submit:
-        """Append the prompt's user turn and return the command that starts it; `ValueError` if malformed.
+        """Append the prompt's user turn and return the command that starts it; `LlamaValueError` if malformed.
 
         Tool calls, the reply's and those in the history, are in `tool_format`, the model's.
         """
@@ -80,30 +85,33 @@ def split_last_turn(messages: object, options: PromptOptions) -> tuple[str, list
     that message implies (its images, or the call a tool turn answers); `ValueError` names what is wrong."""
     history = check_history(list(messages) if isinstance(messages, (list, tuple)) else messages, "messages")
     if not history:
-        raise ValueError("messages must not be empty: the last message is the one to answer")
+        raise LlamaValueError("messages must not be empty: the last message is the one to answer", param="messages")
     last = history[-1]
     where = f"messages[{len(history) - 1}]"
     role = last["role"]
     if role not in ("user", "tool"):
-        raise ValueError(f"{where} is a {role!r} message; the last message must be a user or tool turn to answer")
+        raise LlamaValueError(
+            f"{where} is a {role!r} message; the last message must be a user or tool turn to answer",
+            param=f"{where}.role",
+        )
     if not isinstance(last["content"], str):
-        raise ValueError(f"{where}.content must be text")
+        raise LlamaValueError(f"{where}.content must be text", param=f"{where}.content")
     images = tuple(last.get("images") or ())
     if images and options.images:
-        raise ValueError(f"{where} has images and so do the options; give them in one place")
+        raise LlamaValueError(f"{where} has images and so do the options; give them in one place", param="images")
     if images:
         options = dataclasses.replace(options, images=images)
     if role == "tool":
         call = last.get("tool_call_id")
         if not isinstance(call, str):
-            raise ValueError(f"{where} is a tool turn without a tool_call_id")
+            raise LlamaValueError(f"{where} is a tool turn without a tool_call_id", param=f"{where}.tool_call_id")
         options = dataclasses.replace(options, tool_call_id=call)
     return last["content"], history[:-1], options
 
 
 def turns_of(messages: object, tool_format: ToolFormat) -> tuple[tuple[str, str], ...]:
-    """`messages` (OpenAI-style dicts, as in `messages`) as the worker's turns; `ValueError` names a malformed one."""
-    history = check_history(list(messages) if isinstance(messages, tuple) else messages, "messages")
+    """`messages` (OpenAI-style dicts) as the worker's turns; `LlamaValueError` names a malformed one."""
+    history = check_history(list(messages) if isinstance(messages, tuple) else messages)
     return _turns(history, tool_format)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import _protocol as protocol
 from .._checks import check_int, check_text
+from .._errors import LlamaTypeError, LlamaValueError
 from .._events import CompletionEvent, ErrorCode, FinishReason, TokenLogprob, ToolCallDelta
 from .._grammar.schema import json_schema_grammar
 from .._grammar.tools import CallReader, ToolFormat, ToolPlan, parse_calls
@@ -76,7 +77,7 @@ class PromptFlow:
         `generate` call's) instead of its scope's; `listener` hears its output.
         """
         if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+            raise LlamaTypeError(f"prompt must be a str, got {type(prompt).__name__}", param="prompt")
         check_text(prompt, "prompt")
         check_int(options.n, "n", 1, self._load.context_params.n_parallel)  # each choice decodes in a slot of its own
         if scope is None and history is None:
@@ -89,7 +90,7 @@ class PromptFlow:
         if trim is None:
             trim = True if scope is None or history is not None else scope.trim_history
             if not isinstance(trim, bool):
-                raise TypeError(f"trim_history must be a bool, got {type(trim).__name__}")
+                raise LlamaTypeError(f"trim_history must be a bool, got {type(trim).__name__}", param="trim_history")
         sampler = options.sampler_params or self._load.sampler_params
         if options.stop is not None:
             sampler = dataclasses.replace(sampler, stop=options.stop)
@@ -228,7 +229,9 @@ def with_markers(prompt: str, count: int) -> str:
     if markers == 0:
         return "".join(f"{MEDIA_MARKER}\n" for _ in range(count)) + prompt
     if markers != count:
-        raise ValueError(f"the prompt has {markers} image markers ({MEDIA_MARKER}) for {count} images")
+        raise LlamaValueError(
+            f"the prompt has {markers} image markers ({MEDIA_MARKER}) for {count} images", param="prompt"
+        )
     return prompt
 
 
@@ -237,12 +240,17 @@ def _grammar_of(sampler: SamplerParams, options: PromptOptions) -> tuple[Sampler
     in the model's call format)."""
     if options.json_schema is not None:
         if sampler.grammar is not None:
-            raise ValueError("json_schema and SamplerParams.grammar exclude each other (the schema is a grammar)")
+            raise LlamaValueError(
+                "json_schema and SamplerParams.grammar exclude each other (the schema is a grammar)",
+                param="json_schema",
+            )
         sampler = dataclasses.replace(sampler, grammar=json_schema_grammar(options.json_schema))
     if options.tools is None:
         return sampler, None
     if options.json_schema is not None or sampler.grammar is not None:
-        raise ValueError("tools exclude json_schema and SamplerParams.grammar (a call has its own grammar)")
+        raise LlamaValueError(
+            "tools exclude json_schema and SamplerParams.grammar (a call has its own grammar)", param="tools"
+        )
     if options.raw:
-        raise ValueError("tools need the chat template to show them; a raw prompt has none")
+        raise LlamaValueError("tools need the chat template to show them; a raw prompt has none", param="tools")
     return sampler, plan_tools(options.tools, options.tool_choice)

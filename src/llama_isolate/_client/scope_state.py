@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._checks import check_history
-from .._errors import LlamaStateError
+from .._errors import LlamaStateError, LlamaTypeError
 from .._events import ModelInfo
 from .._images import LlamaImage
 from .._params import LlamaLoad
@@ -69,7 +69,7 @@ def pack(snapshot: ScopeSnapshot) -> bytes:
 def unpack(blob: bytes) -> ScopeSnapshot:
     """Decode `pack`'s bytes; raises `LlamaStateError` for anything else."""
     if not isinstance(blob, (bytes, bytearray, memoryview)):
-        raise TypeError(f"a scope state is bytes, got {type(blob).__name__}")
+        raise LlamaTypeError(f"a scope state is bytes, got {type(blob).__name__}", param="data")
     blob = bytes(blob)
     if not blob.startswith(MAGIC):
         raise LlamaStateError("these bytes are not a llama_isolate scope state (save_state() makes them)")

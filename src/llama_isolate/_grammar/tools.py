@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .._errors import LlamaSchemaError
+from .._errors import LlamaSchemaError, LlamaValueError
 from .._events import ToolCall, ToolCallDelta
 from .schema import json_schema_grammar
 
@@ -135,6 +135,7 @@ class ToolPlan:
     specs_json: str  # the tools, for the chat template
     mode: Mode
     chosen: tuple[dict[str, Any], ...]  # the functions a call may name
+    positions: tuple[int, ...] = ()  # where each chosen function is in the tools given (for errors)
     _grammars: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -147,44 +148,57 @@ class ToolPlan:
         if self.mode == "none":
             return None
         if format not in self._grammars:
-            self._grammars[format] = _call_grammar(list(self.chosen), FORMATS[format])
+            positions = self.positions or tuple(range(len(self.chosen)))
+            self._grammars[format] = _call_grammar(list(self.chosen), FORMATS[format], positions)
         return self._grammars[format]
 
 
 def plan(tools: object, tool_choice: object) -> ToolPlan:
-    """Check `tools` and `tool_choice` and build the grammar; `ValueError`/`LlamaSchemaError` name what is wrong."""
+    """Check `tools` and `tool_choice` and build the grammar; `LlamaValueError`/`LlamaSchemaError` name what is
+    wrong (their ``param``: ``tools[1].function.name``, ``tools[0].function.parameters``, ``tool_choice``)."""
     specs = tool_specs(tools)
     mode, chosen = _choice(tool_choice, specs)
     specs_json = json.dumps([spec["function"] for spec in specs], ensure_ascii=False)
-    tool_plan = ToolPlan(specs_json, mode, tuple(chosen))
+    positions = tuple(i for i, spec in enumerate(specs) if any(spec is c for c in chosen))
+    tool_plan = ToolPlan(specs_json, mode, tuple(chosen), positions)
     try:
         tool_plan.grammar("hermes")  # refuses, now, parameters the grammar cannot enforce (in any format)
     except RecursionError:
-        raise LlamaSchemaError("the parameters are nested too deeply", "tools") from None
+        raise LlamaSchemaError("the parameters are nested too deeply", "tools", param="tools") from None
     return tool_plan
 
 
 def tool_specs(tools: object) -> list[dict[str, Any]]:
     """`tools` as OpenAI specs ``{"type": "function", "function": {"name", "description"?, "parameters"}}``."""
-    if isinstance(tools, (str, bytes, Mapping)) or not isinstance(tools, Sequence) or not tools:
-        raise ValueError("tools must be a non-empty list of function specs")
+    listed = not isinstance(tools, (str, bytes, Mapping)) and isinstance(tools, Sequence)
+    if not listed or not tools:
+        code = "invalid_value" if listed else "invalid_type"
+        raise LlamaValueError("tools must be a non-empty list of function specs", param="tools", code=code)
+    assert isinstance(tools, Sequence)
     specs, names = [], set()
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
         if not isinstance(tool, Mapping):
-            raise ValueError(f"{where} must be a dict, got {type(tool).__name__}")
-        function = tool.get("function", tool) if tool.get("type", "function") == "function" else None
+            raise LlamaValueError(
+                f"{where} must be a dict, got {type(tool).__name__}", param=where, code="invalid_type"
+            )
+        shape = f"{where} must be {{'type': 'function', 'function': {{...}}}}"
+        if tool.get("type", "function") != "function":
+            raise LlamaValueError(shape, param=f"{where}.type")
+        function = tool.get("function", tool)
         if not isinstance(function, Mapping):
-            raise ValueError(f"{where} must be {{'type': 'function', 'function': {{...}}}}")
+            raise LlamaValueError(shape, param=f"{where}.function", code="invalid_type")
         name = function.get("name")
         if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ValueError(f"{where} needs a 'name' of 1-64 letters, digits, '_', '.' or '-', got {name!r}")
+            message = f"{where} needs a 'name' of 1-64 letters, digits, '_', '.' or '-', got {name!r}"
+            raise LlamaValueError(message, param=f"{where}.function.name")
         if name in names:
-            raise ValueError(f"{where}: two tools are named {name!r}")
+            raise LlamaValueError(f"{where}: two tools are named {name!r}", param=f"{where}.function.name")
         names.add(name)
         parameters = function.get("parameters", {"type": "object", "properties": {}})
         if not isinstance(parameters, Mapping) or parameters.get("type", "object") != "object":
-            raise ValueError(f"{where}['function']['parameters'] must be an object's JSON schema (a dict)")
+            message = f"{where}['function']['parameters'] must be an object's JSON schema (a dict)"
+            raise LlamaValueError(message, param=f"{where}.function.parameters")
         entry: dict[str, Any] = {"name": name, "parameters": dict(parameters)}
         if isinstance(function.get("description"), str):
             entry["description"] = function["description"]
@@ -202,23 +216,25 @@ def _choice(tool_choice: object, specs: list[dict[str, Any]]) -> tuple[Mode, lis
         chosen = [spec for spec in specs if spec["function"]["name"] == name]
         if chosen:
             return "required", chosen
-        raise ValueError(f"tool_choice names {name!r}, which is not one of the tools")
-    raise ValueError(f"tool_choice must be 'auto', 'required', 'none' or {{'name': ...}}, got {tool_choice!r}")
+        raise LlamaValueError(f"tool_choice names {name!r}, which is not one of the tools", param="tool_choice")
+    message = f"tool_choice must be 'auto', 'required', 'none' or {{'name': ...}}, got {tool_choice!r}"
+    raise LlamaValueError(message, param="tool_choice")
 
 
-def _call_grammar(specs: list[dict[str, Any]], form: CallFormat) -> str:
+def _call_grammar(specs: list[dict[str, Any]], form: CallFormat, positions: Sequence[int]) -> str:
     """GBNF of one call in `form`: ``{"name": <one of the functions>, <key>: <its arguments>}``.
 
     The JSON object is written ``{"name": `` first, exactly: that is where a
     call's marker is found (Llama 3's names the function too). The name's and the arguments' rules
     come from the checked conversion of one schema with an alternative per
-    function (rules ``alternative-I-name`` and ``alternative-I-<key>-kv``).
+    function (rules ``alternative-I-name`` and ``alternative-I-<key>-kv``). `positions` says where each
+    function is among the tools given, for a `LlamaSchemaError`'s ``param``.
     """
     options = []
     defs: dict[str, Any] = {}
     for i, spec in enumerate(specs):
         function = spec["function"]
-        parameters = _hoist_defs(function["parameters"], f"t{i}-", defs, f"tools[{i}].function.parameters")
+        parameters = _hoist_defs(function["parameters"], f"t{i}-", defs, f"tools[{positions[i]}].function.parameters")
         options.append(
             {
                 "type": "object",
@@ -230,7 +246,12 @@ def _call_grammar(specs: list[dict[str, Any]], form: CallFormat) -> str:
     schema: dict[str, Any] = {"anyOf": options}
     if defs:
         schema["$defs"] = defs
-    rules = re.sub(r"^root ::=.*\n?", "", json_schema_grammar(schema), count=1, flags=re.MULTILINE)
+    try:
+        grammar = json_schema_grammar(schema)
+    except LlamaSchemaError as exc:
+        exc.param = _parameters_at(exc.path, positions)
+        raise
+    rules = re.sub(r"^root ::=.*\n?", "", grammar, count=1, flags=re.MULTILINE)
     pairs = []
     for i in range(len(specs)):
         name, arguments = f"alternative-{i}-name", f"alternative-{i}-{form.key}-kv"
@@ -242,13 +263,21 @@ def _call_grammar(specs: list[dict[str, Any]], form: CallFormat) -> str:
     return f"root ::= {form.root}\ncall ::= {call}\n{rules}"
 
 
+def _parameters_at(path: str, positions: Sequence[int]) -> str:
+    """The param of the tool parameters a path in `_call_grammar`'s schema is in (``tools`` if in none)."""
+    found = re.match(r"/anyOf/(\d+)(?:/|$)|/\$defs/t(\d+)-", path)
+    if found is None:
+        return "tools"
+    return f"tools[{positions[int(found[1] or found[2])]}].function.parameters"
+
+
 def _hoist_defs(parameters: Mapping[str, Any], prefix: str, defs: dict[str, Any], where: str) -> Any:
     """`parameters` with its ``$defs`` moved into `defs` under `prefix` and its local refs rewritten to match."""
     own: dict[str, Any] = {}
     for key in ("definitions", "$defs"):
         found = parameters.get(key, {})
         if not isinstance(found, Mapping):
-            raise LlamaSchemaError(f"{key} must be an object of schemas", f"{where}.{key}")
+            raise LlamaSchemaError(f"{key} must be an object of schemas", f"{where}.{key}", param=where)
         own.update(found)
 
     def rewrite(node: Any) -> Any:
@@ -262,7 +291,7 @@ def _hoist_defs(parameters: Mapping[str, Any], prefix: str, defs: dict[str, Any]
             match = re.fullmatch(r"#/(?:\$defs|definitions)/([^/]+)", ref)
             if match is None or match[1] not in own:
                 message = f"only refs to its own $defs are supported in tool parameters, not {ref!r}"
-                raise LlamaSchemaError(message, where)
+                raise LlamaSchemaError(message, where, param=where)
             out["$ref"] = f"#/$defs/{prefix}{match[1]}"
         return out
 

@@ -15,15 +15,14 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from llama_isolate import MEDIA_MARKER, LlamaImage, SamplerParams
+from llama_isolate import MEDIA_MARKER, LlamaImage, LlamaValueError, SamplerParams, check_messages
 
-from .errors import ApiError
+from .errors import ApiError, api_error_of
 from .schemas import ChatCompletionRequest, ChatMessage, ImagePart, ResponseFormat, Sampling, TextPart
 
 _DATA_URI = re.compile(r"data:(?P<mime>[\w.+/-]*)(?P<params>(;[\w=.+-]+)*?);base64,(?P<data>.*)", re.DOTALL)
@@ -51,7 +50,6 @@ def chat_turn(body: ChatCompletionRequest, *, images_allowed: bool, trim_history
     `trim_history` is the server's choice for a conversation over the context; the request's own
     ``trim_history`` (an extension of ours) overrides it.
     """
-    refuse_unsupported(body)
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     messages = body.messages
@@ -65,6 +63,7 @@ def chat_turn(body: ChatCompletionRequest, *, images_allowed: bool, trim_history
         )
     history = [_message(m, i, images_allowed) for i, m in enumerate(messages[:-1])]
     prompt = _message(last, len(messages) - 1, images_allowed)
+    _check_conversation([*history, prompt])
     images = tuple(prompt.get("images", ()))
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     schema = response_schema(body.response_format)
@@ -99,8 +98,15 @@ def response_schema(fmt: ResponseFormat | None) -> Mapping[str, Any] | None:
     return fmt.json_schema.schema_
 
 
-def refuse_unsupported(body: Sampling) -> None:
-    """400 for fields this server reads but does not do yet, instead of ignoring them."""
+def _check_conversation(messages: list[dict[str, Any]]) -> None:
+    """The library's checks of a conversation (a tool call's arguments, one marker per image), as a 400 naming the
+    field: the index of each message is the request's, the last one is the prompt."""
+    try:
+        check_messages(messages)
+    except LlamaValueError as exc:
+        error = api_error_of(exc, default_param="messages")
+        assert error is not None
+        raise error from None
 
 
 def _message(message: ChatMessage, index: int, images_allowed: bool) -> dict[str, Any]:
@@ -114,7 +120,6 @@ def _message(message: ChatMessage, index: int, images_allowed: bool) -> dict[str
             raise ApiError(400, f"{where} has no content", param=f"{where}.content")
         return {"role": role, "content": ""}
     if isinstance(content, str):
-        _check_text(content, f"{where}.content")
         return {"role": role, "content": content}
     texts: list[str] = []
     images: list[LlamaImage] = []
@@ -132,7 +137,6 @@ def _message(message: ChatMessage, index: int, images_allowed: bool) -> dict[str
             images.append(_image(part.image_url.url, f"{where}.content[{j}].image_url.url"))
             texts.append(MEDIA_MARKER)
         else:
-            _check_text(part.text, f"{where}.content[{j}].text")
             texts.append(part.text)
     out: dict[str, Any] = {"role": role, "content": "".join(texts)}
     if images:
@@ -167,45 +171,13 @@ def _tool_message(message: ChatMessage, where: str) -> dict[str, Any]:
             for j, part in enumerate(content):
                 if not isinstance(part, TextPart):
                     raise ApiError(400, "a tool result's parts must be text", param=f"{where}.content[{j}]")
-                _check_text(part.text, f"{where}.content[{j}].text")
             content = "".join(part.text for part in content if isinstance(part, TextPart))
-        _check_text(content, f"{where}.content")
         return {"role": "tool", "tool_call_id": message.tool_call_id, "content": content}
     if message.role != "assistant":
         raise ApiError(400, f"{where}: only assistant messages make tool calls", param=f"{where}.tool_calls")
     text = content if isinstance(content, str) else ""
-    calls = [call.model_dump() for call in message.tool_calls or ()]
-    for j, call in enumerate(calls):
-        if not call["function"]["name"]:
-            param = f"{where}.tool_calls[{j}].function.name"
-            raise ApiError(400, f"{param} is empty", param=param)
-        arguments = call["function"]["arguments"]
-        problem = None if isinstance(arguments, dict) else _not_an_object(arguments)
-        if problem is not None:
-            param = f"{where}.tool_calls[{j}].function.arguments"
-            raise ApiError(400, f"{param} {problem} (it must be a JSON object, as text)", param=param)
+    calls = [call.model_dump() for call in message.tool_calls or ()]  # checked with the conversation
     return {"role": "assistant", "content": text, "tool_calls": calls}
-
-
-def _not_an_object(text: str) -> str | None:
-    """Why `text` is not a JSON object's text, or None if it is ("" counts as {})."""
-
-    def refuse(constant: str) -> None:
-        raise ValueError(f"holds {constant}, which JSON does not allow")
-
-    try:
-        value = json.loads(text, parse_constant=refuse) if text.strip() else {}
-    except RecursionError:
-        return "is nested too deeply"
-    except ValueError as exc:
-        return str(exc) if str(exc).startswith("holds") else "is not JSON"
-    return None if isinstance(value, dict) else "is not an object"
-
-
-def _check_text(text: str, param: str) -> None:
-    """A message's text may not hold the image marker (lone surrogates are refused with the whole body)."""
-    if MEDIA_MARKER in text:
-        raise ApiError(400, f"the text holds {MEDIA_MARKER}, which marks where images go", param=param)
 
 
 def _image(url: str, param: str) -> LlamaImage:
@@ -220,7 +192,7 @@ def _image(url: str, param: str) -> LlamaImage:
         raise ApiError(400, "the image's base64 data is malformed", param=param, code="invalid_image") from None
     try:
         return LlamaImage.from_bytes(data, name=param)
-    except ValueError as exc:
+    except LlamaValueError as exc:  # its param names LlamaImage's argument; the request's field is this one
         raise ApiError(400, f"the image is not usable: {exc}", param=param, code="invalid_image") from None
 
 
@@ -245,6 +217,7 @@ def sampler(base: SamplerParams, body: Sampling, *, n_vocab: int) -> SamplerPara
         changes["stop"] = tuple(s for s in stops if s)
     try:
         return dataclasses.replace(base, **changes)
-    except (ValueError, TypeError) as exc:
-        field = next((name for name in changes if name in str(exc)), None)
-        raise ApiError(400, str(exc), param=field, code="invalid_value") from None
+    except LlamaValueError as exc:  # its param names the field: sampler_params.seed is the request's seed
+        error = api_error_of(exc, default_param=None)
+        assert error is not None
+        raise error from None

@@ -8,14 +8,26 @@ Every error the server returns has this shape, including FastAPI's own
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llama_isolate import CompletionEvent
+from llama_isolate import (
+    CompletionEvent,
+    LlamaContextLengthExceeded,
+    LlamaFeatureNotEnabled,
+    LlamaQueueFull,
+    LlamaRequestError,
+    LlamaSchemaError,
+    LlamaStatusError,
+    LlamaTypeError,
+    LlamaValueError,
+    LlamaWorkerDied,
+)
 
 _TYPES = {
     400: "invalid_request_error",
@@ -99,6 +111,63 @@ def event_error(event: CompletionEvent, param: str = "messages", grammar_param: 
     if event.finish_reason in ("stopped", "cancelled"):
         return ApiError(503, "the request was cancelled: the server is shutting down", code="cancelled")
     return ApiError(500, message, code=code)
+
+
+_UNAVAILABLE = (
+    (LlamaQueueFull, 429, "the server is busy: {}", "queue_full"),
+    (LlamaStatusError, 503, "the model is not ready: {}", "model_not_ready"),
+    (LlamaWorkerDied, 503, "{}; the model is restarting, try again", "worker_died"),
+)
+"""Library errors that say the model cannot take the request now: (type, status, message, code)."""
+_FEATURES = {"images": (None, "images_not_supported"), "embeddings": ("model", "embeddings_not_enabled")}
+"""What a request that needs a feature the model was not loaded with is refused as: (param, code)."""
+
+
+def api_error_of(
+    exc: BaseException, *, default_param: str | None, feature: Literal["images", "embeddings"] = "images"
+) -> ApiError | None:
+    """The answer for an error the library raised; None for one that is neither the request's nor the model's state.
+
+    `default_param` is the field that holds what the library was given (``messages``, ``prompt``,
+    ``input[2]``): the param of an error that names nothing more precise, or names something the
+    request calls differently. A `LlamaValueError` (or `LlamaTypeError`, or `LlamaSchemaError`) names
+    its own: the library's ``param`` becomes the request's field (`http_param`) and its ``code`` is
+    kept. `feature` is the one the request needs, for `LlamaFeatureNotEnabled`.
+    """
+    for kind, status, message, code in _UNAVAILABLE:
+        if isinstance(exc, kind):
+            return ApiError(status, message.format(exc), code=code)
+    if isinstance(exc, (LlamaValueError, LlamaTypeError)):
+        why = "the JSON schema cannot be enforced: " if isinstance(exc, LlamaSchemaError) else ""
+        return ApiError(400, f"{why}{exc}", param=http_param(exc.param, default_param), code=exc.code)
+    param, code = default_param, "invalid_value"
+    if isinstance(exc, LlamaFeatureNotEnabled):
+        named, code = _FEATURES[feature]
+        param = named or default_param
+    elif isinstance(exc, LlamaContextLengthExceeded):
+        code = "context_length_exceeded"
+    elif not isinstance(exc, (LlamaRequestError, ValueError, TypeError)):  # (a check that names no param yet)
+        return None
+    return ApiError(400, str(exc), param=param, code=code)
+
+
+_SAME_NAME = {"messages", "tools", "tool_choice", "n", "max_tokens"}
+"""The library's arguments that a request's field of the same name is handed to."""
+_SAMPLER_FIELDS = {"greedy": "temperature"}  # a SamplerParams field set from another request field
+
+
+def http_param(param: str | None, default: str | None) -> str | None:
+    """The request's field for a library ``param``: ``sampler_params.temperature`` is ``temperature``,
+    ``json_schema`` is ``response_format``, ``messages[2].content`` and ``tools[0].function.name`` stay;
+    what a request has no field for (``prompt``, ``images[0]``: parts of a message) is `default`."""
+    if param is None:
+        return default
+    if param == "json_schema" or param.startswith("json_schema."):
+        return "response_format"
+    if param.startswith("sampler_params."):
+        field = param.removeprefix("sampler_params.")
+        return _SAMPLER_FIELDS.get(field, field)
+    return param if re.split(r"[.\[]", param, maxsplit=1)[0] in _SAME_NAME else default
 
 
 def install(app: FastAPI) -> None:

@@ -14,11 +14,7 @@ from typing import Any
 
 from llama_isolate import (
     CompletionEvent,
-    LlamaFeatureNotEnabled,
     LlamaParent,
-    LlamaQueueFull,
-    LlamaSchemaError,
-    LlamaStatusError,
     PromptHandle,
     PromptOptions,
     SamplerParams,
@@ -27,7 +23,7 @@ from llama_isolate import (
 )
 
 from .convert import Turn
-from .errors import ApiError
+from .errors import api_error_of
 from .streaming import to_the_end
 
 Item = str | ToolCallDelta | CompletionEvent
@@ -88,8 +84,8 @@ class Generation:
             generation._handle = parent.generate([*turn.history, last], options)
         except BaseException as exc:
             await generation.close()
-            refusal = _refusal(exc, param, "tools" if turn.tools else "response_format")
-            if refusal is exc:
+            refusal = api_error_of(exc, default_param=param)
+            if refusal is None:
                 raise
             raise refusal from None
         return generation
@@ -135,21 +131,3 @@ class Generation:
             if self.event is None:
                 self.event = await handle.event
         self._on_close(self)
-
-
-def _refusal(exc: BaseException, param: str, schema_param: str) -> BaseException:
-    if isinstance(exc, LlamaQueueFull):
-        return ApiError(429, f"the server is busy: {exc}", code="queue_full")
-    if isinstance(exc, LlamaStatusError):
-        return ApiError(503, f"the model is not ready: {exc}", code="model_not_ready")
-    if isinstance(exc, LlamaSchemaError):
-        message = f"the JSON schema cannot be enforced: {exc}"
-        return ApiError(400, message, param=schema_param, code="invalid_schema")
-    if isinstance(exc, LlamaFeatureNotEnabled):
-        return ApiError(400, str(exc), param=param, code="images_not_supported")
-    if isinstance(exc, (ValueError, TypeError)):
-        message = str(exc)
-        named = message.split("[", 1)[0].split(" ", 1)[0]  # "tools[1] needs ...", "tool_choice names ..."
-        where = named if named in ("tools", "tool_choice", "n", "messages") else param
-        return ApiError(400, message, param=where, code="invalid_value")
-    return exc

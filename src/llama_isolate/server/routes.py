@@ -10,15 +10,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from llama_isolate import (
-    CompletionEvent,
-    LlamaContextLengthExceeded,
-    LlamaFeatureNotEnabled,
-    LlamaRequestError,
-)
+from llama_isolate import CompletionEvent
 
 from . import convert
-from .errors import ApiError, event_error
+from .errors import ApiError, api_error_of, event_error
 from .pool import ModelPool
 from .responses import Reply, completed
 from .schemas import IDS_AS_INPUT, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Sampling, token_ids
@@ -85,7 +80,6 @@ def _conversation(turn: convert.Turn) -> list[dict[str, Any]]:
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    convert.refuse_unsupported(body)
     refused = {"echo": body.echo is True, "suffix": body.suffix is not None, "best_of": body.best_of not in (None, 1)}
     for name, given in refused.items():
         if given:
@@ -174,14 +168,11 @@ async def _embed_all(
             raise ApiError(400, "cannot embed an empty text", param=param)
         try:
             result = await unless_disconnected(request.receive, service.embed(text))
-        except LlamaContextLengthExceeded as exc:
-            raise ApiError(400, str(exc), param=param, code="context_length_exceeded") from None
-        except LlamaFeatureNotEnabled as exc:
-            raise ApiError(400, str(exc), param="model", code="embeddings_not_enabled") from None
-        except LlamaRequestError as exc:
-            raise ApiError(400, str(exc), param=param) from None
-        except ValueError as exc:
-            raise ApiError(400, str(exc), param=param, code="invalid_value") from None
+        except Exception as exc:  # what api_error_of does not know goes on as it was
+            error = api_error_of(exc, default_param=param, feature="embeddings")
+            if error is None:
+                raise
+            raise error from None
         vector = result.vector
         tokens += result.tokens
         if body.dimensions is not None and body.dimensions != len(vector):
