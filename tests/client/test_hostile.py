@@ -107,7 +107,7 @@ async def test_a_listener_raising_cancelled_error_does_not_stop_the_parent(paren
 async def test_if_the_channel_breaks_anyway_every_pending_prompt_fails_and_the_status_says_error(
     parent: LlamaParent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llama_isolate import _transport
+    from llama_isolate._client import process
 
     running = await parent.send_prompt("Write a long story.", max_tokens=500)
     queued = await parent.send_prompt("And another.", max_tokens=5)
@@ -116,7 +116,7 @@ async def test_if_the_channel_breaks_anyway_every_pending_prompt_fails_and_the_s
     def corrupt(_: object) -> object:
         raise ValueError("a corrupt frame")
 
-    monkeypatch.setattr(_transport.protocol, "decode", corrupt)
+    monkeypatch.setattr(process.protocol, "decode", corrupt)
     events = [await parent.wait_for_completion(p) for p in (running, queued)]
     assert [e.success for e in events] == [False, False]
     assert "corrupt" in (events[0].error or "")
