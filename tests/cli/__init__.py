@@ -1,0 +1,1 @@
+"""The command line: `llama-isolate` run as a person would type it, the chat TUI, and the benchmarks' plumbing."""
