@@ -29,7 +29,6 @@ from ..helpers.pictures import RED
 from ..helpers.tools import TOOLS, tools_load
 
 BOUNDED = {"type": "object", "properties": {"n": {"type": "integer", "maximum": 3}}}
-CALL = {"id": "call_1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
 
 
 def refusal(action: Callable[[], object]) -> LlamaValueError | LlamaTypeError:

@@ -18,9 +18,9 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from llama_isolate import MEDIA_MARKER, LlamaImage, LlamaValueError, SamplerParams, check_messages
+from llama_isolate import MEDIA_MARKER, LlamaImage, LlamaValueError, PromptOptions, SamplerParams, check_messages
 
 from .errors import ApiError, api_error_of
 from .schemas import ChatCompletionRequest, ChatMessage, ImagePart, ResponseFormat, Sampling, TextPart
@@ -30,18 +30,10 @@ _DATA_URI = re.compile(r"data:(?P<mime>[\w.+/-]*)(?P<params>(;[\w=.+-]+)*?);base
 
 @dataclass(frozen=True)
 class Turn:
-    """The conversation before the prompt, the prompt, and the prompt's images."""
+    """A request's conversation, whose last message is the one to answer, and how to answer it."""
 
-    history: list[dict[str, Any]]
-    prompt: str
-    images: tuple[LlamaImage, ...] = ()
-    json_schema: Mapping[str, Any] | None = None  # the reply must be JSON valid against it
-    logprobs: int | None = None  # alternatives per token, when token log probabilities are asked for
-    tools: list[dict[str, Any]] | None = None  # functions the model may call
-    tool_choice: Literal["auto", "required", "none"] | dict[str, Any] = "auto"
-    tool_call_id: str | None = None  # the prompt is this call's result
-    n: int = 1  # choices
-    trim_history: bool = False  # over the context, leave the oldest turns out instead of answering 400
+    messages: list[dict[str, Any]]
+    options: PromptOptions
 
 
 def chat_turn(body: ChatCompletionRequest, *, images_allowed: bool, trim_history: bool = False) -> Turn:
@@ -64,25 +56,31 @@ def chat_turn(body: ChatCompletionRequest, *, images_allowed: bool, trim_history
     history = [_message(m, i, images_allowed) for i, m in enumerate(messages[:-1])]
     prompt = _message(last, len(messages) - 1, images_allowed)
     _check_conversation([*history, prompt])
-    images = tuple(prompt.get("images", ()))
-    logprobs = (body.top_logprobs or 0) if body.logprobs else None
     schema = response_schema(body.response_format)
     if body.tools and schema is not None:
         raise ApiError(400, "tools and a JSON response_format exclude each other", param="response_format")
     if body.tool_choice is not None and not body.tools:
         raise ApiError(400, "tool_choice needs tools", param="tool_choice")
-    return Turn(
-        history,
-        prompt["content"],
-        images,
-        schema,
-        logprobs,
+    options = prompt_options(
+        json_schema=schema,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         tools=body.tools,
         tool_choice=body.tool_choice or "auto",
-        tool_call_id=prompt.get("tool_call_id"),
         n=body.n or 1,
         trim_history=trim_history if body.trim_history is None else body.trim_history,
     )
+    return Turn([*history, prompt], options)
+
+
+def prompt_options(**fields: Any) -> PromptOptions:
+    """`PromptOptions` of a request's fields; `ApiError` 400 (naming the request's field) if the library refuses one."""
+    try:
+        return PromptOptions(**fields)
+    except (ValueError, TypeError) as exc:
+        refusal = api_error_of(exc, default_param=None)
+        if refusal is None:
+            raise
+        raise refusal from None
 
 
 def response_schema(fmt: ResponseFormat | None) -> Mapping[str, Any] | None:

@@ -17,12 +17,10 @@ from llama_isolate import (
     LlamaParent,
     PromptHandle,
     PromptOptions,
-    SamplerParams,
     TokenLogprob,
     ToolCallDelta,
 )
 
-from .convert import Turn
 from .errors import api_error_of
 from .streaming import to_the_end
 
@@ -49,39 +47,21 @@ class Generation:
     async def start(
         cls,
         parent: LlamaParent,
-        turn: Turn,
-        sampler: SamplerParams,
-        max_tokens: int | None,
+        messages: list[dict[str, Any]],
+        options: PromptOptions,
         *,
-        raw: bool = False,
         on_close: Callable[[Generation], object] = lambda _: None,
         on_first: Callable[[], object] = lambda: None,
         param: str = "messages",
     ) -> Generation:
-        """Queue the prompt; `ApiError` if it cannot be (429 queue full, 503 not ready, 400 bad input).
+        """Queue the answer to `messages`; `ApiError` if it cannot be (429 queue full, 503 not ready, 400 bad input).
 
         `on_first()` runs at its first piece of text; `on_close(generation)`
         once it is closed (its `event` is set if the prompt ended).
         """
         generation = cls(on_close, on_first)
-        options = PromptOptions(
-            sampler_params=sampler,
-            max_tokens=max_tokens,
-            raw=raw,
-            json_schema=turn.json_schema,
-            logprobs=turn.logprobs,
-            tools=turn.tools,
-            tool_choice=turn.tool_choice,
-            n=turn.n,
-            trim_history=turn.trim_history,
-        )
-        last: dict[str, Any] = {"role": "user", "content": turn.prompt}
-        if turn.tool_call_id is not None:
-            last = {"role": "tool", "tool_call_id": turn.tool_call_id, "content": turn.prompt}
-        if turn.images:
-            last["images"] = turn.images
         try:
-            generation._handle = parent.generate([*turn.history, last], options)
+            generation._handle = parent.generate(messages, options)
         except BaseException as exc:
             await generation.close()
             refusal = api_error_of(exc, default_param=param)

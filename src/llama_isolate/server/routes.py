@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import struct
 import time
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from llama_isolate import CompletionEvent
+from llama_isolate import CompletionEvent, PromptOptions
 
 from . import convert
 from .errors import ApiError, api_error_of, event_error
@@ -64,18 +65,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         images_allowed=pool.first(body.model).load.mmproj_path is not None,
         trim_history=request.app.state.trim_history,
     )
-    service = await pool.route(body.model, _conversation(turn))
+    service = await pool.route(body.model, turn.messages)
     max_tokens = body.max_completion_tokens or body.max_tokens
-    reply = Reply("chat", service.name, logprobs=turn.logprobs is not None)
-    return await _answer(request, service, reply, body=body, turn=turn, max_tokens=max_tokens, raw=False)
-
-
-def _conversation(turn: convert.Turn) -> list[dict[str, Any]]:
-    """The messages a chat prompt makes, to find the replica whose cache holds most of them."""
-    last: dict[str, Any] = {"role": "user", "content": turn.prompt}
-    if turn.tool_call_id is not None:
-        last = {"role": "tool", "tool_call_id": turn.tool_call_id, "content": turn.prompt}
-    return [*turn.history, last]
+    reply = Reply("chat", service.name, logprobs=turn.options.logprobs is not None)
+    return await _answer(request, service, reply, body=body, turn=turn, max_tokens=max_tokens)
 
 
 @router.post("/v1/completions")
@@ -90,11 +83,10 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     if not prompt:
         raise ApiError(400, "the prompt is empty", param="prompt")
     service = await pool_of(request).route(body.model)
-    turn = convert.Turn([], prompt, logprobs=body.logprobs, n=body.n or 1)
+    options = convert.prompt_options(raw=True, logprobs=body.logprobs, n=body.n or 1)
+    turn = convert.Turn([{"role": "user", "content": prompt}], options)
     reply = Reply("text", service.name, logprobs=body.logprobs is not None)
-    return await _answer(
-        request, service, reply, body=body, turn=turn, max_tokens=body.max_tokens, raw=True, param="prompt"
-    )
+    return await _answer(request, service, reply, body=body, turn=turn, max_tokens=body.max_tokens, param="prompt")
 
 
 async def _answer(
@@ -105,17 +97,17 @@ async def _answer(
     body: Sampling,
     turn: convert.Turn,
     max_tokens: int | None,
-    raw: bool,
     param: str = "messages",
 ) -> Response:
     """Run the prompt; errors before its first token are HTTP errors, after it they end the stream."""
     replica = {REPLICA_HEADER: f"{service.name}/{service.replica}"}
     sampler = convert.sampler(service.sampler_params, body, n_vocab=service.n_vocab)
-    generation = await service.generate(turn, sampler, max_tokens, raw=raw, param=param)
+    options = dataclasses.replace(turn.options, sampler_params=sampler, max_tokens=max_tokens)
+    generation = await service.generate(turn.messages, options, param=param)
     try:
         first = await unless_disconnected(request.receive, generation.next())
         if isinstance(first, CompletionEvent) and not completed(first):
-            raise event_error(first, param, _grammar_param(turn))
+            raise event_error(first, param, _grammar_param(options))
         if body.stream:
             stream = reply.stream(generation, first, body.include_usage)
             return EventStreamResponse(stream, generation.close, headers=replica)
@@ -124,7 +116,7 @@ async def _answer(
         event = generation.event
         assert event is not None
         if not completed(event):
-            raise event_error(event, param, _grammar_param(turn))
+            raise event_error(event, param, _grammar_param(options))
         # The event's text: with a call that max_tokens cut short, that is what the model wrote of it too.
         return JSONResponse(reply.whole(event.text, event), headers=replica)
     except BaseException:
@@ -135,9 +127,9 @@ async def _answer(
             await generation.close()
 
 
-def _grammar_param(turn: convert.Turn) -> str | None:
+def _grammar_param(options: PromptOptions) -> str | None:
     """The field a prompt's grammar came from, for its errors."""
-    return "tools" if turn.tools else "response_format" if turn.json_schema is not None else None
+    return "tools" if options.tools else "response_format" if options.json_schema is not None else None
 
 
 @router.post("/v1/embeddings")

@@ -16,12 +16,12 @@ from llama_isolate import (
     LlamaLoad,
     LlamaParent,
     LlamaStatus,
+    PromptOptions,
     RestartPolicy,
     SamplerParams,
     default_model_path,
 )
 
-from .convert import Turn
 from .errors import ApiError
 from .generation import Generation
 from .metrics import Metrics
@@ -111,12 +111,14 @@ class ModelService:
         return info.n_vocab
 
     async def generate(
-        self, turn: Turn, sampler: SamplerParams, max_tokens: int | None, *, raw: bool, param: str = "messages"
+        self, messages: list[dict[str, Any]], options: PromptOptions, *, param: str = "messages"
     ) -> Generation:
-        """Queue a prompt in a scope of its own (see `Generation`); `param` names the prompt's field in errors."""
+        """Queue the answer to `messages` (see `Generation`); `param` names the prompt's field in errors."""
         parent = self.ready()
         context = self.load.context_params
-        budget = max_tokens or (context.n_predict if context.n_predict > 0 else context.n_ctx)  # tokens it may take
+        budget = options.max_tokens or (
+            context.n_predict if context.n_predict > 0 else context.n_ctx
+        )  # tokens it may take
         self.metrics.in_flight += 1
         self.metrics.outstanding_tokens += budget
 
@@ -124,9 +126,7 @@ class ModelService:
             self.metrics.outstanding_tokens -= budget
             self._closed(generation)
 
-        return await Generation.start(
-            parent, turn, sampler, max_tokens, raw=raw, on_close=closed, on_first=self._first, param=param
-        )
+        return await Generation.start(parent, messages, options, on_close=closed, on_first=self._first, param=param)
 
     def _first(self) -> None:
         self.metrics.generating += 1
