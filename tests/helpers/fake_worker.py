@@ -3,17 +3,19 @@
 `FakeWorker` takes the commands a `PromptFlow` sends and answers each
 `Submit` with `Started`, `Tokens` and `Finished` replies on the event loop, as
 the worker does (or holds them until the test answers); `FakeParent` wires a
-`PromptFlow` to it as `LlamaParent` does.
+`PromptFlow` to it as `LlamaParent` does. `FakeProcesses` starts `FakeProcess`es
+for a `WorkerLink`: a process that loads at once and answers pings while told.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llama_isolate import CompletionEvent, ContextParams, LlamaLoad, TokenLogprob, ToolCallDelta
+from llama_isolate import CompletionEvent, ContextParams, LlamaLoad, ModelInfo, TokenLogprob, ToolCallDelta
 from llama_isolate import _protocol as protocol
 from llama_isolate._client.prompts import PromptFlow, PromptOptions
 from llama_isolate._streams import EventStream, TokenStream
@@ -191,3 +193,74 @@ class FakeParent:
 
     def events_of(self, prompt_id: str) -> list[CompletionEvent]:
         return [e for e in self.events if e.prompt_id == prompt_id]
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+INFO = ModelInfo("fake", 1, 2, 3, 4, 5, 6, True)
+
+
+class FakeProcess:
+    """Stands in for `WorkerProcess` behind a `WorkerLink`: it loads at once and answers pings while `answering`.
+
+    Each `Pong` carries `progress`, which grows by one per ping while `advancing`.
+    A kill ends it: its death is reported through `on_exit`, on the loop, as the real one's is.
+    """
+
+    _pids = itertools.count(10_000)
+
+    def __init__(self, *, on_reply: Callable[[protocol.Reply], None], on_exit: Callable[[str], None]) -> None:
+        self._on_reply = on_reply
+        self._on_exit = on_exit
+        self.pid = next(self._pids)
+        self.alive = True
+        self.answering = True
+        self.advancing = False
+        self.progress = 0
+        self.pings = 0
+        self.killed_because: str | None = None
+        self._pinged = asyncio.Event()
+
+    def send(self, command: protocol.Command) -> None:
+        loop = asyncio.get_running_loop()
+        if isinstance(command, protocol.Load):
+            loop.call_soon(self._on_reply, protocol.Loaded(INFO))
+        elif isinstance(command, protocol.Ping):
+            self.pings += 1
+            self._pinged.set()
+            if self.answering:
+                if self.advancing:
+                    self.progress += 1
+                loop.call_soon(self._on_reply, protocol.Pong(command.request_id, self.progress))
+
+    async def pinged(self, count: int) -> None:
+        """Return once `count` pings came in all (answered or not)."""
+        while self.pings < count:
+            self._pinged.clear()
+            await self._pinged.wait()
+
+    def kill(self, because: str | None = None) -> None:
+        if self.alive:
+            self.alive = False
+            self.killed_because = because
+            asyncio.get_running_loop().call_soon(self._on_exit, f"the worker was killed because {because}")
+
+    async def close(self, *, grace: float = 2.0) -> None:
+        self.alive = False
+
+
+class FakeProcesses:
+    """A `WorkerLink(process_factory=...)`: starts `FakeProcess`es, the last one is `process`."""
+
+    def __init__(self) -> None:
+        self.started: list[FakeProcess] = []
+
+    async def __call__(
+        self, *, verbose: bool, on_reply: Callable[[protocol.Reply], None], on_exit: Callable[[str], None]
+    ) -> FakeProcess:
+        self.started.append(FakeProcess(on_reply=on_reply, on_exit=on_exit))
+        return self.started[-1]
+
+    @property
+    def process(self) -> FakeProcess:
+        return self.started[-1]
