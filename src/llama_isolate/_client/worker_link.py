@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .. import _protocol as protocol
@@ -70,6 +70,7 @@ class WorkerLink:
         on_exit: `(description)` once, when the worker died or was declared dead after `init`.
         has_work: whether the worker owes the parent anything (then it must answer pings).
         liveness_timeout: seconds a busy worker may leave a ping unanswered (None: never checked).
+        process_factory: starts the process, with `WorkerProcess.spawn`'s keyword arguments (tests pass a fake).
     """
 
     def __init__(
@@ -83,8 +84,10 @@ class WorkerLink:
         on_exit: Callable[[str], None],
         has_work: Callable[[], bool],
         liveness_timeout: float | None,
+        process_factory: Callable[..., Awaitable[WorkerProcess]] = WorkerProcess.spawn,
     ) -> None:
         self._load = load
+        self._process_factory = process_factory
         self._on_exit = on_exit
         self._on_fault = on_fault
         self._has_work = has_work
@@ -128,7 +131,7 @@ class WorkerLink:
         self._handshake = asyncio.get_running_loop().create_future()
         self._on_progress = on_progress
         try:
-            self._worker = await WorkerProcess.spawn(
+            self._worker = await self._process_factory(
                 verbose=self._load.verbose, on_reply=self._route, on_exit=self._exited
             )
             self._worker.send(protocol.Load(self._load))
