@@ -7,7 +7,15 @@ import itertools
 
 import pytest
 
-from llama_isolate import CompletionEvent, EventStream, SamplerParams, TokenLogprob, TokenStream, ToolCallDelta
+from llama_isolate import (
+    CompletionEvent,
+    EventStream,
+    PromptOptions,
+    SamplerParams,
+    TokenLogprob,
+    TokenStream,
+    ToolCallDelta,
+)
 from llama_isolate import _protocol as protocol
 from llama_isolate._client.completions import CompletionLedger
 from llama_isolate._client.queue import PromptRecord
@@ -131,7 +139,7 @@ async def test_log_probabilities_and_tool_call_pieces_fan_out_the_same_way() -> 
     mine.token_logprobs.listen(logprobs.append)
     mine.tool_call_deltas.listen(deltas.append)
     prompt = opened(ledger, mine)
-    prompt.logprobs = 1
+    prompt.options = PromptOptions(logprobs=1)
     entry: protocol.Logprob = (7, b"hi", -0.5, ((7, b"hi", -0.5), (8, b"yo", -1.5)))
     ledger.token(prompt, "hi", entry)
     delta = ToolCallDelta(index=0, id="call_1", name="f", arguments="")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from llama_isolate import PromptOptions
 from llama_isolate import _protocol as protocol
 
 from ..helpers.fake_worker import FakeParent, FakeScope, FakeWorker, reply_to
@@ -160,5 +161,31 @@ async def test_the_parents_own_conversation_keeps_its_history_too() -> None:
     parent = FakeParent(FakeWorker())
     await parent.wait(parent.send("hi"))
     await parent.wait(parent.send("more"))
-    assert [m["role"] for m in parent.flow.conversations.default] == ["user", "assistant", "user", "assistant"]
-    assert parent.flow.conversations.default[-1]["content"] == reply_to("more")
+    assert [m["role"] for m in parent.default_scope.messages] == ["user", "assistant", "user", "assistant"]
+    assert parent.default_scope.messages[-1]["content"] == reply_to("more")
+
+
+async def test_a_conversation_of_its_own_is_answered_kept_nowhere_and_forgotten_by_the_worker() -> None:
+    worker = FakeWorker()
+    parent = FakeParent(worker)
+    history = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"}]
+    record = parent.flow.enqueue("second", None, PromptOptions(), history=list(history))
+    parent.flow.dispatch()
+    event = await parent.wait(record.id)
+    (submit,) = worker.submitted
+    assert submit.messages == (("user", "first"), ("assistant", "ok"), ("user", "second"))
+    assert submit.scope_id == f"prompt-{record.id}" and event.scope_id is None
+    await worker.idle()
+    assert worker.commands[-1] == protocol.DropScope(submit.scope_id)  # its KV stays, owned by no one
+    assert parent.default_scope.messages == []
+
+
+async def test_cancel_prompt_ends_a_waiting_prompt_before_the_worker_sees_it() -> None:
+    worker = FakeWorker(hold=True)
+    parent = FakeParent(worker, slots=1)
+    running, waiting = parent.send("first", FakeScope("a")), parent.send("second", FakeScope("b"))
+    await parent.flow.cancel_prompt(waiting)
+    assert [(e.prompt_id, e.finish_reason) for e in parent.events] == [(waiting, "cancelled")]
+    await parent.flow.cancel_prompt(running)  # the fake ends it as the worker does: Finished("cancelled")
+    assert [e.prompt_id for e in parent.events] == [waiting, running]
+    assert worker.submitted_ids == [running]

@@ -163,6 +163,7 @@ class FakeParent:
 
     def __init__(self, worker: FakeWorker, *, slots: int = 2, keep_completed: int = 100) -> None:
         self.worker = worker
+        self.default_scope = FakeScope("default")  # as `LlamaParent.default_scope`: the parent's own conversation
         self.stream = TokenStream()
         self.completions: EventStream[CompletionEvent] = EventStream()
         self.token_logprobs: EventStream[TokenLogprob] = EventStream()
@@ -184,7 +185,7 @@ class FakeParent:
 
     def send(self, text: str, scope: FakeScope | None = None, *, n: int = 1) -> str:
         """Queue a prompt and start what may start, as `LlamaParent.send_prompt` does; returns its id."""
-        record = self.flow.enqueue(text, scope, None, None, options=PromptOptions(n=n))
+        record = self.flow.enqueue(text, scope or self.default_scope, PromptOptions(n=n))
         self.flow.dispatch()
         return record.id
 
