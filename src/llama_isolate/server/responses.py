@@ -67,8 +67,8 @@ def tool_calls(event: CompletionEvent, *, indexed: bool = False) -> list[dict[st
 
 
 @dataclass
-class Reply:
-    """What every object of one answer shares."""
+class OpenAIAnswer:
+    """One OpenAI answer (chat or text completion): its id and model, and the objects and chunks it is written as."""
 
     kind: Literal["chat", "text"]
     model: str

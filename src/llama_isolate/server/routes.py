@@ -16,7 +16,7 @@ from llama_isolate import CompletionEvent, PromptOptions
 from . import convert
 from .errors import ApiError, api_error_of, event_error
 from .pool import ModelPool
-from .responses import Reply, completed
+from .responses import OpenAIAnswer, completed
 from .schemas import IDS_AS_INPUT, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Sampling, token_ids
 from .service import ModelService
 from .streaming import EventStreamResponse, unless_disconnected
@@ -67,7 +67,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     )
     service = await pool.route(body.model, turn.messages)
     max_tokens = body.max_completion_tokens or body.max_tokens
-    reply = Reply("chat", service.name, logprobs=turn.options.logprobs is not None)
+    reply = OpenAIAnswer("chat", service.name, logprobs=turn.options.logprobs is not None)
     return await _answer(request, service, reply, body=body, turn=turn, max_tokens=max_tokens)
 
 
@@ -85,14 +85,14 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     service = await pool_of(request).route(body.model)
     options = convert.prompt_options(raw=True, logprobs=body.logprobs, n=body.n or 1)
     turn = convert.Turn([{"role": "user", "content": prompt}], options)
-    reply = Reply("text", service.name, logprobs=body.logprobs is not None)
+    reply = OpenAIAnswer("text", service.name, logprobs=body.logprobs is not None)
     return await _answer(request, service, reply, body=body, turn=turn, max_tokens=body.max_tokens, param="prompt")
 
 
 async def _answer(
     request: Request,
     service: ModelService,
-    reply: Reply,
+    reply: OpenAIAnswer,
     *,
     body: Sampling,
     turn: convert.Turn,
