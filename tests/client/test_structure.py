@@ -129,3 +129,11 @@ def test_ray_is_imported_only_for_ray() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_readme_draws_every_folder_and_module_of_the_package() -> None:
+    readme = (PACKAGE.parent.parent / "README.md").read_text()
+    drawing = readme.split("### The folders, and the way of a prompt", 1)[1].split("A prompt from the library", 1)[0]
+    names = {p.name for p in PACKAGE.iterdir() if p.name != "__pycache__" and p.suffix in (".py", "")}
+    missing = sorted(n + ("/" if (PACKAGE / n).is_dir() else "") for n in names if n not in drawing)
+    assert missing == []
