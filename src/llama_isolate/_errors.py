@@ -314,3 +314,26 @@ class LlamaContextLengthExceeded(LlamaRequestError):
         except LlamaContextLengthExceeded as exc:
             print("too long:", exc)
     """
+
+
+def load_error(kind: str, message: str) -> LlamaLoadError:
+    """The exception for a load the worker reported failed, by its kind (`protocol.LoadFailed.kind`)."""
+    return _LOAD_ERRORS.get(kind, LlamaLoadError)(message)
+
+
+def request_error(kind: str, message: str) -> LlamaError:
+    """The exception for a request the worker refused, by its kind (`protocol.RequestFailed.kind`)."""
+    return _REQUEST_ERRORS.get(kind, LlamaRequestError)(message)
+
+
+_LOAD_ERRORS: dict[str, type[LlamaLoadError]] = {
+    "not_found": LlamaModelNotFound,
+    "invalid_model": LlamaInvalidModel,
+    "invalid_mmproj": LlamaInvalidMmproj,
+    "out_of_memory": LlamaOutOfMemory,
+}
+_REQUEST_ERRORS: dict[str, type[LlamaError]] = {
+    "feature": LlamaFeatureNotEnabled,
+    "state": LlamaStateError,
+    "too_long": LlamaContextLengthExceeded,
+}

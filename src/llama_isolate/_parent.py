@@ -159,10 +159,7 @@ class LlamaParent:
             load,
             max_queue=max_queue,
             keep_completed=keep_completed,
-            stream=self.stream,
-            completions=self.completions,
-            token_logprobs=self.token_logprobs,
-            tool_call_deltas=self.tool_call_deltas,
+            streams=self,
             send=lambda command: self._link.send(command),  # noqa: PLW0108 - the link is made next
             tool_format=lambda: "hermes" if self._info is None else self._info.tool_format,
         )
@@ -380,8 +377,7 @@ class LlamaParent:
 
             pid = await parent.send_prompt("Hello!", max_tokens=64)
         """
-        chosen = options_of(options, overrides, "send_prompt")
-        return self._enqueue("send_prompt", prompt, scope or self.default_scope, chosen).id
+        return self._scope_send(scope or self.default_scope, prompt, options_of(options, overrides, "send_prompt"))
 
     @takes_prompt_fields
     async def send_prompt_with_images(
@@ -418,11 +414,8 @@ class LlamaParent:
 
             pid = await parent.send_prompt_with_images("Describe it.", [LlamaImage.from_file("a.png")])
         """
-        if self._load.mmproj_path is None:
-            raise LlamaFeatureNotEnabled("image prompts need LlamaLoad(mmproj_path=...) (a multimodal projector)")
-        images = check_images(images, self._load.max_image_pixels)  # not empty, each a LlamaImage
-        chosen = options_of(options, {**overrides, "images": images}, "send_prompt_with_images")
-        return self._enqueue("send_prompt_with_images", prompt, scope or self.default_scope, chosen).id
+        chosen = options_of(options, overrides, "send_prompt_with_images")
+        return self._scope_send(scope or self.default_scope, prompt, chosen, images)
 
     @takes_prompt_fields
     def generate(
@@ -674,6 +667,22 @@ class LlamaParent:
         return scope
 
     # ------------------------------------------------------------------ the scopes' surface (see ScopeHost)
+
+    def _scope_send(
+        self,
+        scope: LlamaScope,
+        prompt: str,
+        options: PromptOptions,
+        images: Sequence[LlamaImage] | None = None,
+    ) -> str:
+        """Queue a turn of `scope`; `images` are those of `send_prompt_with_images` (which must name some)."""
+        what = "send_prompt"
+        if images is not None:
+            what = "send_prompt_with_images"
+            if self._load.mmproj_path is None:
+                raise LlamaFeatureNotEnabled("image prompts need LlamaLoad(mmproj_path=...) (a multimodal projector)")
+            options = dataclasses.replace(options, images=check_images(images, self._load.max_image_pixels))
+        return self._enqueue(what, prompt, scope, options).id
 
     def _scope_generate(self, scope: LlamaScope, prompt: str, options: PromptOptions) -> PromptHandle:
         self._check_loop("generate")

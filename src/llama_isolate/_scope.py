@@ -31,9 +31,10 @@ DEFAULT_SCOPE_ID = "default"  # the id of every parent's `default_scope`
 class ScopeHost(Protocol):
     """What a scope needs of its parent (`LlamaParent` is the one implementation).
 
-    Besides the public API, five internal calls: stop the scope's prompts,
-    forget its cache in the worker, check that it is idle, and move its KV
-    state out of and into the worker.
+    Besides the public API, seven internal calls: send a turn of the scope,
+    or generate one with a handle, stop the scope's prompts, forget its cache
+    in the worker, check that it is idle, and move its KV state out of and
+    into the worker.
     """
 
     @property
@@ -42,24 +43,12 @@ class ScopeHost(Protocol):
     @property
     def model_info(self) -> ModelInfo | None: ...
 
-    async def send_prompt(
+    def _scope_send(
         self,
+        scope: LlamaScope,
         prompt: str,
-        *,
-        scope: LlamaScope | None = None,
-        options: PromptOptions | None = None,
-        **overrides: Unpack[PromptFields],
-    ) -> str: ...
-
-    async def send_prompt_with_images(
-        self,
-        prompt: str,
-        images: Sequence[LlamaImage],
-        /,
-        *,
-        scope: LlamaScope | None = None,
-        options: PromptOptions | None = None,
-        **overrides: Unpack[PromptFields],
+        options: PromptOptions,
+        images: Sequence[LlamaImage] | None = None,
     ) -> str: ...
 
     def _scope_generate(self, scope: LlamaScope, prompt: str, options: PromptOptions) -> PromptHandle: ...
@@ -126,7 +115,7 @@ class LlamaScope:
 
             pid = await scope.send_prompt("And then?", max_tokens=64)
         """
-        return await self.parent.send_prompt(prompt, scope=self, options=options, **overrides)
+        return self.parent._scope_send(self, prompt, options_of(options, overrides, "send_prompt"))
 
     @takes_prompt_fields
     async def send_prompt_with_images(
@@ -144,7 +133,8 @@ class LlamaScope:
 
             pid = await scope.send_prompt_with_images("What is this?", [image])
         """
-        return await self.parent.send_prompt_with_images(prompt, images, scope=self, options=options, **overrides)
+        chosen = options_of(options, overrides, "send_prompt_with_images")
+        return self.parent._scope_send(self, prompt, chosen, images)
 
     @takes_prompt_fields
     def generate(

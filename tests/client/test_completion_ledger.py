@@ -38,13 +38,7 @@ class Streams:
             getattr(self, name).listen(items.append)
 
     def ledger(self, keep: int = 10) -> CompletionLedger:
-        return CompletionLedger(
-            keep=keep,
-            stream=self.stream,
-            completions=self.completions,
-            token_logprobs=self.token_logprobs,
-            tool_call_deltas=self.tool_call_deltas,
-        )
+        return CompletionLedger(keep=keep, streams=self)
 
 
 def record(scope: FakeScope | None = None) -> PromptRecord:

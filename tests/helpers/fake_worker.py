@@ -172,10 +172,7 @@ class FakeParent:
             LlamaLoad(path="fake.gguf", context_params=ContextParams(n_parallel=slots)),
             max_queue=None,
             keep_completed=keep_completed,
-            stream=self.stream,
-            completions=self.completions,
-            token_logprobs=self.token_logprobs,
-            tool_call_deltas=self.tool_call_deltas,
+            streams=self,
             send=worker.send,
             tool_format=lambda: "hermes",
         )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from .. import _protocol as protocol
 from .._events import (
@@ -22,27 +24,18 @@ from .._events import (
     TokenLogprob,
     ToolCallDelta,
 )
-from .._streams import EventStream, TokenStream
-from .queue import PromptRecord
+from .._streams import EventStream
+from .queue import PromptRecord, Streams
+
+T = TypeVar("T")
 
 
 class CompletionLedger:
     """Futures of unfinished prompts, the most recent events, and the streams they go to."""
 
-    def __init__(
-        self,
-        *,
-        keep: int,
-        stream: TokenStream,
-        completions: EventStream[CompletionEvent],
-        token_logprobs: EventStream[TokenLogprob],
-        tool_call_deltas: EventStream[ToolCallDelta],
-    ) -> None:
+    def __init__(self, *, keep: int, streams: Streams) -> None:
         self._keep = keep
-        self._tool_call_deltas = tool_call_deltas
-        self._stream = stream
-        self._completions = completions
-        self._token_logprobs = token_logprobs
+        self._streams = streams  # the parent's: every prompt's output
         self._futures: dict[str, asyncio.Future[CompletionEvent]] = {}
         self._events: collections.OrderedDict[str, CompletionEvent] = collections.OrderedDict()
 
@@ -66,16 +59,12 @@ class CompletionLedger:
         if logprob is not None:
             entry = token_logprob(logprob)
             record.token_logprobs.append(entry)
-            self._token_logprobs._emit(entry)
-            if record.scope is not None:
-                record.scope.token_logprobs._emit(entry)
+            self._fan_out(record, _logprobs, entry)
             if record.listener is not None:
                 record.listener.on_logprob(entry)
         if text:
             record.pieces.append(text)
-            self._stream._emit(text)
-            if record.scope is not None:
-                record.scope.stream._emit(text)
+            self._fan_out(record, _text, text)
             if record.listener is not None:
                 record.listener.on_piece(text)
 
@@ -83,9 +72,7 @@ class CompletionLedger:
         """A piece of one of a prompt's tool calls, to the streams."""
         if record.first_token is None:
             record.first_token = time.monotonic()
-        self._tool_call_deltas._emit(delta)
-        if record.scope is not None:
-            record.scope.tool_call_deltas._emit(delta)
+        self._fan_out(record, _calls, delta)
         if record.listener is not None:
             record.listener.on_piece(delta)
 
@@ -109,10 +96,14 @@ class CompletionLedger:
             future.set_result(event)
         if record.listener is not None:
             record.listener.on_event(event)
-        self._completions._emit(event)
-        if record.scope is not None:
-            record.scope.completions._emit(event)
+        self._fan_out(record, _events, event)
         return event
+
+    def _fan_out(self, record: PromptRecord, pick: Callable[[Streams], EventStream[T]], item: T) -> None:
+        """`item` to the parent's stream `pick` chooses, and to the same stream of the prompt's scope."""
+        pick(self._streams)._emit(item)
+        if record.scope is not None:
+            pick(record.scope)._emit(item)
 
     async def wait(self, prompt_id: str) -> CompletionEvent:
         """The prompt's event, now or once it comes; `KeyError` for an id unknown or forgotten."""
@@ -131,6 +122,22 @@ class CompletionLedger:
         futures = [self._futures[pid] for pid in prompt_ids if pid in self._futures]
         if futures:
             await asyncio.shield(asyncio.gather(*futures))
+
+
+def _text(streams: Streams) -> EventStream[str]:
+    return streams.stream
+
+
+def _logprobs(streams: Streams) -> EventStream[TokenLogprob]:
+    return streams.token_logprobs
+
+
+def _calls(streams: Streams) -> EventStream[ToolCallDelta]:
+    return streams.tool_call_deltas
+
+
+def _events(streams: Streams) -> EventStream[CompletionEvent]:
+    return streams.completions
 
 
 def _event(

@@ -18,17 +18,16 @@ from typing import Any
 from .. import _protocol as protocol
 from .._checks import check_int, check_text
 from .._errors import LlamaTypeError, LlamaValueError
-from .._events import CompletionEvent, ErrorCode, FinishReason, TokenLogprob, ToolCallDelta
+from .._events import ErrorCode, FinishReason
 from .._grammar.schema import json_schema_grammar
 from .._grammar.tools import CallReader, ToolFormat, ToolPlan, parse_calls
 from .._grammar.tools import plan as plan_tools
 from .._images import MEDIA_MARKER
 from .._options import PromptOptions
 from .._params import LlamaLoad, SamplerParams
-from .._streams import EventStream, TokenStream
 from .completions import CompletionLedger, token_logprob
 from .conversations import Conversations
-from .queue import Conversation, PromptListener, PromptQueue, PromptRecord
+from .queue import Conversation, PromptListener, PromptQueue, PromptRecord, Streams
 
 
 class PromptFlow:
@@ -40,10 +39,7 @@ class PromptFlow:
         *,
         max_queue: int | None,
         keep_completed: int,
-        stream: TokenStream,
-        completions: EventStream[CompletionEvent],
-        token_logprobs: EventStream[TokenLogprob],
-        tool_call_deltas: EventStream[ToolCallDelta],
+        streams: Streams,
         send: Callable[[protocol.Command], None],
         tool_format: Callable[[], ToolFormat],
     ) -> None:
@@ -52,13 +48,7 @@ class PromptFlow:
         self._tool_format = tool_format
         self.queue = PromptQueue(slots=load.context_params.n_parallel, max_queue=max_queue)
         self.conversations = Conversations()
-        self.ledger = CompletionLedger(
-            keep=keep_completed,
-            stream=stream,
-            completions=completions,
-            token_logprobs=token_logprobs,
-            tool_call_deltas=tool_call_deltas,
-        )
+        self.ledger = CompletionLedger(keep=keep_completed, streams=streams)
 
     def enqueue(
         self,

@@ -24,16 +24,28 @@ from .._params import SamplerParams
 from .._streams import EventStream, TokenStream
 
 
-class Conversation(Protocol):
-    """What a prompt needs of the scope it was sent through (`LlamaScope` is one)."""
+class Streams(Protocol):
+    """Where prompts' output goes: a parent's streams (every prompt's) and a scope's (its own prompts')."""
+
+    @property
+    def stream(self) -> TokenStream: ...
+
+    @property
+    def token_logprobs(self) -> EventStream[TokenLogprob]: ...
+
+    @property
+    def tool_call_deltas(self) -> EventStream[ToolCallDelta]: ...
+
+    @property
+    def completions(self) -> EventStream[CompletionEvent]: ...
+
+
+class Conversation(Streams, Protocol):
+    """What a prompt needs of the scope it was sent through (`LlamaScope` is one): its streams, and these."""
 
     id: str
     messages: list[dict[str, Any]]
     trim_history: bool
-    stream: TokenStream
-    token_logprobs: EventStream[TokenLogprob]
-    tool_call_deltas: EventStream[ToolCallDelta]
-    completions: EventStream[CompletionEvent]
 
 
 class PromptListener(Protocol):

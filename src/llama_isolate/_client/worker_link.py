@@ -22,19 +22,13 @@ from typing import Any, TypeVar
 
 from .. import _protocol as protocol
 from .._errors import (
-    LlamaContextLengthExceeded,
     LlamaError,
-    LlamaFeatureNotEnabled,
-    LlamaInvalidMmproj,
-    LlamaInvalidModel,
-    LlamaLoadError,
     LlamaLoadTimeout,
-    LlamaModelNotFound,
-    LlamaOutOfMemory,
     LlamaRequestError,
-    LlamaStateError,
     LlamaWorkerDied,
     LlamaWorkerDiedOnLoad,
+    load_error,
+    request_error,
 )
 from .._events import ModelInfo
 from .._params import LlamaLoad
@@ -46,18 +40,6 @@ STALL_FACTOR = 6
 logger = logging.getLogger("llama_isolate")
 
 A = TypeVar("A", bound=protocol.Answer)
-
-_LOAD_ERRORS: dict[str, type[LlamaLoadError]] = {
-    "not_found": LlamaModelNotFound,
-    "invalid_model": LlamaInvalidModel,
-    "invalid_mmproj": LlamaInvalidMmproj,
-    "out_of_memory": LlamaOutOfMemory,
-}
-_REQUEST_ERRORS: dict[str, type[LlamaError]] = {
-    "feature": LlamaFeatureNotEnabled,
-    "state": LlamaStateError,
-    "too_long": LlamaContextLengthExceeded,
-}
 
 
 class WorkerLink:
@@ -247,7 +229,7 @@ class WorkerLink:
         if future is None or future.done():
             return
         if isinstance(reply, protocol.RequestFailed):
-            future.set_exception(_REQUEST_ERRORS.get(reply.kind, LlamaRequestError)(reply.message))
+            future.set_exception(request_error(reply.kind, reply.message))
         else:
             future.set_result(reply)
 
@@ -257,7 +239,7 @@ class WorkerLink:
 
     def _load_failed(self, reply: protocol.LoadFailed) -> None:
         if self._handshake is not None and not self._handshake.done():
-            self._handshake.set_exception(_LOAD_ERRORS.get(reply.kind, LlamaLoadError)(reply.message))
+            self._handshake.set_exception(load_error(reply.kind, reply.message))
 
     def _progress(self, reply: protocol.Progress) -> None:
         if self._on_progress is None:
