@@ -100,6 +100,24 @@ class Report:
         self.rows.append((figure, ours, reference, verdict))
         print(f"  {figure}: {ours}  |  {reference}  |  {verdict}", flush=True)
 
+    def beside_native(
+        self, figure: str, ours: list[float], theirs: list[float], *, shown: str, tool: str, extra: str = ""
+    ) -> None:
+        """A row of paired rounds against native llama.cpp's `tool` (`theirs` is empty when no native binary was
+        given): its median, the median of the per-round ratios, each round's ratio, and the target of 1.0x."""
+        also = f"; {extra}" if extra else ""
+        if not theirs:
+            self.add(figure, shown, f"no native reference given{also}", "")
+            return
+        ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+        ratio = statistics.median(ratios)
+        self.add(
+            f"{figure}, vs {tool} (median of {len(ratios)} paired rounds)",
+            shown,
+            f"{tool} {statistics.median(theirs):.1f} tok/s (flash attention auto){also}",
+            verdict(ratio >= 1.0, f"{ratio:.2f}x (rounds {' '.join(f'{r:.2f}' for r in ratios)}; target >= 1.0x)"),
+        )
+
     def markdown(self) -> str:
         lines = ["| figure | llama_isolate | reference | ratio / target |", "|---|---|---|---|"]
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in self.rows]

@@ -16,7 +16,7 @@ import time
 
 from .. import LlamaParent
 from . import native
-from .common import N_THREADS, STORY, Report, load, model_path, verdict
+from .common import N_THREADS, STORY, Report, load, model_path
 
 MAX_TOKENS = 128
 ROUNDS = 5
@@ -60,14 +60,5 @@ async def run(report: Report) -> None:
     mine, peer = statistics.median(ours), statistics.median(raw)
     second = f"raw llama-cpp-python {peer:.1f} tok/s ({mine / peer:.2f}x)"
     shown = f"{mine:.1f} tok/s (flash attention {'on' if flash else 'off'})"
-    if not theirs:
-        report.add(f"single-stream decode (median of {ROUNDS})", shown, second, "no native reference given")
-        return
-    ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
-    ratio = statistics.median(ratios)
-    report.add(
-        f"single-stream decode vs llama-bench tg{MAX_TOKENS} (median of {ROUNDS} paired rounds)",
-        shown,
-        f"llama-bench {statistics.median(theirs):.1f} tok/s (flash attention auto); {second}",
-        verdict(ratio >= 1.0, f"{ratio:.2f}x (rounds {' '.join(f'{r:.2f}' for r in ratios)}; target >= 1.0x)"),
-    )
+    figure = f"single-stream decode, tg{MAX_TOKENS}"
+    report.beside_native(figure, ours, theirs, shown=shown, tool="llama-bench", extra=second)

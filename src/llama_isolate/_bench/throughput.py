@@ -107,17 +107,7 @@ async def beside_native(report: Report, binary: str | None, sequences: int, text
         flash = parent.model_info.flash_attention if parent.model_info else None
     mine = f"{statistics.median(ours):.1f} tok/s (flash attention {'on' if flash else 'off'})"
     figure = f"{sequences} conversations, {PROMPT_TOKENS}-token prompts + {GENERATED} tokens each"
-    if not theirs:
-        report.add(figure, mine, "no native reference given", "")
-        return
-    ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
-    ratio = statistics.median(ratios)
-    report.add(
-        f"{figure}, vs llama-batched-bench (median of {ROUNDS} paired rounds)",
-        mine,
-        f"llama-batched-bench npl {sequences}: {statistics.median(theirs):.1f} tok/s (flash attention auto)",
-        verdict(ratio >= 1.0, f"{ratio:.2f}x (rounds {' '.join(f'{r:.2f}' for r in ratios)}; target >= 1.0x)"),
-    )
+    report.beside_native(figure, ours, theirs, shown=mine, tool=f"llama-batched-bench npl {sequences}")
 
 
 async def run(report: Report) -> None:
