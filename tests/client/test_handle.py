@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from llama_isolate import (
+    MEDIA_MARKER,
     LlamaParent,
     LlamaStatus,
     LlamaStatusError,
@@ -21,7 +22,8 @@ from llama_isolate import (
     ToolCallDelta,
 )
 
-from ..helpers.models import greedy_load
+from ..helpers.models import greedy_load, vlm_load
+from ..helpers.pictures import RED
 
 ASK = "Name three colours."
 
@@ -245,3 +247,20 @@ async def test_a_scope_cancel_ends_its_running_and_queued_prompts_and_stop_is_it
 
 def test_is_ready_means_a_worker_takes_prompts() -> None:
     assert {s for s in LlamaStatus if s.is_ready} == {LlamaStatus.READY, LlamaStatus.GENERATING}
+
+
+async def test_images_go_as_an_option_or_in_the_last_message(tiny_vlm: tuple[Path, Path]) -> None:
+    async with LlamaParent(vlm_load(tiny_vlm)) as parent:
+        by_option = await parent.generate("What is it?", images=[RED], max_tokens=3).event
+        in_message = [{"role": "user", "content": f"{MEDIA_MARKER}\nWhat is it?", "images": (RED,)}]
+        by_message = await parent.generate(in_message, max_tokens=3).event
+        assert by_option.success and by_message.success
+        whole = by_option.prompt_tokens + by_option.cached_tokens
+        assert whole == by_message.prompt_tokens + by_message.cached_tokens > 10  # the picture's tokens, in both
+        assert by_message.cached_tokens > 10  # the same prompt: the picture was found in the cache
+        with pytest.raises(ValueError, match="give them in one place"):
+            parent.generate(in_message, images=[RED])
+        with pytest.raises(ValueError, match="raw=True"):
+            parent.generate("What is it?", images=[RED], raw=True)
+        text_only = await parent.generate("What is it?", max_tokens=3).event
+        assert text_only.prompt_tokens + text_only.cached_tokens < whole
