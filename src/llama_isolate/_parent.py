@@ -451,7 +451,7 @@ class LlamaParent:
                 print((await handle.event).finish_reason)
         """
         chosen = options_of(options, overrides, "generate")
-        self._check_loop("generate")
+        self._require_ready("generate", queueing=True)  # before the handle, which needs the running loop
         if isinstance(messages_or_prompt, str):
             prompt, history = messages_or_prompt, list[dict[str, Any]]()
         else:
@@ -685,7 +685,7 @@ class LlamaParent:
         return self._enqueue(what, prompt, scope, options).id
 
     def _scope_generate(self, scope: LlamaScope, prompt: str, options: PromptOptions) -> PromptHandle:
-        self._check_loop("generate")
+        self._require_ready("generate", queueing=True)  # before the handle, which needs the running loop
         handle = PromptHandle(uuid.uuid4().hex, self._flow.cancel_prompt)
         self._enqueue("generate", prompt, scope, options, listener=handle)
         return handle

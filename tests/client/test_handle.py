@@ -264,3 +264,11 @@ async def test_images_go_as_an_option_or_in_the_last_message(tiny_vlm: tuple[Pat
             parent.generate("What is it?", images=[RED], raw=True)
         text_only = await parent.generate("What is it?", max_tokens=3).event
         assert text_only.prompt_tokens + text_only.cached_tokens < whole
+
+
+def test_generate_before_init_is_a_status_error_not_a_missing_loop(model_path: Path) -> None:
+    parent = LlamaParent(greedy_load(model_path))
+    with pytest.raises(LlamaStatusError, match="call init"):
+        parent.generate(ASK)  # no event loop runs here: the status is what is wrong
+    with pytest.raises(LlamaStatusError, match="call init"):
+        parent.default_scope.generate(ASK)
