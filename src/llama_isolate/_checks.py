@@ -44,6 +44,11 @@ def check_text(value: object, where: str, *, nul: bool = True, param: str | None
     return value
 
 
+def plain(text: str) -> str:
+    """`text` as an exact `str` (a str subclass, such as a str enum member, keeps its characters, not its repr)."""
+    return text if type(text) is str else str.__str__(text)
+
+
 def check_int(value: object, where: str, lo: int, hi: int | None = None) -> int:
     """`value` if it is an int (not a bool) >= `lo` (and <= `hi`); `where` is the error's param too."""
     bounds = f">= {lo}" if hi is None else f"from {lo} to {hi}"

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
-from ._checks import check_int, check_text
+from ._checks import check_int, check_text, plain
 from ._errors import LlamaTypeError, LlamaValueError
 from ._images import LlamaImage
 from ._params import SamplerParams
@@ -98,6 +98,10 @@ class PromptOptions:
     trim_history: bool | None = None
 
     def __post_init__(self) -> None:
+        for name in ("max_tokens", "logprobs", "n"):  # an IntEnum member is its plain int from here on
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool) and type(value) is not int:
+                object.__setattr__(self, name, int(value))
         if self.sampler_params is not None and not isinstance(self.sampler_params, SamplerParams):
             raise LlamaTypeError(
                 f"sampler_params must be a SamplerParams, got {type(self.sampler_params).__name__}",
@@ -113,7 +117,7 @@ class PromptOptions:
         if self.n > 1 and self.tools is not None:
             raise LlamaValueError("n above 1 cannot be combined with tools yet", param="n")
         if self.tool_call_id is not None:
-            check_text(self.tool_call_id, "tool_call_id")
+            object.__setattr__(self, "tool_call_id", plain(check_text(self.tool_call_id, "tool_call_id")))
         if self.trim_history is not None and not isinstance(self.trim_history, bool):
             raise LlamaTypeError(
                 f"trim_history must be a bool or None, got {type(self.trim_history).__name__}", param="trim_history"
@@ -137,7 +141,7 @@ def _stop_of(stop: object) -> tuple[str, ...]:
     """`stop` as a tuple, if it is a sequence of strings (one str is not: it would be its letters)."""
     if isinstance(stop, str) or not isinstance(stop, Sequence):
         raise LlamaTypeError(f"stop must be a sequence of strings, got {type(stop).__name__}", param="stop")
-    return tuple(check_text(text, f"stop[{i}]") for i, text in enumerate(stop))
+    return tuple(plain(check_text(text, f"stop[{i}]")) for i, text in enumerate(stop))
 
 
 class PromptFields(TypedDict, total=False):

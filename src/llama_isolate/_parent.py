@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import _protocol as protocol
-from ._checks import check_images, check_int, check_text
+from ._checks import check_images, check_int, check_text, plain
 from ._client.conversations import split_last_turn, turns_of
 from ._client.prompts import PromptFlow, with_markers
 from ._client.queue import PromptRecord
@@ -647,7 +647,7 @@ class LlamaParent:
         self._require_ready(what)
         if not isinstance(text, str):
             raise LlamaTypeError(f"text must be a str, got {type(text).__name__}", param="text")
-        check_text(text, "text")
+        text = plain(check_text(text, "text"))  # a str subclass would not cross to the worker
         if not self._load.context_params.embeddings or self._load.model_params.vocab_only:
             raise LlamaFeatureNotEnabled(f"{what}() needs LlamaLoad(context_params=ContextParams(embeddings=True))")
         return await self._link.request(lambda rid: protocol.Embed(rid, text, normalize), protocol.Embedding)

@@ -22,7 +22,7 @@ import io
 import pickle
 import struct
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from ._events import ErrorCode, FinishReason, ModelInfo
 from ._params import ContextParams, LlamaLoad, ModelParams, SamplerParams
@@ -327,6 +327,7 @@ _MESSAGES: tuple[type, ...] = (
 )
 _PARTS: tuple[type, ...] = (ModelInfo, LlamaLoad, ModelParams, ContextParams, SamplerParams)
 _ALLOWED = {cls.__name__: cls for cls in _MESSAGES + _PARTS}
+_ALLOWED_TYPES = frozenset(_ALLOWED.values())
 
 
 class _Unpickler(pickle.Unpickler):
@@ -335,6 +336,31 @@ class _Unpickler(pickle.Unpickler):
         if cls is None or cls.__module__ != module:
             raise pickle.UnpicklingError(f"unexpected type in a frame: {module}.{name}")
         return cls
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles a message only if the other side's `_Unpickler` can read it back.
+
+    Plain values (exact str, int, float, bytes, tuples, lists, dicts, None,
+    bools) never reach `reducer_override`; every other object does, and only
+    the message and part classes pass. A subclass of str or int (an enum
+    member, say) would otherwise be pickled by its class, which the reader
+    refuses: the frame would kill the channel instead of failing one call.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) in _ALLOWED_TYPES or (isinstance(obj, type) and obj in _ALLOWED_TYPES):  # an instance or class
+            return NotImplemented  # pickled as usual
+        kind = type(obj)
+        raise TypeError(
+            f"a {kind.__module__}.{kind.__qualname__} cannot be sent to the worker; give plain values "
+            "(str, int, float, bool, bytes, and tuples or lists of them)"
+        )
+
+
+def sendable(value: object) -> None:
+    """Raise `TypeError` naming the first object in `value` the worker could not read back."""
+    _Pickler(io.BytesIO(), protocol=pickle.HIGHEST_PROTOCOL).dump(value)
 
 
 def _is_plain(tokens: Tokens) -> bool:
@@ -348,7 +374,9 @@ def encode(message: Message) -> bytes:
         prompt_id = message.prompt_id.encode("utf-8")
         payload = b"T" + _ID_LENGTH.pack(len(prompt_id)) + prompt_id + message.text.encode("utf-8", "surrogatepass")
     else:
-        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        buffer = io.BytesIO()
+        _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(message)
+        payload = buffer.getvalue()
     return HEADER.pack(len(payload)) + payload
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from llama_isolate import (
     LlamaParent,
     LlamaStatus,
     LlamaStatusError,
+    LlamaTypeError,
     PromptFields,
     PromptHandle,
     PromptOptions,
@@ -272,3 +274,29 @@ def test_generate_before_init_is_a_status_error_not_a_missing_loop(model_path: P
         parent.generate(ASK)  # no event loop runs here: the status is what is wrong
     with pytest.raises(LlamaStatusError, match="call init"):
         parent.default_scope.generate(ASK)
+
+
+class Colour(str, enum.Enum):
+    RED = "red"
+
+
+class Budget(enum.IntEnum):
+    SHORT = 3
+
+
+class Marker(str):
+    """A str subclass of the caller's own: pickled by its class, which the worker cannot read."""
+
+
+async def test_enum_members_and_str_subclasses_are_plain_values_or_refused_never_a_dead_worker(
+    parent: LlamaParent,
+) -> None:
+    pid = parent.worker_pid
+    event = await parent.generate(ASK, max_tokens=Budget.SHORT, stop=[Colour.RED, Marker("zz")]).event
+    assert event.success and event.completion_tokens <= 3
+    history = [{"role": "user", "content": Marker("Hi")}, {"role": "assistant", "content": Colour.RED}]
+    assert (await parent.generate([*history, {"role": "user", "content": ASK}], max_tokens=2).event).success
+    with pytest.raises(LlamaTypeError, match="cannot be sent to the worker") as caught:
+        await parent.send_prompt(ASK, sampler_params=SamplerParams(stop=(Marker("x"),)))
+    assert caught.value.param == "sampler_params" and parent.queue_length == 0 and not parent.is_generating
+    assert (await parent.generate(ASK, max_tokens=2).event).success and parent.worker_pid == pid

@@ -8,7 +8,14 @@ from llama_isolate import MEDIA_MARKER
 
 # Text that has tripped C code before: lone surrogates, NULs, the image marker, a stray BOS, long runs.
 nasty = st.sampled_from(["\ud800", "\udfff", "\x00", MEDIA_MARKER, "<s>", "</s>", "\u202e", "🦙", "\r\n", "a" * 300])
-texts = st.lists(st.one_of(st.text(max_size=20), nasty), max_size=6).map("".join)
+
+
+class Foreign(str):
+    """A str of the caller's own class (an enum member is one): pickled by its class, which the worker refuses."""
+
+
+plain_texts = st.lists(st.one_of(st.text(max_size=20), nasty), max_size=6).map("".join)
+texts = st.one_of(plain_texts, plain_texts.map(Foreign))
 
 # A chat template that refuses a role, as some models' templates do, to reach the template's failures too.
 TEMPLATE = (

@@ -13,7 +13,7 @@ import dataclasses
 from typing import Any
 
 from .. import _protocol as protocol
-from .._checks import check_history
+from .._checks import check_history, plain
 from .._errors import LlamaValueError
 from .._events import ToolCall
 from .._grammar.tools import FORMATS, ToolFormat, openai_calls, render_calls
@@ -148,10 +148,11 @@ def _submit(record: PromptRecord, history: list[dict[str, Any]], tool_format: To
 
 def _turns(history: list[dict[str, Any]], tool_format: ToolFormat) -> tuple[tuple[str, str], ...]:
     """Checked messages as (role, text) pairs for the template."""
-    return tuple((str(m["role"]), _content(m, tool_format)) for m in history)
+    return tuple((plain(m["role"]), _content(m, tool_format)) for m in history)
 
 
 def _content(message: dict[str, Any], tool_format: ToolFormat) -> str:
     """A message's text for the template; an assistant's tool calls are written in, as the model writes them."""
     calls = message.get("tool_calls")
-    return render_calls(str(message["content"]), calls, tool_format) if calls else str(message["content"])
+    content = plain(message["content"])
+    return render_calls(content, calls, tool_format) if calls else content

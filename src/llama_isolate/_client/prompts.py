@@ -85,6 +85,10 @@ class PromptFlow:
         if options.stop is not None:
             sampler = dataclasses.replace(sampler, stop=options.stop)
         sampler, tool_plan = _grammar_of(sampler, options)
+        try:
+            protocol.sendable(sampler)
+        except TypeError as exc:
+            raise LlamaTypeError(f"sampler_params: {exc}", param="sampler_params") from None
         record = PromptRecord(
             id=prompt_id,
             scope=scope,
@@ -109,12 +113,10 @@ class PromptFlow:
             if record.tools is not None and record.tools.mode != "none":
                 record.call_reader = CallReader(record.tool_format)
             try:
-                submit = self.conversations.open_turn(record, record.tool_format)
-            except ValueError as exc:  # its conversation was edited into something malformed
+                self._send(self.conversations.open_turn(record, record.tool_format))
+            except (ValueError, TypeError) as exc:  # its conversation was edited into something malformed or unsendable
                 self.queue.finish(record.id)
                 self.end(record, "error", str(exc), error_code="invalid_prompt")
-                continue
-            self._send(submit)
 
     # ------------------------------------------------------------------ replies
 
