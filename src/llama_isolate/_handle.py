@@ -98,6 +98,19 @@ class PromptHandle:
     def __repr__(self) -> str:
         return f"<PromptHandle {self._id} {'done' if self.done else 'pending'}>"
 
+    def _ended(self) -> CompletionEvent:
+        """The event of an ended prompt (no event loop needed)."""
+        return self._event.result()
+
+    def _left(self) -> list[str | ToolCallDelta]:
+        """The pieces not read yet, taken without waiting (no event loop needed)."""
+        left = []
+        while not self._items.empty() and (item := self._items.get_nowait()) is not _END:
+            left.append(item)
+        if self.done:
+            self._items.put_nowait(_END)
+        return left  # type: ignore[return-value]  # only pieces and _END are ever queued
+
     # ------------------------------------------------------------------ fed by the ledger (a PromptListener)
 
     def on_piece(self, item: str | ToolCallDelta) -> None:

@@ -114,6 +114,8 @@ class PromptOptions:
         if self.logprobs is not None:
             check_int(self.logprobs, "logprobs", 0, MAX_LOGPROBS)
         check_int(self.n, "n", 1)
+        if self.tools is None and not (isinstance(self.tool_choice, str) and self.tool_choice == "auto"):
+            raise LlamaValueError("tool_choice needs tools (there is nothing to choose from)", param="tool_choice")
         if self.n > 1 and self.tools is not None:
             raise LlamaValueError("n above 1 cannot be combined with tools yet", param="n")
         if self.tool_call_id is not None:

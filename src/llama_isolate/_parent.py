@@ -476,6 +476,8 @@ class LlamaParent:
             raise LlamaStatusError(f"scope {getattr(scope, 'id', scope)!r} is disposed or belongs to another parent")
         if options.images:
             prompt, options = self._with_images(prompt, options)
+        elif self._load.mmproj_path is None and _has_images(scope.messages if history is None and scope else history):
+            raise LlamaFeatureNotEnabled("the conversation has images; they need LlamaLoad(mmproj_path=...)")
         if options.tools is not None and self._info is not None and not self._info.has_chat_template:
             raise LlamaValueError(
                 "tools need a chat template to show them; this model has none (see chat_template)", param="tools"
@@ -753,3 +755,8 @@ class LlamaParent:
     def _fail_unfinished(self, message: str) -> None:
         self._flow.end_all("error", message, "worker_died")
         self._link.fail_requests(LlamaWorkerDied(message))
+
+
+def _has_images(messages: object) -> bool:
+    """Whether a conversation (as given: it is checked later) has a message with images."""
+    return isinstance(messages, list) and any(isinstance(m, dict) and m.get("images") for m in messages)

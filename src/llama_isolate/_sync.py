@@ -172,6 +172,8 @@ class SyncPromptHandle:
         async def event() -> CompletionEvent:
             return await self._handle.event
 
+        if self._handle.done:  # also once the parent (and its loop thread) is gone
+            return self._handle._ended()
         return self._loop.call(event(), timeout)
 
     def take_logprobs(self) -> list[TokenLogprob]:
@@ -189,6 +191,9 @@ class SyncPromptHandle:
             except StopAsyncIteration:
                 return _CLOSED
 
+        if self._loop.closed:  # the parent is gone: what came before its end is all there is
+            yield from self._handle._left()
+            return
         while (piece := self._loop.call(step())) is not _CLOSED:
             yield piece  # type: ignore[misc]  # only pieces and _CLOSED come back
 

@@ -12,10 +12,12 @@ import pytest
 
 from llama_isolate import (
     MEDIA_MARKER,
+    LlamaFeatureNotEnabled,
     LlamaParent,
     LlamaStatus,
     LlamaStatusError,
     LlamaTypeError,
+    LlamaValueError,
     PromptFields,
     PromptHandle,
     PromptOptions,
@@ -300,3 +302,25 @@ async def test_enum_members_and_str_subclasses_are_plain_values_or_refused_never
         await parent.send_prompt(ASK, sampler_params=SamplerParams(stop=(Marker("x"),)))
     assert caught.value.param == "sampler_params" and parent.queue_length == 0 and not parent.is_generating
     assert (await parent.generate(ASK, max_tokens=2).event).success and parent.worker_pid == pid
+
+
+async def test_what_cannot_be_answered_is_refused_at_send_wherever_it_is(parent: LlamaParent) -> None:
+    earlier = [{"role": "user", "content": f"{MEDIA_MARKER} what", "images": [RED]}]
+    earlier.append({"role": "assistant", "content": "a"})
+    with pytest.raises(LlamaFeatureNotEnabled, match="mmproj"):  # images in an earlier turn, no projector
+        parent.generate([*earlier, {"role": "user", "content": "And?"}])
+    with pytest.raises(LlamaValueError, match="tool_choice needs tools") as caught:
+        parent.generate(ASK, tool_choice="required")
+    assert caught.value.param == "tool_choice"
+    with pytest.raises(LlamaValueError, match="tool_call_id") as caught:
+        parent.generate([{"role": "tool", "tool_call_id": 5, "content": "42"}])
+    assert caught.value.param == "messages[0].tool_call_id"
+    assert parent.queue_length == 0 and not parent.is_generating
+
+
+def test_a_blocking_handle_still_answers_after_its_parent_is_gone(model_path: Path) -> None:
+    with SyncLlamaParent(greedy_load(model_path, n_ctx=1024)) as parent:
+        handle = parent.generate(ASK, max_tokens=400)
+        next(iter(handle))
+    assert handle.done and handle.event.finish_reason == "cancelled"  # dispose cancelled it
+    assert isinstance(list(handle), list)  # what was left, and then the end: no error

@@ -103,8 +103,10 @@ def split_last_turn(messages: object, options: PromptOptions) -> tuple[str, list
         options = dataclasses.replace(options, images=images)
     if role == "tool":
         call = last.get("tool_call_id")
-        if not isinstance(call, str):
-            raise LlamaValueError(f"{where} is a tool turn without a tool_call_id", param=f"{where}.tool_call_id")
+        if not isinstance(call, str) or not call:
+            raise LlamaValueError(
+                f"{where} is a tool turn, and needs a tool_call_id (a non-empty str)", param=f"{where}.tool_call_id"
+            )
         options = dataclasses.replace(options, tool_call_id=call)
     return last["content"], history[:-1], options
 

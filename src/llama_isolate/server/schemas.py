@@ -12,9 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_
 
 from .errors import ApiError
 
-Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+Temperature = Annotated[float, Field(strict=True, ge=0.0, le=2.0)]  # true and "0.5" are refused; 1 is 1.0
 Count = Annotated[StrictInt, Field(ge=1)]  # "3", true and 2.0 are refused, as OpenAI does
-Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+Penalty = Annotated[float, Field(strict=True, ge=-2.0, le=2.0)]
 Stop = str | Annotated[list[str], Field(max_length=16)]
 
 
@@ -130,7 +130,7 @@ class Sampling(_Request):
     max_tokens: Count | None = None
     stop: Stop | None = None
     temperature: Temperature | None = None
-    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    top_p: Annotated[float, Field(strict=True, gt=0.0, le=1.0)] | None = None
     seed: StrictInt | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
