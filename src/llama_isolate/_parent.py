@@ -758,5 +758,11 @@ class LlamaParent:
 
 
 def _has_images(messages: object) -> bool:
-    """Whether a conversation (as given: it is checked later) has a message with images."""
-    return isinstance(messages, list) and any(isinstance(m, dict) and m.get("images") for m in messages)
+    """Whether a conversation (as given: it is checked after) has a message with well-formed images; a malformed
+    images entry is left to the conversation's check, which names it."""
+    return isinstance(messages, list) and any(_shows_images(m) for m in messages)
+
+
+def _shows_images(message: object) -> bool:
+    images = message.get("images") if isinstance(message, dict) else None
+    return isinstance(images, (list, tuple)) and bool(images) and all(isinstance(i, LlamaImage) for i in images)
