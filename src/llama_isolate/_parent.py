@@ -456,9 +456,7 @@ class LlamaParent:
             prompt, history = messages_or_prompt, list[dict[str, Any]]()
         else:
             prompt, history, chosen = split_last_turn(messages_or_prompt, chosen)
-        handle = PromptHandle(uuid.uuid4().hex, self._flow.cancel_prompt)
-        self._enqueue("generate", prompt, None, chosen, history=history, key=f"prompt-{handle.id}", listener=handle)
-        return handle
+        return self._generate(prompt, None, chosen, history)
 
     def _enqueue(
         self,
@@ -468,7 +466,6 @@ class LlamaParent:
         options: PromptOptions,
         *,
         history: list[dict[str, Any]] | None = None,
-        key: str | None = None,
         listener: PromptHandle | None = None,
     ) -> PromptRecord:
         self._require_ready(what, queueing=True)
@@ -491,16 +488,17 @@ class LlamaParent:
                     param="sampler_params.logit_bias",
                 )
         prompt_id = None if listener is None else listener.id
-        record = self._flow.enqueue(
-            prompt, scope, options, history=history, key=key, listener=listener, prompt_id=prompt_id
-        )
+        record = self._flow.enqueue(prompt, scope, options, history=history, listener=listener, prompt_id=prompt_id)
         self._dispatch()
         return record
 
-    def _with_images(self, prompt: str, options: PromptOptions) -> tuple[str, PromptOptions]:
-        """The prompt with one media marker per image, and the images checked; raises what `send_prompt` says."""
+    def _need_mmproj(self) -> None:
         if self._load.mmproj_path is None:
             raise LlamaFeatureNotEnabled("image prompts need LlamaLoad(mmproj_path=...) (a multimodal projector)")
+
+    def _with_images(self, prompt: str, options: PromptOptions) -> tuple[str, PromptOptions]:
+        """The prompt with one media marker per image, and the images checked; raises what `send_prompt` says."""
+        self._need_mmproj()
         if options.raw:
             raise LlamaValueError(
                 "images cannot be sent with raw=True: they go where the chat template puts them", param="images"
@@ -681,15 +679,24 @@ class LlamaParent:
         what = "send_prompt"
         if images is not None:
             what = "send_prompt_with_images"
-            if self._load.mmproj_path is None:
-                raise LlamaFeatureNotEnabled("image prompts need LlamaLoad(mmproj_path=...) (a multimodal projector)")
+            self._need_mmproj()  # before the images are checked: an empty list on such a load is refused for this
             options = dataclasses.replace(options, images=check_images(images, self._load.max_image_pixels))
         return self._enqueue(what, prompt, scope, options).id
 
     def _scope_generate(self, scope: LlamaScope, prompt: str, options: PromptOptions) -> PromptHandle:
-        self._require_ready("generate", queueing=True)  # before the handle, which needs the running loop
+        self._require_ready("generate", queueing=True)
+        return self._generate(prompt, scope, options)
+
+    def _generate(
+        self,
+        prompt: str,
+        scope: LlamaScope | None,
+        options: PromptOptions,
+        history: list[dict[str, Any]] | None = None,
+    ) -> PromptHandle:
+        """Queue a prompt with a handle (the caller checked that the parent is ready: the handle needs the loop)."""
         handle = PromptHandle(uuid.uuid4().hex, self._flow.cancel_prompt)
-        self._enqueue("generate", prompt, scope, options, listener=handle)
+        self._enqueue("generate", prompt, scope, options, history=history, listener=handle)
         return handle
 
     async def _scope_stop(self, scope: LlamaScope) -> None:

@@ -57,14 +57,14 @@ class PromptFlow:
         options: PromptOptions,
         *,
         history: list[dict[str, Any]] | None = None,
-        key: str | None = None,
         listener: PromptListener | None = None,
         prompt_id: str | None = None,
     ) -> PromptRecord:
         """Check a prompt and queue it; `ValueError`/`TypeError` name a bad argument, nothing is queued then.
 
-        `history` and `key` give the prompt a conversation of its own (a
-        `generate` call's) instead of its scope's; `listener` hears its output.
+        `history` gives the prompt a conversation of its own (a `generate`
+        call's, keyed ``prompt-<id>`` in the worker) instead of its scope's;
+        `listener` hears its output.
         """
         if not isinstance(prompt, str):
             raise LlamaTypeError(f"prompt must be a str, got {type(prompt).__name__}", param="prompt")
@@ -74,8 +74,6 @@ class PromptFlow:
             history = []  # a conversation of its own, as `generate` gives
         self.conversations.check(scope, history)
         prompt_id = prompt_id or uuid.uuid4().hex
-        if history is not None and key is None:
-            key = f"prompt-{prompt_id}"
         trim = options.trim_history
         if trim is None:
             trim = True if scope is None or history is not None else scope.trim_history
@@ -99,7 +97,7 @@ class PromptFlow:
             trim=trim,
             tools=tool_plan,
             history=history,
-            key=key,
+            key=None if history is None else f"prompt-{prompt_id}",
             listener=listener,
         )
         self.queue.push(record)

@@ -22,7 +22,7 @@ from typing import Any
 
 from llama_isolate import MEDIA_MARKER, LlamaImage, LlamaValueError, PromptOptions, SamplerParams, check_messages
 
-from .errors import ApiError, api_error_of
+from .errors import ApiError, refused_as_api_error
 from .schemas import ChatCompletionRequest, ChatMessage, ImagePart, ResponseFormat, Sampling, TextPart
 
 _DATA_URI = re.compile(r"data:(?P<mime>[\w.+/-]*)(?P<params>(;[\w=.+-]+)*?);base64,(?P<data>.*)", re.DOTALL)
@@ -74,13 +74,8 @@ def chat_turn(body: ChatCompletionRequest, *, images_allowed: bool, trim_history
 
 def prompt_options(**fields: Any) -> PromptOptions:
     """`PromptOptions` of a request's fields; `ApiError` 400 (naming the request's field) if the library refuses one."""
-    try:
+    with refused_as_api_error(None):
         return PromptOptions(**fields)
-    except (ValueError, TypeError) as exc:
-        refusal = api_error_of(exc, default_param=None)
-        if refusal is None:
-            raise
-        raise refusal from None
 
 
 def response_schema(fmt: ResponseFormat | None) -> Mapping[str, Any] | None:
@@ -99,12 +94,8 @@ def response_schema(fmt: ResponseFormat | None) -> Mapping[str, Any] | None:
 def _check_conversation(messages: list[dict[str, Any]]) -> None:
     """The library's checks of a conversation (a tool call's arguments, one marker per image), as a 400 naming the
     field: the index of each message is the request's, the last one is the prompt."""
-    try:
+    with refused_as_api_error("messages"):
         check_messages(messages)
-    except LlamaValueError as exc:
-        error = api_error_of(exc, default_param="messages")
-        assert error is not None
-        raise error from None
 
 
 def _message(message: ChatMessage, index: int, images_allowed: bool) -> dict[str, Any]:
@@ -213,9 +204,5 @@ def sampler(base: SamplerParams, body: Sampling, *, n_vocab: int) -> SamplerPara
     if body.stop is not None:
         stops = [body.stop] if isinstance(body.stop, str) else body.stop
         changes["stop"] = tuple(s for s in stops if s)
-    try:
+    with refused_as_api_error(None):  # the error's param names the field: sampler_params.seed is the request's seed
         return dataclasses.replace(base, **changes)
-    except LlamaValueError as exc:  # its param names the field: sampler_params.seed is the request's seed
-        error = api_error_of(exc, default_param=None)
-        assert error is not None
-        raise error from None

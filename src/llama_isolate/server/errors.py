@@ -7,8 +7,10 @@ Every error the server returns has this shape, including FastAPI's own
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -149,6 +151,21 @@ def api_error_of(
     elif not isinstance(exc, (LlamaRequestError, ValueError, TypeError)):  # (a check that names no param yet)
         return None
     return ApiError(400, str(exc), param=param, code=code)
+
+
+@contextlib.contextmanager
+def refused_as_api_error(
+    default_param: str | None, *, feature: Literal["images", "embeddings"] = "images"
+) -> Iterator[None]:
+    """What the library refuses inside the block leaves it as the `ApiError` of `api_error_of`; anything else as it
+    was."""
+    try:
+        yield
+    except Exception as exc:
+        error = api_error_of(exc, default_param=default_param, feature=feature)
+        if error is None:
+            raise
+        raise error from None
 
 
 _SAME_NAME = {"messages", "tools", "tool_choice", "n", "max_tokens"}

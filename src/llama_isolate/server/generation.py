@@ -21,7 +21,7 @@ from llama_isolate import (
     ToolCallDelta,
 )
 
-from .errors import api_error_of
+from .errors import refused_as_api_error
 from .streaming import to_the_end
 
 Item = str | ToolCallDelta | CompletionEvent
@@ -61,13 +61,11 @@ class Generation:
         """
         generation = cls(on_close, on_first)
         try:
-            generation._handle = parent.generate(messages, options)
-        except BaseException as exc:
+            with refused_as_api_error(param):
+                generation._handle = parent.generate(messages, options)
+        except BaseException:
             await generation.close()
-            refusal = api_error_of(exc, default_param=param)
-            if refusal is None:
-                raise
-            raise refusal from None
+            raise
         return generation
 
     def take_logprobs(self) -> list[TokenLogprob]:

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from llama_isolate import CompletionEvent, PromptOptions
 
 from . import convert
-from .errors import ApiError, api_error_of, event_error
+from .errors import ApiError, event_error, refused_as_api_error
 from .pool import ModelPool
 from .responses import OpenAIAnswer, completed
 from .schemas import IDS_AS_INPUT, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Sampling, token_ids
@@ -158,13 +158,8 @@ async def _embed_all(
         param = "input" if isinstance(body.input, str) else f"input[{i}]"
         if not text:
             raise ApiError(400, "cannot embed an empty text", param=param)
-        try:
+        with refused_as_api_error(param, feature="embeddings"):
             result = await unless_disconnected(request.receive, service.embed(text))
-        except Exception as exc:  # what api_error_of does not know goes on as it was
-            error = api_error_of(exc, default_param=param, feature="embeddings")
-            if error is None:
-                raise
-            raise error from None
         vector = result.vector
         tokens += result.tokens
         if body.dimensions is not None and body.dimensions != len(vector):
