@@ -26,10 +26,11 @@ import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from . import _protocol as protocol
 from ._checks import check_images, check_int, check_text, plain
+from ._client.completions import Ending
 from ._client.conversations import split_last_turn, turns_of
 from ._client.prompts import PromptFlow, with_markers
 from ._client.queue import PromptRecord
@@ -69,6 +70,15 @@ def default_init_timeout(path: str | os.PathLike[str]) -> float:
     except OSError:
         size = 0
     return _BASE_TIMEOUT_S + _TIMEOUT_PER_GIB_S * size / 2**30
+
+
+class ParentSettings(TypedDict, total=False):
+    """`LlamaParent`'s keywords, for the facades that pass them on (`SyncLlamaParent`)."""
+
+    max_queue: int | None
+    restart_on_crash: RestartPolicy | bool
+    keep_completed: int
+    liveness_timeout: float | None
 
 
 class LlamaParent:
@@ -317,7 +327,7 @@ class LlamaParent:
         if self._restarts is not None:
             self._restarts.stop()  # a backoff wait ends now, and no attempt follows
         for record in self._flow.queue.remove_waiting(lambda _: True):
-            self._flow.end(record, "cancelled")
+            self._flow.end(record, Ending("cancelled"))
         try:
             if restarting is not None and restarting is not asyncio.current_task():
                 await asyncio.wait({restarting})  # it closes a worker that loaded just before dispose()
@@ -414,8 +424,8 @@ class LlamaParent:
 
             pid = await parent.send_prompt_with_images("Describe it.", [LlamaImage.from_file("a.png")])
         """
-        chosen = options_of(options, overrides, "send_prompt_with_images")
-        return self._scope_send(scope or self.default_scope, prompt, chosen, images)
+        chosen = self._image_options(options_of(options, overrides, "send_prompt_with_images"), images)
+        return self._scope_send(scope or self.default_scope, prompt, chosen)
 
     @takes_prompt_fields
     def generate(
@@ -668,20 +678,14 @@ class LlamaParent:
 
     # ------------------------------------------------------------------ the scopes' surface (see ScopeHost)
 
-    def _scope_send(
-        self,
-        scope: LlamaScope,
-        prompt: str,
-        options: PromptOptions,
-        images: Sequence[LlamaImage] | None = None,
-    ) -> str:
-        """Queue a turn of `scope`; `images` are those of `send_prompt_with_images` (which must name some)."""
-        what = "send_prompt"
-        if images is not None:
-            what = "send_prompt_with_images"
-            self._need_mmproj()  # before the images are checked: an empty list on such a load is refused for this
-            options = dataclasses.replace(options, images=check_images(images, self._load.max_image_pixels))
-        return self._enqueue(what, prompt, scope, options).id
+    def _scope_send(self, scope: LlamaScope, prompt: str, options: PromptOptions) -> str:
+        """Queue a turn of `scope`."""
+        return self._enqueue("send_prompt", prompt, scope, options).id
+
+    def _image_options(self, options: PromptOptions, images: Sequence[LlamaImage]) -> PromptOptions:
+        """`options` with `send_prompt_with_images`'s images (which must name some), checked."""
+        self._need_mmproj()  # before the images are checked: an empty list on such a load is refused for this
+        return dataclasses.replace(options, images=check_images(images, self._load.max_image_pixels))
 
     def _scope_generate(self, scope: LlamaScope, prompt: str, options: PromptOptions) -> PromptHandle:
         self._require_ready("generate", queueing=True)

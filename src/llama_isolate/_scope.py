@@ -31,10 +31,10 @@ DEFAULT_SCOPE_ID = "default"  # the id of every parent's `default_scope`
 class ScopeHost(Protocol):
     """What a scope needs of its parent (`LlamaParent` is the one implementation).
 
-    Besides the public API, seven internal calls: send a turn of the scope,
-    or generate one with a handle, stop the scope's prompts, forget its cache
-    in the worker, check that it is idle, and move its KV state out of and
-    into the worker.
+    Besides the public API, eight internal calls: check a turn's images, send
+    the turn, or generate one with a handle, stop the scope's prompts, forget
+    its cache in the worker, check that it is idle, and move its KV state out
+    of and into the worker.
     """
 
     @property
@@ -43,13 +43,9 @@ class ScopeHost(Protocol):
     @property
     def model_info(self) -> ModelInfo | None: ...
 
-    def _scope_send(
-        self,
-        scope: LlamaScope,
-        prompt: str,
-        options: PromptOptions,
-        images: Sequence[LlamaImage] | None = None,
-    ) -> str: ...
+    def _scope_send(self, scope: LlamaScope, prompt: str, options: PromptOptions) -> str: ...
+
+    def _image_options(self, options: PromptOptions, images: Sequence[LlamaImage]) -> PromptOptions: ...
 
     def _scope_generate(self, scope: LlamaScope, prompt: str, options: PromptOptions) -> PromptHandle: ...
 
@@ -133,8 +129,8 @@ class LlamaScope:
 
             pid = await scope.send_prompt_with_images("What is this?", [image])
         """
-        chosen = options_of(options, overrides, "send_prompt_with_images")
-        return self.parent._scope_send(self, prompt, chosen, images)
+        chosen = self.parent._image_options(options_of(options, overrides, "send_prompt_with_images"), images)
+        return self.parent._scope_send(self, prompt, chosen)
 
     @takes_prompt_fields
     def generate(

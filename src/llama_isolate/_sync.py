@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import queue
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ._errors import LlamaStatusError
 from ._events import CompletionEvent, Embedding, LlamaStatus, ModelInfo, TokenLogprob, ToolCallDelta
@@ -23,8 +24,7 @@ from ._handle import PromptHandle
 from ._images import LlamaImage
 from ._options import PromptFields, PromptOptions, takes_prompt_fields
 from ._params import LlamaLoad
-from ._parent import LlamaParent
-from ._restart import RestartPolicy
+from ._parent import LlamaParent, ParentSettings
 from ._scope import LlamaScope
 from ._streams import EventStream, Subscription
 
@@ -33,6 +33,35 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 _CLOSED = object()
+
+
+class _Read(Generic[T]):
+    """A read-only attribute of a blocking facade, read from the asyncio object it wraps (with that one's docs).
+
+    Example::
+
+        status = _Read[LlamaStatus]("_parent", LlamaParent.status.__doc__)  # in SyncLlamaParent
+    """
+
+    def __init__(self, wrapped: str, doc: str | None) -> None:
+        self._wrapped = wrapped
+        self._name = ""
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _Read[T]: ...
+
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> T: ...
+
+    def __get__(self, obj: object | None, owner: type | None = None) -> _Read[T] | T:
+        if obj is None:
+            return self
+        value: T = getattr(getattr(obj, self._wrapped), self._name)
+        return value
 
 
 class _LoopThread:
@@ -232,15 +261,8 @@ class SyncLlamaScope:
         self.completions: SyncStream[CompletionEvent] = SyncStream(scope.completions, loop)
         """This scope's completion events."""
 
-    @property
-    def id(self) -> str:
-        """The scope's id."""
-        return self._scope.id
-
-    @property
-    def messages(self) -> list[dict[str, Any]]:
-        """This conversation's history (see `LlamaScope.messages`)."""
-        return self._scope.messages
+    id = _Read[str]("_scope", "The scope's id.")
+    messages = _Read[list[dict[str, Any]]]("_scope", "This conversation's history (see `LlamaScope.messages`).")
 
     @property
     def trim_history(self) -> bool:
@@ -326,25 +348,11 @@ class SyncLlamaParent:
             event = parent.wait_for_completion(parent.send_prompt("Hello!"))
     """
 
-    def __init__(
-        self,
-        load: LlamaLoad,
-        *,
-        max_queue: int | None = None,
-        restart_on_crash: RestartPolicy | bool = False,
-        keep_completed: int = 1024,
-        liveness_timeout: float | None = 10.0,
-    ) -> None:
+    def __init__(self, load: LlamaLoad, **settings: Unpack[ParentSettings]) -> None:
         self._loop = _LoopThread()
 
         async def make() -> LlamaParent:
-            return LlamaParent(
-                load,
-                max_queue=max_queue,
-                restart_on_crash=restart_on_crash,
-                keep_completed=keep_completed,
-                liveness_timeout=liveness_timeout,
-            )
+            return LlamaParent(load, **settings)
 
         try:
             self._parent = self._loop.call(make())
@@ -375,40 +383,13 @@ class SyncLlamaParent:
     ) -> None:
         self.dispose()
 
-    @property
-    def status(self) -> LlamaStatus:
-        """See `LlamaParent.status`."""
-        return self._parent.status
-
-    @property
-    def error(self) -> str | None:
-        """Why the status is ERROR; see `LlamaParent.error`."""
-        return self._parent.error
-
-    @property
-    def is_generating(self) -> bool:
-        """True while any prompt is being decoded."""
-        return self._parent.is_generating
-
-    @property
-    def messages(self) -> list[dict[str, Any]]:
-        """The default conversation's history."""
-        return self._parent.messages
-
-    @property
-    def queue_length(self) -> int:
-        """Prompts waiting to start."""
-        return self._parent.queue_length
-
-    @property
-    def worker_pid(self) -> int | None:
-        """The worker process's id while it runs."""
-        return self._parent.worker_pid
-
-    @property
-    def model_info(self) -> ModelInfo | None:
-        """Facts about the loaded model."""
-        return self._parent.model_info
+    status = _Read[LlamaStatus]("_parent", LlamaParent.status.__doc__)
+    error = _Read[str | None]("_parent", LlamaParent.error.__doc__)
+    is_generating = _Read[bool]("_parent", LlamaParent.is_generating.__doc__)
+    messages = _Read[list[dict[str, Any]]]("_parent", LlamaParent.messages.__doc__)
+    queue_length = _Read[int]("_parent", LlamaParent.queue_length.__doc__)
+    worker_pid = _Read[int | None]("_parent", LlamaParent.worker_pid.__doc__)
+    model_info = _Read[ModelInfo | None]("_parent", LlamaParent.model_info.__doc__)
 
     @property
     def parent(self) -> LlamaParent:
@@ -512,3 +493,7 @@ class SyncLlamaParent:
             self._loop.call(self._parent.dispose())
         finally:
             self._loop.stop()
+
+
+# help() and editors see LlamaParent's keywords, which are written once, there.
+SyncLlamaParent.__init__.__signature__ = inspect.signature(LlamaParent.__init__)  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ from llama_isolate import (
     ToolCallDelta,
 )
 from llama_isolate import _protocol as protocol
-from llama_isolate._client.completions import CompletionLedger
+from llama_isolate._client.completions import CompletionLedger, Ending
 from llama_isolate._client.queue import PromptRecord
 
 from ..helpers.fake_worker import FakeScope
@@ -54,7 +54,7 @@ def opened(ledger: CompletionLedger, scope: FakeScope | None = None) -> PromptRe
 async def test_the_last_keep_events_stay_answerable_and_older_ones_are_forgotten() -> None:
     ledger = Streams().ledger(keep=2)
     prompts = [opened(ledger) for _ in range(3)]
-    events = [ledger.complete(p, "stop") for p in prompts]
+    events = [ledger.complete(p, Ending("stop")) for p in prompts]
     with pytest.raises(KeyError, match="older than the last keep_completed"):
         await ledger.wait(prompts[0].id)
     assert [await ledger.wait(p.id) for p in prompts[1:]] == events[1:]
@@ -69,7 +69,7 @@ async def test_a_wait_begun_before_the_end_gets_the_event_and_so_does_one_after(
     ledger = Streams().ledger()
     prompt = opened(ledger)
     ledger.token(prompt, "hello")
-    asyncio.get_running_loop().call_soon(ledger.complete, prompt, "length")  # only once the wait below is waiting
+    asyncio.get_running_loop().call_soon(ledger.complete, prompt, Ending("length"))  # only once the wait below is waiting
     before = await ledger.wait(prompt.id)
     assert (before.text, before.finish_reason, before.success) == ("hello", "length", True)
     assert await ledger.wait(prompt.id) is before
@@ -85,7 +85,7 @@ async def test_a_cancelled_wait_ends_neither_the_prompt_nor_the_other_waits() ->
     with pytest.raises(asyncio.CancelledError):
         await impatient
     assert ledger.is_open(prompt.id)
-    loop.call_soon(ledger.complete, prompt, "stop")
+    loop.call_soon(ledger.complete, prompt, Ending("stop"))
     event = await patient
     assert event.finish_reason == "stop" and await ledger.wait(prompt.id) is event
 
@@ -99,8 +99,8 @@ async def test_a_prompt_completes_once_and_its_event_goes_to_the_parent_and_its_
     other_seen: list[CompletionEvent] = []
     other.completions.listen(other_seen.append)
     prompt = opened(ledger, scope)
-    event = ledger.complete(prompt, "error", "boom", error_code="engine_error")
-    assert ledger.complete(prompt, "stop") is None  # a late end changes nothing
+    event = ledger.complete(prompt, Ending("error", "boom", "engine_error"))
+    assert ledger.complete(prompt, Ending("stop")) is None  # a late end changes nothing
     assert event is not None and not event.success and event.error == "boom" and event.error_code == "engine_error"
     assert streams.seen["completions"] == seen == [event]
     assert other_seen == []
@@ -121,7 +121,7 @@ async def test_tokens_go_to_the_parents_stream_and_to_their_own_scopes_only() ->
     ledger.token(in_scope, "c")
     assert streams.seen["stream"] == ["a", "b", "c"]
     assert shown == {"mine": ["a", "c"], "other": []}
-    assert ledger.complete(in_scope, "stop").text == "ac"  # type: ignore[union-attr]
+    assert ledger.complete(in_scope, Ending("stop")).text == "ac"  # type: ignore[union-attr]
 
 
 async def test_log_probabilities_and_tool_call_pieces_fan_out_the_same_way() -> None:
@@ -142,5 +142,5 @@ async def test_log_probabilities_and_tool_call_pieces_fan_out_the_same_way() -> 
     assert [t.text for t in logprobs[0].top] == ["hi", "yo"]
     assert streams.seen["token_logprobs"] == logprobs
     assert streams.seen["tool_call_deltas"] == deltas == [delta]
-    event = ledger.complete(prompt, "stop")
+    event = ledger.complete(prompt, Ending("stop"))
     assert event is not None and event.logprobs == tuple(logprobs)

@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The sampler options whose flag (--top-k) is the field's name (top_k).
+_SAMPLER_FLAGS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "seed", "greedy")
+
+
 def _load(args: argparse.Namespace, *, embeddings: bool = False, n_parallel: int = 1) -> LlamaLoad:
     """The load the options describe; ValueError (a usage error) names a bad value."""
     if args.max_tokens is not None and args.max_tokens < 1:
@@ -89,16 +93,7 @@ def _load(args: argparse.Namespace, *, embeddings: bool = False, n_parallel: int
     context: dict[str, object] = {"n_ctx": args.n_ctx, "embeddings": embeddings, "n_parallel": n_parallel}
     if args.threads is not None:
         context |= {"n_threads": args.threads, "n_threads_batch": args.threads}
-    sampler = SamplerParams(
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repeat_penalty=args.repeat_penalty,
-        seed=args.seed,
-        greedy=args.greedy,
-        stop=tuple(args.stop),
-    )
+    sampler = SamplerParams(stop=tuple(args.stop), **{name: getattr(args, name) for name in _SAMPLER_FLAGS})
     return LlamaLoad(
         path=args.model or default_model_path(),
         mmproj_path=args.mmproj,

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from .. import _protocol as protocol
@@ -28,6 +29,26 @@ from .._streams import EventStream
 from .queue import PromptRecord, Streams
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a prompt ended: its finish reason, why when it failed, and the worker's last reply when there was one.
+
+    Example::
+
+        Ending("error", "the worker process died", error_code="worker_died")
+    """
+
+    reason: FinishReason
+    error: str | None = None
+    error_code: ErrorCode | None = None
+    stats: protocol.Finished | None = None
+
+    @classmethod
+    def of(cls, reply: protocol.Finished) -> Ending:
+        """The ending the worker reported."""
+        return cls(reply.finish_reason, reply.error, stats=reply)
 
 
 class CompletionLedger:
@@ -76,19 +97,12 @@ class CompletionLedger:
         if record.listener is not None:
             record.listener.on_piece(delta)
 
-    def complete(
-        self,
-        record: PromptRecord,
-        reason: FinishReason,
-        error: str | None = None,
-        stats: protocol.Finished | None = None,
-        error_code: ErrorCode | None = None,
-    ) -> CompletionEvent | None:
+    def complete(self, record: PromptRecord, ending: Ending) -> CompletionEvent | None:
         """Emit the prompt's event, once; returns it, or None if it was already completed."""
         future = self._futures.pop(record.id, None)
         if future is None:
             return None
-        event = _event(record, reason, error, stats, error_code)
+        event = _event(record, ending)
         self._events[record.id] = event
         while len(self._events) > self._keep:
             self._events.popitem(last=False)
@@ -140,15 +154,10 @@ def _events(streams: Streams) -> EventStream[CompletionEvent]:
     return streams.completions
 
 
-def _event(
-    record: PromptRecord,
-    reason: FinishReason,
-    error: str | None,
-    stats: protocol.Finished | None,
-    error_code: ErrorCode | None,
-) -> CompletionEvent:
+def _event(record: PromptRecord, ending: Ending) -> CompletionEvent:
+    reason, error, error_code = ending.reason, ending.error, ending.error_code
     now = time.monotonic()
-    stats = stats or protocol.Finished(prompt_id=record.id, finish_reason=reason)
+    stats = ending.stats or protocol.Finished(prompt_id=record.id, finish_reason=reason)
     generation_s = stats.generation_s
     return CompletionEvent(
         prompt_id=record.id,
@@ -169,7 +178,7 @@ def _event(
             tokens_per_second=stats.completion_tokens / generation_s if generation_s > 0 else 0.0,
         ),
         error_code=(stats.error_code or error_code or "internal_error") if reason == "error" else None,
-        logprobs=None if record.logprobs is None else _within(record.token_logprobs, record.reply),
+        logprobs=None if record.options.logprobs is None else _within(record.token_logprobs, record.reply),
         tool_calls=record.calls,
         choices=_choices(record, reason, stats),
     )
@@ -184,11 +193,11 @@ def token_logprob(logprob: protocol.Logprob) -> TokenLogprob:
 
 def _choices(record: PromptRecord, reason: FinishReason, stats: protocol.Finished) -> tuple[CompletionChoice, ...]:
     """Every reply of a prompt sent with n above 1, choice 0 first."""
-    if record.n <= 1:
+    if record.options.n <= 1:
         return ()
 
     def logprobs(entries: list[TokenLogprob], text: str) -> tuple[TokenLogprob, ...] | None:
-        return None if record.logprobs is None else _within(entries, text)
+        return None if record.options.logprobs is None else _within(entries, text)
 
     out = [
         CompletionChoice(

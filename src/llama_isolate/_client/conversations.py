@@ -57,10 +57,10 @@ class Conversations:
         history = self.of(record)
         record.history_len = len(history)
         turn: dict[str, Any] = {"role": "user", "content": record.text}
-        if record.tool_call_id is not None:
-            turn = {"role": "tool", "tool_call_id": record.tool_call_id, "content": record.text}
-        if record.images:
-            turn["images"] = record.images
+        if record.options.tool_call_id is not None:
+            turn = {"role": "tool", "tool_call_id": record.options.tool_call_id, "content": record.text}
+        if record.options.images:
+            turn["images"] = record.options.images
         history.append(turn)
         return _submit(record, history, tool_format)
 
@@ -139,11 +139,11 @@ def _submit(record: PromptRecord, history: list[dict[str, Any]], tool_format: To
         record.max_tokens,
         images,
         record.options.raw,
-        record.logprobs,
+        record.options.logprobs,
         tools=None if tools is None else tools.specs_json,
         tool_markers=() if tools is None or tools.mode == "none" else FORMATS[tool_format].markers(tools.names),
         tool_grammar=grammar if tools is not None and tools.mode == "auto" else None,
-        n=record.n,
+        n=record.options.n,
         trim=record.trim,
     )
 

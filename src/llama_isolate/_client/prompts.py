@@ -25,7 +25,7 @@ from .._grammar.tools import plan as plan_tools
 from .._images import MEDIA_MARKER
 from .._options import PromptOptions
 from .._params import LlamaLoad, SamplerParams
-from .completions import CompletionLedger, token_logprob
+from .completions import CompletionLedger, Ending, token_logprob
 from .conversations import Conversations
 from .queue import Conversation, PromptListener, PromptQueue, PromptRecord, Streams
 
@@ -114,7 +114,7 @@ class PromptFlow:
                 self._send(self.conversations.open_turn(record, record.tool_format))
             except (ValueError, TypeError) as exc:  # its conversation was edited into something malformed or unsendable
                 self.queue.finish(record.id)
-                self.end(record, "error", str(exc), error_code="invalid_prompt")
+                self.end(record, Ending("error", str(exc), "invalid_prompt"))
 
     # ------------------------------------------------------------------ replies
 
@@ -139,7 +139,7 @@ class PromptFlow:
 
     def finished(self, reply: protocol.Finished) -> None:
         waiting = self.queue.running.get(reply.prompt_id)
-        if waiting is not None and waiting.n > 1:  # the prompt ends with its last choice
+        if waiting is not None and waiting.options.n > 1:  # the prompt ends with its last choice
             waiting.choice_ends[reply.choice] = reply
             first = waiting.choice_ends.get(0)
             if first is None or len(waiting.choice_ends) <= first.forks:
@@ -147,37 +147,30 @@ class PromptFlow:
             reply = first
         record = self.queue.finish(reply.prompt_id)
         if record is not None:
-            self.end(record, reply.finish_reason, reply.error, reply)
+            self.end(record, Ending.of(reply))
 
     def fault(self, prompt_id: str, error: str) -> None:
         """Handling one of this prompt's replies raised: fail it alone, and stop it in the worker."""
         record = self.queue.finish(prompt_id)
         if record is not None:
             self._send(protocol.Cancel((prompt_id,), "cancelled"))
-            self.end(record, "error", error, error_code="internal_error")
+            self.end(record, Ending("error", error, "internal_error"))
 
-    def end(
-        self,
-        record: PromptRecord,
-        reason: FinishReason,
-        error: str | None = None,
-        stats: protocol.Finished | None = None,
-        *,
-        error_code: ErrorCode | None = None,
-    ) -> None:
+    def end(self, record: PromptRecord, ending: Ending) -> None:
         """The one way a prompt ends: its conversation settles, then its event goes out (once)."""
         if not self.ledger.is_open(record.id):
             return
+        stats = ending.stats
         call_text = stats.tool_text if stats is not None and record.tools is not None else None
         if call_text:
             ids = () if record.call_reader is None else record.call_reader.ids
             record.calls = parse_calls(call_text, record.tool_format, ids)
             if not record.calls:  # begun but not in a form the grammar took: it stays text
                 record.pieces.append(call_text)
-        self.conversations.settle(record, record.reply, failed=reason == "error", calls=record.calls)
+        self.conversations.settle(record, record.reply, failed=ending.reason == "error", calls=record.calls)
         if record.history is not None and record.key is not None:  # a conversation of its own: the worker forgets it
             self._send(protocol.DropScope(record.key))
-        self.ledger.complete(record, reason, error, stats, error_code)
+        self.ledger.complete(record, ending)
 
     # ------------------------------------------------------------------ ending many
 
@@ -190,27 +183,29 @@ class PromptFlow:
     async def cancel_prompt(self, prompt_id: str) -> None:
         """Cancel one prompt, waiting or running; returns once its event was emitted."""
         for record in self.queue.remove_waiting(lambda r: r.id == prompt_id):
-            self.end(record, "cancelled")
+            self.end(record, Ending("cancelled"))
         if prompt_id in self.queue.running:
             await self.cancel_running([prompt_id], "cancelled")
 
     async def stop_scope(self, scope: Conversation) -> None:
         """Cancel a conversation's waiting and running prompts."""
         for record in self.queue.remove_waiting(lambda r: r.scope is scope):
-            self.end(record, "cancelled")
+            self.end(record, Ending("cancelled"))
         await self.cancel_running([r.id for r in self.queue.running_of(scope.id)], "cancelled")
 
     def end_running(self, reason: FinishReason, error: str | None = None, error_code: ErrorCode | None = None) -> None:
         """End every running prompt here (the worker is gone); waiting ones stay queued."""
+        ending = Ending(reason, error, error_code)
         for prompt_id in list(self.queue.running):
             record = self.queue.finish(prompt_id)
             if record is not None:
-                self.end(record, reason, error, error_code=error_code)
+                self.end(record, ending)
 
     def end_all(self, reason: FinishReason, error: str | None = None, error_code: ErrorCode | None = None) -> None:
         """End every prompt not finished, waiting or running."""
+        ending = Ending(reason, error, error_code)
         for record in self.queue.drain():
-            self.end(record, reason, error, error_code=error_code)
+            self.end(record, ending)
 
 
 def with_markers(prompt: str, count: int) -> str:

@@ -18,7 +18,6 @@ from .. import _protocol as protocol
 from .._errors import LlamaQueueFull
 from .._events import CompletionEvent, TokenLogprob, ToolCall, ToolCallDelta
 from .._grammar.tools import CallReader, ToolPlan
-from .._images import LlamaImage
 from .._options import PromptOptions
 from .._params import SamplerParams
 from .._streams import EventStream, TokenStream
@@ -97,26 +96,6 @@ class PromptRecord:
         if self.key is not None:
             return self.key
         return "" if self.scope is None else self.scope.id
-
-    @property
-    def n(self) -> int:
-        """Choices asked for."""
-        return self.options.n
-
-    @property
-    def logprobs(self) -> int | None:
-        """Alternatives per token, when token log probabilities are wanted."""
-        return self.options.logprobs
-
-    @property
-    def images(self) -> tuple[LlamaImage, ...]:
-        """The prompt's images."""
-        return self.options.images
-
-    @property
-    def tool_call_id(self) -> str | None:
-        """The call whose result the prompt is (a "tool" turn)."""
-        return self.options.tool_call_id
 
 
 class PromptQueue:
