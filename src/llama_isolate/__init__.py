@@ -59,7 +59,7 @@ from ._events import (
 from ._images import MEDIA_MARKER, LlamaImage
 from ._model_path import default_model_path
 from ._options import PromptFields, PromptOptions
-from ._params import ContextParams, LlamaLoad, ModelParams, SamplerParams
+from ._params import ContextParams, LlamaLoad, ModelParams, SamplerParams, Speculative
 from ._restart import RestartPolicy
 
 if TYPE_CHECKING:
@@ -139,6 +139,7 @@ __all__ = [
     "PromptOptions",
     "RestartPolicy",
     "SamplerParams",
+    "Speculative",
     "Subscription",
     "SyncLlamaParent",
     "SyncLlamaScope",

@@ -67,6 +67,10 @@ class CompletionTimings:
         total_s: from `send_prompt` until the completion event.
         prompt_eval_s: time the worker spent processing the prompt tokens.
         tokens_per_second: generated tokens per second of generation (0.0 if none).
+        draft_tokens: with speculative decoding (`Speculative`), the guessed
+            tokens the model checked (0 without it).
+        draft_accepted: of them, the ones it agreed with, which became reply
+            tokens without a step of their own.
     """
 
     queued_s: float
@@ -74,6 +78,13 @@ class CompletionTimings:
     total_s: float
     prompt_eval_s: float = 0.0
     tokens_per_second: float = 0.0
+    draft_tokens: int = 0
+    draft_accepted: int = 0
+
+    @property
+    def draft_acceptance(self) -> float | None:
+        """`draft_accepted` / `draft_tokens`, None when nothing was drafted."""
+        return self.draft_accepted / self.draft_tokens if self.draft_tokens else None
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,12 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-_FIELD_OF = {"ModelParams": "model_params.", "ContextParams": "context_params.", "SamplerParams": "sampler_params."}
+_FIELD_OF = {
+    "ModelParams": "model_params.",
+    "ContextParams": "context_params.",
+    "SamplerParams": "sampler_params.",
+    "Speculative": "speculative.",
+}
 """How a `LlamaLoad` names each class's fields (its own fields are named as they are)."""
 
 
@@ -366,6 +371,66 @@ def _check_path(name: str, value: object) -> None:
         _check_str("LlamaLoad", name, path, nul=False)
 
 
+SpeculativeMode = Literal["ngram", "draft"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Speculative:
+    """Speculative decoding: guess the next tokens cheaply, then check them all in one pass of the model.
+
+    On a CPU, one forward pass over a few tokens costs little more than over
+    one, so every guessed token the model agrees with is nearly free. The
+    output is the model's own: each guess is kept only when the token the
+    model samples at its place is that very token (greedy replies are the
+    same token for token; sampled replies follow the model's distribution).
+    See docs/speculative.md.
+
+    Example::
+
+        LlamaLoad(path=default_model_path(), speculative=Speculative())  # n-gram lookup
+        LlamaLoad(path=target, speculative=Speculative(mode="draft", draft_model_path=small))
+
+    Attributes:
+        mode: where the guesses come from. ``"ngram"``: the conversation itself
+            (prompt and reply): when its last few tokens appeared before, the
+            tokens that followed them there (no second model; pays on replies
+            that repeat their input: edits, quotes, filled-in forms).
+            ``"draft"``: a smaller model with the same vocabulary, run in the
+            same worker (`draft_model_path`).
+        draft_model_path: the draft model's GGUF file, for ``mode="draft"``;
+            its vocabulary must be the target's (checked at load).
+        max_draft: the most tokens guessed for one conversation in one step.
+        min_ngram, max_ngram: the n-gram lengths looked up (longest first), for
+            ``mode="ngram"``.
+        adaptive: guess only while it pays: each conversation's guess length
+            follows its acceptance rate and the measured cost of a longer
+            batch, and a conversation whose guesses keep failing stops guessing
+            for a while. False always guesses up to `max_draft` (for tests).
+    """
+
+    mode: SpeculativeMode = "ngram"
+    draft_model_path: str | os.PathLike[str] | None = None
+    max_draft: int = 16
+    min_ngram: int = 2
+    max_ngram: int = 4
+    adaptive: bool = True
+
+    def __post_init__(self) -> None:
+        c = "Speculative"
+        _check_choice(c, "mode", self.mode, ("ngram", "draft"))
+        if self.mode == "draft":
+            if self.draft_model_path is None:
+                _fail(c, "draft_model_path", "a GGUF path when mode='draft'", None)
+            _check_path("speculative.draft_model_path", self.draft_model_path)
+            object.__setattr__(self, "draft_model_path", os.fspath(self.draft_model_path))  # type: ignore[arg-type]
+        elif self.draft_model_path is not None:
+            _fail(c, "draft_model_path", "None unless mode='draft'", self.draft_model_path)
+        _check_int(c, "max_draft", self.max_draft, 1, 256)
+        _check_int(c, "min_ngram", self.min_ngram, 1, 64)
+        _check_int(c, "max_ngram", self.max_ngram, self.min_ngram, 64)
+        _check_bool(c, "adaptive", self.adaptive)
+
+
 MAX_IMAGE_PIXELS = 33_554_432
 """`LlamaLoad.max_image_pixels`'s default: 32 Mi pixels (8192 x 4096, a 32-megapixel photo)."""
 
@@ -410,6 +475,7 @@ class LlamaLoad:
         max_messages: the most messages a prompt's conversation may have (default
             4096); a longer one is refused before it is rendered, or, where old
             turns may be left out, cut down to that many first.
+        speculative: speculative decoding (see `Speculative`); None (the default) = off.
         verbose: let llama.cpp's own log through to stderr (silent by default).
     """
 
@@ -423,6 +489,7 @@ class LlamaLoad:
     max_image_pixels: int = MAX_IMAGE_PIXELS
     max_prompt_pixels: int = MAX_PROMPT_PIXELS
     max_messages: int = MAX_MESSAGES
+    speculative: Speculative | None = None
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -448,4 +515,6 @@ class LlamaLoad:
         _check_int(c, "max_image_pixels", self.max_image_pixels, 1)
         _check_int(c, "max_prompt_pixels", self.max_prompt_pixels, 1)
         _check_int(c, "max_messages", self.max_messages, 1)
+        if self.speculative is not None and not isinstance(self.speculative, Speculative):
+            _fail(c, "speculative", "None or a Speculative", self.speculative, "invalid_type")
         _check_bool(c, "verbose", self.verbose)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from ._events import ErrorCode, FinishReason, ModelInfo
-from ._params import ContextParams, LlamaLoad, ModelParams, SamplerParams
+from ._params import ContextParams, LlamaLoad, ModelParams, SamplerParams, Speculative
 
 ErrorKind = Literal[
     "not_found",  # a path does not exist
@@ -223,6 +223,8 @@ class Finished:
     tool_text: str | None = None  # the reply from its tool-call marker on, if it wrote one
     choice: int = 0  # which of the prompt's choices ended (each ends once)
     forks: int = 0  # on choice 0: how many more choices were started (their Finished follow or came before)
+    draft_tokens: int = 0  # speculative decoding: draft tokens verified
+    draft_accepted: int = 0  # of them, kept in the reply
 
     @classmethod
     def failed(cls, prompt_id: str, error: str, error_code: ErrorCode = "invalid_prompt") -> Finished:
@@ -325,7 +327,7 @@ _MESSAGES: tuple[type, ...] = (
     Pong,
     RequestFailed,
 )
-_PARTS: tuple[type, ...] = (ModelInfo, LlamaLoad, ModelParams, ContextParams, SamplerParams)
+_PARTS: tuple[type, ...] = (ModelInfo, LlamaLoad, ModelParams, ContextParams, SamplerParams, Speculative)
 _ALLOWED = {cls.__name__: cls for cls in _MESSAGES + _PARTS}
 _ALLOWED_TYPES = frozenset(_ALLOWED.values())
 

@@ -69,7 +69,9 @@ async def test_a_wait_begun_before_the_end_gets_the_event_and_so_does_one_after(
     ledger = Streams().ledger()
     prompt = opened(ledger)
     ledger.token(prompt, "hello")
-    asyncio.get_running_loop().call_soon(ledger.complete, prompt, Ending("length"))  # only once the wait below is waiting
+    asyncio.get_running_loop().call_soon(
+        ledger.complete, prompt, Ending("length")
+    )  # only once the wait below is waiting
     before = await ledger.wait(prompt.id)
     assert (before.text, before.finish_reason, before.success) == ("hello", "length", True)
     assert await ledger.wait(prompt.id) is before

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import psutil
 
-from llama_isolate import ContextParams, EventStream, LlamaLoad, LlamaParent, SamplerParams
+from llama_isolate import ContextParams, EventStream, LlamaLoad, LlamaParent, SamplerParams, Speculative
 
 GREEDY = SamplerParams(greedy=True)
 
@@ -36,6 +36,21 @@ def greedy_load(path: Path, **context: object) -> LlamaLoad:
     """
     params = ContextParams(**{"flash_attention": "off", **context})  # type: ignore[arg-type]
     return LlamaLoad(path=path, context_params=params, sampler_params=GREEDY)
+
+
+def one_thread_load(
+    path: Path, speculative: Speculative | None = None, *, sampler: SamplerParams = GREEDY, **context: object
+) -> LlamaLoad:
+    """Flash attention on and one thread: llama.cpp then computes a row of a several-token batch with the bits of
+    the same token decoded alone, so speculative decoding's checks give the very text a load without it gives.
+
+    (Flash attention off computes a batch's attention with other kernels, 0.3-0.7 apart in the logits here; on,
+    with two threads, a lone token's attention over 512 cells or more is split between the threads and summed in
+    another order. docs/speculative.md.)
+    """
+    fixed = {"flash_attention": "on", "n_threads": 1, "n_threads_batch": 1, "adapt_threads": False}
+    params = ContextParams(**{**fixed, **context})  # type: ignore[arg-type]
+    return LlamaLoad(path=path, context_params=params, sampler_params=sampler, speculative=speculative)
 
 
 def vlm_load(tiny_vlm: tuple[Path, Path], *, max_image_pixels: int = 2**25, **context: int) -> LlamaLoad:

@@ -19,7 +19,8 @@ def test_help_names_every_option() -> None:
     for option in ("--model", "--mmproj", "--host", "--port", "--parallel", "--ctx", "--threads", "--max-queue",
                    "--api-key", "--cors-origin", "--model-name", "--max-body-bytes", "--body-timeout",
                    "--drain-timeout", "--replicas", "--config", "--chat-template", "--ray", "--max-replicas",
-                   "--ray-resource", "--ray-cpus", "--ray-gpus", "--trim-history", "--allowed-host"):  # fmt: skip
+                   "--ray-resource", "--ray-cpus", "--ray-gpus", "--trim-history", "--allowed-host",
+                   "--speculative", "--speculative-draft", "--speculative-max"):  # fmt: skip
         assert option in result.stdout
     assert "127.0.0.1" in result.stdout  # bound to this machine unless told otherwise
 
@@ -34,6 +35,9 @@ def test_help_names_every_option() -> None:
         (["--body-timeout", "0"], "--body-timeout"),
         (["--body-timeout", "nan"], "--body-timeout"),
         (["--drain-timeout", "-1"], "--drain-timeout"),
+        (["--speculative", "beam"], "--speculative"),
+        (["--speculative-max", "0"], "--speculative-max"),
+        (["--speculative", "ngram", "--speculative-draft", "small.gguf"], "exclude each other"),
     ],
 )
 def test_bad_options_exit_2_before_loading(args: list[str], message: str) -> None:
@@ -82,8 +86,9 @@ def test_sigterm_drains_running_requests_then_exits_0(drain: str, max_tokens: in
             def refused() -> bool:
                 try:
                     httpx.get(f"{url}/health", timeout=5)
-                except (httpx.ConnectError, httpx.RemoteProtocolError):
-                    # refused, or (a connection that reached the backlog as the listener closed) closed unanswered
+                except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
+                    # refused, or (a connection that reached the backlog as the listener closed) closed unanswered,
+                    # or reset
                     return True
                 return False
 

@@ -11,13 +11,21 @@ import pytest
 from llama_isolate._worker.batch import PROMPT_CHUNK_WHILE_GENERATING, Batch
 
 
-def run(seq_id: int, *, next_token: int | None = None, pending: list[int] = (), n_past: int = 10) -> Any:  # type: ignore[assignment]
+def run(
+    seq_id: int,
+    *,
+    next_token: int | None = None,
+    pending: list[int] = (),  # type: ignore[assignment]
+    n_past: int = 10,
+    draft: list[int] = (),  # type: ignore[assignment]
+) -> Any:
     """A stand-in for `Running`: the fields `Batch.schedule` reads and writes."""
     return SimpleNamespace(
         slot=SimpleNamespace(seq_id=seq_id),
         next_token=next_token,
         pending=collections.deque(pending),
         n_past=n_past,
+        draft=list(draft),
         batch_tokens=[],
         logits_index=-1,
     )
@@ -81,3 +89,14 @@ def test_prompts_share_the_budget_in_admission_order_not_id_order(batch: Batch) 
     assert second not in scheduled
     assert first.logits_index == -1  # more of its prompt is still to come
     assert [seq for _, _, seq, _ in laid_out(batch)] == [0] + [3] * PROMPT_CHUNK_WHILE_GENERATING
+
+
+def test_a_draft_follows_its_token_with_logits_at_every_row_and_leaves_prompts_less_room(batch: Batch) -> None:
+    drafting = run(1, next_token=7, n_past=20, draft=[8, 9, 10])
+    plain = run(0, next_token=5, n_past=4)
+    reading = run(2, pending=list(range(100, 200)), n_past=0)
+    Batch.schedule(batch, [drafting, plain, reading])
+    rows = laid_out(batch)
+    assert rows[:5] == [(5, 4, 0, True), (7, 20, 1, True), (8, 21, 1, True), (9, 22, 1, True), (10, 23, 1, True)]
+    assert plain.logits_index == 0 and drafting.logits_index == 1  # the first of its rows; the draft's follow
+    assert len(reading.batch_tokens) == PROMPT_CHUNK_WHILE_GENERATING

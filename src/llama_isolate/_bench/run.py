@@ -4,6 +4,7 @@ python -m bench            # everything
 python -m bench decode     # some sections only
 python -m bench serve      # the HTTP servers (not in the default set)
 python -m bench replicas   # 2 replicas x 4 slots against 1 x 8 (not in the default set)
+python -m bench speculative  # --speculative ngram against off and against native llama-server (not default)
 """
 
 from __future__ import annotations
@@ -12,7 +13,21 @@ import asyncio
 import logging
 import sys
 
-from . import choices, contention, decode, parent_cpu, prefix, replicas, serve, soak, stall, stop, throughput, ttft
+from . import (
+    choices,
+    contention,
+    decode,
+    parent_cpu,
+    prefix,
+    replicas,
+    serve,
+    soak,
+    speculative,
+    stall,
+    stop,
+    throughput,
+    ttft,
+)
 from .common import Report, machine
 
 SECTIONS = {
@@ -28,6 +43,7 @@ SECTIONS = {
     "prefix": prefix.run,
     "choices": choices.run,
     "replicas": replicas.run,
+    "speculative": speculative.run,
 }
 DEFAULT = ["decode", "throughput", "stall", "parent_cpu", "contention", "stop", "ttft", "choices"]
 

@@ -21,7 +21,7 @@ from typing import Any
 from .._errors import LlamaError
 from .._grammar.tools import CHATML_TOOLS_TEMPLATE
 from .._model_path import default_model_path
-from .._params import ContextParams, LlamaLoad
+from .._params import ContextParams, LlamaLoad, Speculative
 
 # "auto" on a CPU is measured on the first load of a model on the machine (ContextParams.flash_attention).
 DEFAULT_FLASH_ATTENTION = "auto"
@@ -93,6 +93,27 @@ def add_parser(commands: Any) -> None:
         metavar="FILE|chatml-tools",
         help="a Jinja chat template file instead of the model's own; 'chatml-tools' is the built-in ChatML template "
         "that shows tools (for `tools` with the default model, whose own template ignores them)",
+    )
+    model.add_argument(
+        "--speculative",
+        choices=("off", "ngram"),
+        default="off",
+        help="speculative decoding (default off): 'ngram' guesses the next tokens from the conversation itself and "
+        "checks them in one pass, which pays on replies that repeat their input (edits, quotes, filled-in "
+        "forms); the text stays the model's own (docs/speculative.md)",
+    )
+    model.add_argument(
+        "--speculative-draft",
+        metavar="PATH",
+        help="speculative decoding with a draft model: a smaller GGUF with the same vocabulary, run beside the "
+        "model in its worker (its vocabulary is checked at load)",
+    )
+    model.add_argument(
+        "--speculative-max",
+        type=int,
+        default=16,
+        metavar="N",
+        help="the most tokens guessed for one conversation in one step (default 16)",
     )
     model.add_argument("--verbose", action="store_true", help="show llama.cpp's own log on stderr")
     http = serve.add_argument_group("http")
@@ -309,7 +330,7 @@ def _from_config(args: argparse.Namespace, config: dict[str, Any]) -> list[Model
     tables = config.get("models")
     if not isinstance(tables, dict) or not tables:
         raise ValueError(f"--config {args.config!r} has no [models.NAME] tables")
-    known = {"path", "mmproj", "ctx", "parallel", "replicas", "threads", "chat_template"}
+    known = {"path", "mmproj", "ctx", "parallel", "replicas", "threads", "chat_template", "speculative"}
     plans = []
     for name, table in tables.items():
         where = f"--config {args.config!r} [models.{name}]"
@@ -327,6 +348,13 @@ def _from_config(args: argparse.Namespace, config: dict[str, Any]) -> list[Model
                 setattr(options, attribute, table[key])
         if "chat_template" in table:
             options.chat_template = table["chat_template"]
+        if "speculative" in table:  # "off", "ngram", or a draft model's path
+            choice = table["speculative"]
+            if not isinstance(choice, str) or not choice:
+                raise ValueError(f"{where}: speculative must be 'off', 'ngram' or a draft model's path, got {choice!r}")
+            options.speculative, options.speculative_draft = (
+                (choice, None) if choice in ("off", "ngram") else ("off", choice)
+            )
         plans.append(
             ModelPlan(name, _describe_load(options, table["path"], table.get("mmproj")), table.get("replicas", 1))
         )
@@ -368,8 +396,22 @@ def _describe_load(args: argparse.Namespace, path: str | None, mmproj: str | Non
         mmproj_path=mmproj,
         context_params=ContextParams(**context),
         chat_template=CHATML_TOOLS_TEMPLATE if template == "chatml-tools" else template,
+        speculative=speculative_of(args),
         verbose=args.verbose,
     )
+
+
+def speculative_of(args: argparse.Namespace) -> Speculative | None:
+    """--speculative, --speculative-draft and --speculative-max as a `Speculative` (None: off)."""
+    if args.speculative_max < 1:
+        raise ValueError(f"--speculative-max must be >= 1, got {args.speculative_max}")
+    if args.speculative_draft is not None:
+        if args.speculative == "ngram":
+            raise ValueError("--speculative ngram and --speculative-draft exclude each other: choose one")
+        return Speculative(mode="draft", draft_model_path=args.speculative_draft, max_draft=args.speculative_max)
+    if args.speculative == "ngram":
+        return Speculative(max_draft=args.speculative_max)
+    return None
 
 
 def run(args: argparse.Namespace, plan: ServePlan) -> int:

@@ -159,6 +159,7 @@ def _event(record: PromptRecord, ending: Ending) -> CompletionEvent:
     now = time.monotonic()
     stats = ending.stats or protocol.Finished(prompt_id=record.id, finish_reason=reason)
     generation_s = stats.generation_s
+    ends = list(record.choice_ends.values()) or [stats]  # every choice's, when there were several
     return CompletionEvent(
         prompt_id=record.id,
         success=reason != "error",
@@ -176,6 +177,8 @@ def _event(record: PromptRecord, ending: Ending) -> CompletionEvent:
             total_s=now - record.submitted,
             prompt_eval_s=stats.prompt_eval_s,
             tokens_per_second=stats.completion_tokens / generation_s if generation_s > 0 else 0.0,
+            draft_tokens=sum(end.draft_tokens for end in ends),
+            draft_accepted=sum(end.draft_accepted for end in ends),
         ),
         error_code=(stats.error_code or error_code or "internal_error") if reason == "error" else None,
         logprobs=None if record.options.logprobs is None else _within(record.token_logprobs, record.reply),

@@ -31,6 +31,7 @@ from .. import _protocol as protocol
 from .cache import Slot
 from .prompt import ImageChunk, Item, Prompt
 from .sampling import Sampler
+from .speculate import DraftState
 from .text import Detokenizer
 
 # While other sequences generate, a new prompt is read in chunks this small.
@@ -60,13 +61,24 @@ class Running:
     forked: bool = False  # on choice 0: the other choices were started (see `choices.fork`)
     forks: int = 0  # on choice 0: how many were
     call_sent: int = 0  # characters of the reply's tool call (`Detokenizer.call_text`) sent so far
+    spec: DraftState | None = None  # its speculation, when the load has one
+    draft: list[int] = field(default_factory=list)  # tokens guessed to follow next_token, verified this step
     # this step's share of the batch:
     batch_tokens: list[int] = field(default_factory=list)
-    logits_index: int = -1
+    logits_index: int = -1  # the batch row of its first logits (a draft's follow, one row each)
 
     @property
     def n_past(self) -> int:
         return len(self.slot.tokens)
+
+    @property
+    def tokens(self) -> list[int]:
+        """The tokens in its KV cache."""
+        return self.slot.tokens
+
+    @property
+    def max_tokens(self) -> int:
+        return self.request.max_tokens
 
 
 class Batch:
@@ -93,8 +105,8 @@ class Batch:
         scheduled = [r for r in runs if r.next_token is not None]
         for run in scheduled:
             assert run.next_token is not None
-            run.batch_tokens = [run.next_token]
-        budget = self._n_batch - len(scheduled)
+            run.batch_tokens = [run.next_token, *run.draft]
+        budget = self._n_batch - sum(len(run.batch_tokens) for run in scheduled)
         if scheduled:
             budget = min(budget, PROMPT_CHUNK_WHILE_GENERATING)
         for run in runs:  # prompts in admission order: the first admitted is read first
@@ -124,7 +136,11 @@ class Batch:
         entries: list[Entry] = []
         for run in sorted(scheduled, key=lambda r: r.slot.seq_id):
             start, seq_id = run.n_past, run.slot.seq_id
-            wants = run.next_token is not None or len(run.batch_tokens) == len(run.pending)
+            if run.next_token is not None:  # generating: logits at its token and at each draft token after it
+                run.logits_index = len(entries)
+                entries.extend((tok, start + i, seq_id, True) for i, tok in enumerate(run.batch_tokens))
+                continue
+            wants = len(run.batch_tokens) == len(run.pending)
             entries.extend((tok, start + i, seq_id, False) for i, tok in enumerate(run.batch_tokens))
             if wants:
                 entries[-1] = (*entries[-1][:3], True)

@@ -40,6 +40,7 @@ from .abort import AbortFlag
 from .batch import Batch, Running
 from .bounds import TooBig
 from .chat import ChatTemplateError
+from .draft_model import DraftModel, ModelDrafter
 from .embed import Embedder, EmbeddingRefused
 from .llama import LlamaLog, LoadedModel, LoadFailure, load_model, model_description
 from .prepare import Prepared, Preparer, Refused
@@ -47,6 +48,7 @@ from .prompt import ImageChunk
 from .sampling import GrammarError, NoCandidate, Sampler, SamplerRefused
 from .seqstate import StateMismatch, flash_attention_of, from_portable, to_portable
 from .slots import SlotPool
+from .speculate import Speculator
 from .text import Detokenizer
 from .threads import DECODE_ABORTED, ThreadTuner
 from .vision import Vision
@@ -123,6 +125,27 @@ class Engine:
         self._running: dict[int, Running] = {}  # by seq_id
         self._steps = 0
         self._waiting: collections.deque[Prepared] = collections.deque()  # prepared, waiting for free slots
+        self._draft: DraftModel | None = None
+        self._speculator = self._speculator_for(load) if load.speculative and self._batch else None
+
+    def _speculator_for(self, load: LlamaLoad) -> Speculator:
+        """Speculative decoding as `load.speculative` asks (its draft model loaded here); raises `LoadFailure`."""
+        spec = load.speculative
+        assert spec is not None
+        cp = load.context_params
+        drafter: Callable[[int], ModelDrafter] | None = None
+        if spec.mode == "draft":
+            assert spec.draft_model_path is not None
+            try:
+                self._draft = DraftModel.load(
+                    spec.draft_model_path, target=self._handles.model, context=cp, log=self._log
+                )
+            except BaseException:
+                self.close()
+                raise
+            model = self._draft
+            drafter = lambda seq_id: ModelDrafter(model, seq_id)  # noqa: E731
+        return Speculator(spec, n_ctx=cp.n_ctx, n_batch=cp.n_batch, model=drafter)
 
     # ------------------------------------------------------------ facts
 
@@ -268,6 +291,8 @@ class Engine:
             self._batch.free()
             self._batch = None
         if idle:
+            if self._draft is not None:
+                self._draft.close()
             self._handles.close()
 
     def fail_running(self, error: str) -> None:
@@ -292,10 +317,15 @@ class Engine:
             return  # aborted: the stop is applied before anything else runs
         if not self._running:
             return
-        scheduled = self._batch.schedule(self._running.values())  # 4
+        if self._speculator is not None:  # 4
+            self._speculator.draft([r for r in self._running.values() if r.next_token is not None])
+        scheduled = self._batch.schedule(self._running.values())
         self._tuner.before_decode()  # 5
+        began = time.perf_counter()
         rc = int(C.llama_decode(self._handles.ctx, self._batch.handle))
         self._tuner.after_decode(rc == DECODE_ABORTED)
+        if rc == 0 and self._speculator is not None and all(r.next_token is not None for r in scheduled):
+            self._speculator.cost.observe(self._batch.handle.n_tokens, time.perf_counter() - began)
         if rc == DECODE_ABORTED:  # a stop, or too many threads for a busy machine: redone next step
             self._roll_back(scheduled)
         elif rc != 0:
@@ -345,6 +375,7 @@ class Engine:
             n_dropped=prepared.dropped,
             sampler=sampler,
             detok=Detokenizer(request.sampler.stop, request.tool_markers),
+            spec=self._speculator.new_state(slot.seq_id) if self._speculator else None,
         )
 
     def _evaluate_images(self) -> bool:
@@ -398,21 +429,50 @@ class Engine:
                 self._sample(run)
 
     def _sample(self, run: Running) -> None:
+        """Sample the run's next token; with a draft, verify it: sample each position in turn and keep the draft
+        token there only when the sample is that very token (so the text is what it would be without one)."""
         if run.choice == 0 and run.request.n > 1 and not run.forked:
             handles = {"vocab": self._vocab.handle, "n_vocab": self._vocab.n_tokens, "n_ctx": self._n_ctx}
             for extra in choices.fork(run, self._slots, set(self._running), **handles):
+                extra.spec = self._speculator.new_state(extra.slot.seq_id) if self._speculator else None
                 self._running[extra.slot.seq_id] = extra
                 self._sample(extra)  # from the same logits as choice 0
-        try:
-            token = run.sampler.sample(self._handles.ctx, run.logits_index)
-        except NoCandidate as exc:
-            self._finish(run, "error", error=str(exc), code="invalid_grammar")
-            return
+        draft, run.draft = run.draft, []
+        base = run.n_past - len(draft)  # its tokens without the draft
+        kept = 0
+        ending: tuple[FinishReason, bool] | None = None
+        error: str | None = None
+        for i in range(len(draft) + 1):
+            try:
+                token = run.sampler.sample(self._handles.ctx, run.logits_index + i)
+            except NoCandidate as exc:
+                error = str(exc)
+                break
+            ending = self._take(run, token, base + i)
+            if ending is not None:
+                break
+            if i < len(draft) and token == draft[i]:
+                kept += 1
+                continue
+            run.next_token = token
+            break
+        if draft:
+            assert run.spec is not None
+            run.spec.verified(len(draft), kept)
+            if kept < len(draft):
+                self._slots.cut(run.slot, base + kept)
+        if error is not None:
+            self._finish(run, "error", error=error, code="invalid_grammar")
+        elif ending is not None:
+            self._finish(run, ending[0], flush=ending[1])
+
+    def _take(self, run: Running, token: int, n_past: int) -> tuple[FinishReason, bool] | None:
+        """Send `token`, sampled with `n_past` tokens in the run's cache; returns how the run ends (its finish
+        reason, and whether the detokenizer's held text is flushed), or None if it goes on."""
         if run.first_token is None:
             run.first_token = time.perf_counter()
         if self._vocab.is_end_of_generation(token):
-            self._finish(run, "stop")
-            return
+            return "stop", True
         run.generated += 1
         piece = self._vocab.piece(token)
         calling = run.detok.call_text is not None
@@ -430,11 +490,10 @@ class Engine:
         if text or call or logprob is not None:
             self._emit(protocol.Tokens(run.request.prompt_id, text, logprob, run.choice, call))
         if stopped:
-            self._finish(run, "stop", flush=False)
-        elif run.generated == run.request.max_tokens or run.n_past + 1 >= self._n_ctx:
-            self._finish(run, "length")
-        else:
-            run.next_token = token
+            return "stop", False
+        if run.generated == run.request.max_tokens or n_past + 1 >= self._n_ctx:
+            return "length", True
+        return None
 
     def _tool_call_started(self, run: Running) -> bool:
         """The reply just wrote its tool-call marker: from here on the call's grammar holds (for tool_choice
@@ -484,6 +543,8 @@ class Engine:
                 tool_text=run.detok.call_text,
                 choice=run.choice,
                 forks=run.forks,
+                draft_tokens=0 if run.spec is None else run.spec.drafted,
+                draft_accepted=0 if run.spec is None else run.spec.accepted,
             )
         )
         if run.choice:

@@ -31,6 +31,7 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.replicas: list[Metrics] = []
+        self._drafts = (0, 0)  # draft tokens checked, accepted
         registry = self.registry
 
         def total(attribute: str) -> float:
@@ -61,6 +62,21 @@ class ServerMetrics:
         self.cached = Counter(
             f"{PREFIX}_prompt_tokens_cached", "Prompt tokens reused from a KV cache.", registry=registry
         )
+        self.drafted = Counter(
+            f"{PREFIX}_draft_tokens",
+            "Speculative decoding: guessed tokens the model checked.",
+            registry=registry,
+        )
+        self.draft_accepted = Counter(
+            f"{PREFIX}_draft_tokens_accepted",
+            "Speculative decoding: guessed tokens the model agreed with (kept in replies).",
+            registry=registry,
+        )
+        Gauge(
+            f"{PREFIX}_draft_acceptance_rate",
+            "Speculative decoding: accepted / checked guessed tokens since the start (0 before any).",
+            registry=registry,
+        ).set_function(self._acceptance)
         self.ttft = Histogram(
             f"{PREFIX}_time_to_first_token_seconds",
             "From a prompt's arrival to its first token.",
@@ -85,6 +101,16 @@ class ServerMetrics:
         self.replica_generated = Counter(
             f"{PREFIX}_replica_tokens_generated", "Tokens the replica generated.", _REPLICA, registry=registry
         )
+
+    def drafts(self, drafted: int, accepted: int) -> None:
+        """Count a prompt's speculative decoding."""
+        self.drafted.inc(drafted)
+        self.draft_accepted.inc(accepted)
+        self._drafts = (self._drafts[0] + drafted, self._drafts[1] + accepted)
+
+    def _acceptance(self) -> float:
+        drafted, accepted = self._drafts
+        return accepted / drafted if drafted else 0.0
 
     def replica(self, model: str, index: int) -> Metrics:
         """The figures of one more replica, in this registry."""
@@ -138,5 +164,6 @@ class Metrics:
         self._generated.inc(event.completion_tokens)
         server.processed.inc(event.prompt_tokens)
         server.cached.inc(event.cached_tokens)
+        server.drafts(event.timings.draft_tokens, event.timings.draft_accepted)
         if event.timings.first_token_s is not None:
             server.ttft.observe(event.timings.first_token_s)

@@ -41,6 +41,12 @@ def usage(event: CompletionEvent) -> dict[str, Any]:
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": event.cached_tokens},
     }
+    timings = event.timings
+    if timings.draft_tokens:  # speculative decoding: OpenAI's names for guessed tokens kept and thrown away
+        counts["completion_tokens_details"] = {
+            "accepted_prediction_tokens": timings.draft_accepted,
+            "rejected_prediction_tokens": timings.draft_tokens - timings.draft_accepted,
+        }
     if event.dropped_turns:  # ours: the request asked for trimming (trim_history), and it happened
         counts["dropped_messages"] = event.dropped_turns
     return counts
