@@ -372,6 +372,8 @@ def _check_path(name: str, value: object) -> None:
 
 
 SpeculativeMode = Literal["ngram", "draft"]
+MAX_DRAFT = 256
+"""The most `Speculative.max_draft` may be."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -425,7 +427,7 @@ class Speculative:
             object.__setattr__(self, "draft_model_path", os.fspath(self.draft_model_path))  # type: ignore[arg-type]
         elif self.draft_model_path is not None:
             _fail(c, "draft_model_path", "None unless mode='draft'", self.draft_model_path)
-        _check_int(c, "max_draft", self.max_draft, 1, 256)
+        _check_int(c, "max_draft", self.max_draft, 1, MAX_DRAFT)
         _check_int(c, "min_ngram", self.min_ngram, 1, 64)
         _check_int(c, "max_ngram", self.max_ngram, self.min_ngram, 64)
         _check_bool(c, "adaptive", self.adaptive)

@@ -36,7 +36,8 @@ def test_help_names_every_option() -> None:
         (["--body-timeout", "nan"], "--body-timeout"),
         (["--drain-timeout", "-1"], "--drain-timeout"),
         (["--speculative", "beam"], "--speculative"),
-        (["--speculative-max", "0"], "--speculative-max"),
+        (["--speculative", "ngram", "--speculative-max", "0"], "--speculative-max"),
+        (["--speculative-max", "8"], "--speculative-max needs"),
         (["--speculative", "ngram", "--speculative-draft", "small.gguf"], "exclude each other"),
     ],
 )

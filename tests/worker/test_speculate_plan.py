@@ -86,19 +86,20 @@ def measured(base: float, per_row: float) -> StepCost:
 
 def test_one_stream_drafts_deeper_than_eight_and_a_poor_guesser_not_at_all() -> None:
     cost = measured(0.011, 0.004)  # a row costs about a third of a step: this machine's kind
-    draft = list(range(16))
-    alone = plan([(draft, 0.95)], rows=1, yield_now=1, cost=cost)
-    crowd = plan([(draft, 0.95)] * 8, rows=8, yield_now=8, cost=cost)
+    alone = plan([(16, 0.95)], rows=1, yield_now=1, cost=cost)
+    crowd = plan([(16, 0.95)] * 8, rows=8, yield_now=8, cost=cost)
     assert alone[0] > max(crowd) >= 0 and alone[0] <= 16
-    assert plan([(draft, 0.2)], rows=1, yield_now=1, cost=cost) == [0]
+    assert plan([(16, 0.2)], rows=1, yield_now=1, cost=cost) == [0]
     cheap = measured(0.011, 0.0001)  # nearly free rows: a good guesser drafts all it has
-    assert plan([(draft, 0.9)], rows=1, yield_now=1, cost=cheap) == [16]
+    assert plan([(16, 0.9)], rows=1, yield_now=1, cost=cheap) == [16]
+    dear = plan([(16, 0.95)], rows=1, yield_now=1, cost=cost, guess_s=0.004)  # a draft model's decode per guess
+    assert dear[0] < alone[0]
 
 
 def test_a_plan_takes_rows_only_while_they_raise_tokens_per_second() -> None:
     cost = measured(0.010, 0.003)
     for rate in (0.3, 0.6, 0.9):
-        (taken,) = plan([(list(range(12)), rate)], rows=1, yield_now=1, cost=cost)
+        (taken,) = plan([(12, rate)], rows=1, yield_now=1, cost=cost)
         price = 0.003 * MARGIN  # a row must pay for itself with a margin
         best = max(range(13), key=lambda k: sum(rate**i for i in range(k + 1)) / (0.010 + price * k))
         assert taken == best, (rate, taken, best)

@@ -19,6 +19,7 @@ from llama_isolate import (
     PromptHandle,
     SamplerParams,
     Speculative,
+    TokenLogprob,
 )
 from llama_isolate.testing import make_tiny_model
 
@@ -50,37 +51,68 @@ async def answer(parent: LlamaParent, prompt: str, **options: object) -> tuple[s
 
 async def answers(load: LlamaLoad, prompts: list[tuple[str, int]]) -> list[tuple[str, int, int]]:
     """Each prompt's text, draft tokens and accepted draft tokens."""
+    return [(text, drafted, kept) for text, _, drafted, kept in await answers_with_logprobs(load, prompts)]
+
+
+async def answers_with_logprobs(
+    load: LlamaLoad, prompts: list[tuple[str, int]]
+) -> list[tuple[str, list[TokenLogprob], int, int]]:
+    """Each prompt's text, its tokens (with the two likeliest at each), draft tokens and accepted draft tokens."""
     out = []
     async with LlamaParent(load) as parent:
         for prompt, max_tokens in prompts:
-            text, handle = await answer(parent, prompt, max_tokens=max_tokens)
+            text, handle = await answer(parent, prompt, max_tokens=max_tokens, logprobs=2)
             timings = (await handle.event).timings
-            out.append((text, timings.draft_tokens, timings.draft_accepted))
+            out.append((text, handle.take_logprobs(), timings.draft_tokens, timings.draft_accepted))
     return out
 
 
-@pytest.mark.parametrize("model", ["smollm2", "gemma3"])
-async def test_greedy_text_with_speculation_is_the_text_without_it(
-    model: str, model_path: Path, gemma_path: Path
-) -> None:
-    path = model_path if model == "smollm2" else gemma_path
-    prompts = [(REPEAT if model == "smollm2" else SENTENCES, 120), (FREE, 60)]  # Gemma 270M copies no code
-    plain = await answers(one_thread_load(path, n_ctx=1024), prompts)
+def first_difference(plain: list[TokenLogprob], drafted: list[TokenLogprob]) -> int | None:
+    return next((i for i, (a, b) in enumerate(zip(plain, drafted, strict=False)) if a.token != b.token), None)
+
+
+async def test_greedy_text_with_speculation_is_the_text_without_it(model_path: Path) -> None:
+    prompts = [(REPEAT, 120), (FREE, 60)]
+    plain = await answers_with_logprobs(one_thread_load(model_path, n_ctx=1024), prompts)
     checked = kept = 0
     for spec in (ALWAYS, Speculative()):
-        drafted = await answers(one_thread_load(path, spec, n_ctx=1024), prompts)
-        for (text, *_), (same, n_drafted, n_kept) in zip(plain, drafted, strict=True):
-            assert same == text and len(text) > 40, (model, spec, text, same)
+        drafted = await answers_with_logprobs(one_thread_load(model_path, spec, n_ctx=1024), prompts)
+        for (text, logprobs, *_), (same, same_logprobs, n_drafted, n_kept) in zip(plain, drafted, strict=True):
+            assert same == text and len(text) > 40, (spec, text, same)
+            assert same_logprobs == logprobs  # bit for bit: a checked row computed as a lone token is
             checked, kept = checked + n_drafted, kept + n_kept
-    assert 0 < kept <= checked, (kept, checked)  # drafts were checked and kept
-    if model == "smollm2":
-        assert kept < checked, (kept, checked)  # and some thrown away (Gemma's repetition is all kept)
+    assert 0 < kept < checked, (kept, checked)  # drafts were checked, some kept and some thrown away
+
+
+async def test_on_gemma_greedy_text_with_speculation_leaves_the_text_only_at_a_near_tie(gemma_path: Path) -> None:
+    """On Gemma 3 270M (Q4_K_M) llama.cpp computes a several-token row with other kernels than a lone token, even
+    with flash attention on and one thread (logits 0.2-0.9 apart here, measured with llama.cpp alone), and the
+    difference carries through the cache. So its greedy text may take the other branch where its two best
+    tokens are within that: the token taken is then the other of the two, and never a token the model ranked
+    lower, or one it was sure against."""
+    prompts = [
+        (SENTENCES, 120),
+        (FREE, 60),
+        ("Write the alphabet in capital letters, separated by spaces, twice.", 100),
+    ]
+    plain = await answers_with_logprobs(one_thread_load(gemma_path, n_ctx=1024), prompts)
+    drafted = await answers_with_logprobs(one_thread_load(gemma_path, ALWAYS, n_ctx=1024), prompts)
+    assert sum(n for *_, n in drafted) > 0
+    for (text, logprobs, *_), (same, same_logprobs, *_) in zip(plain, drafted, strict=True):
+        assert len(text) > 40
+        at = first_difference(logprobs, same_logprobs)
+        if at is None:
+            assert same == text
+            continue
+        best, taken = logprobs[at], same_logprobs[at]
+        theirs = dict((alt.token, alt.logprob) for alt in best.top)
+        assert taken.token in theirs and abs(best.logprob - theirs[taken.token]) < 0.5, (at, best, taken)
 
 
 async def test_a_draft_model_gives_the_same_greedy_text(model_path: Path) -> None:
     prompts = [(FREE, 40)]
     plain = await answers(one_thread_load(model_path, n_ctx=512), prompts)
-    draft = Speculative(mode="draft", draft_model_path=model_path, max_draft=4)
+    draft = Speculative(mode="draft", draft_model_path=model_path, max_draft=4, adaptive=False)  # it never pays here
     ((text, drafted, kept),) = await answers(one_thread_load(model_path, draft, n_ctx=512), prompts)
     assert text == plain[0][0] and drafted > 0 and kept == drafted  # the model as its own draft: never wrong
 
@@ -130,9 +162,13 @@ async def test_json_schema_stop_strings_logprobs_and_n_keep_working_with_specula
     assert sum(run[1].timings.draft_tokens for run in drafted) > 0
 
 
-async def test_a_cancel_during_a_check_stops_within_a_fraction_of_the_step(model_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["ngram", "draft"])
+async def test_a_cancel_during_a_check_stops_within_a_fraction_of_the_step(mode: str, model_path: Path) -> None:
     long_copy = "Copy this code exactly, three times:\n\n" + CODE
-    deep = Speculative(adaptive=False, max_draft=48)  # each check decodes up to 49 rows: a long step to land in
+    # Each step guesses up to 48 tokens (a draft model: 48 decodes of its own) and checks 49 rows: a long step.
+    deep = Speculative(adaptive=False, max_draft=48)
+    if mode == "draft":
+        deep = Speculative(mode="draft", draft_model_path=model_path, adaptive=False, max_draft=48)
     async with LlamaParent(one_thread_load(model_path, deep, n_ctx=2048)) as parent:
         handle = parent.generate(long_copy, max_tokens=1500)
         pieces = 0

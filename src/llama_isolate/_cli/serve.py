@@ -21,7 +21,7 @@ from typing import Any
 from .._errors import LlamaError
 from .._grammar.tools import CHATML_TOOLS_TEMPLATE
 from .._model_path import default_model_path
-from .._params import ContextParams, LlamaLoad, Speculative
+from .._params import MAX_DRAFT, ContextParams, LlamaLoad, Speculative
 
 # "auto" on a CPU is measured on the first load of a model on the machine (ContextParams.flash_attention).
 DEFAULT_FLASH_ATTENTION = "auto"
@@ -32,6 +32,7 @@ DEFAULT_PARALLEL = 8
 API_KEY_ENV = "LLAMA_ISOLATE_API_KEY"
 DEFAULT_PORT = 8080
 DEFAULT_RAY_CPUS = 2
+DEFAULT_SPECULATIVE_MAX = 16  # the most tokens guessed per conversation and step, as Speculative's default
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +112,10 @@ def add_parser(commands: Any) -> None:
     model.add_argument(
         "--speculative-max",
         type=int,
-        default=16,
+        default=DEFAULT_SPECULATIVE_MAX,
         metavar="N",
-        help="the most tokens guessed for one conversation in one step (default 16)",
+        help=f"the most tokens guessed for one conversation in one step (default {DEFAULT_SPECULATIVE_MAX}; "
+        f"at most {MAX_DRAFT})",
     )
     model.add_argument("--verbose", action="store_true", help="show llama.cpp's own log on stderr")
     http = serve.add_argument_group("http")
@@ -403,15 +405,19 @@ def _describe_load(args: argparse.Namespace, path: str | None, mmproj: str | Non
 
 def speculative_of(args: argparse.Namespace) -> Speculative | None:
     """--speculative, --speculative-draft and --speculative-max as a `Speculative` (None: off)."""
-    if args.speculative_max < 1:
-        raise ValueError(f"--speculative-max must be >= 1, got {args.speculative_max}")
+    if args.speculative_draft is not None and args.speculative == "ngram":
+        raise ValueError("--speculative ngram and --speculative-draft exclude each other: choose one")
+    if args.speculative_draft is None and args.speculative == "off":
+        if args.speculative_max != DEFAULT_SPECULATIVE_MAX:
+            raise ValueError("--speculative-max needs --speculative ngram or --speculative-draft PATH")
+        return None
+    if not 1 <= args.speculative_max <= MAX_DRAFT:
+        raise ValueError(f"--speculative-max must be between 1 and {MAX_DRAFT}, got {args.speculative_max}")
     if args.speculative_draft is not None:
-        if args.speculative == "ngram":
-            raise ValueError("--speculative ngram and --speculative-draft exclude each other: choose one")
+        if not args.speculative_draft:
+            raise ValueError("--speculative-draft needs the draft model's path")
         return Speculative(mode="draft", draft_model_path=args.speculative_draft, max_draft=args.speculative_max)
-    if args.speculative == "ngram":
-        return Speculative(max_draft=args.speculative_max)
-    return None
+    return Speculative(max_draft=args.speculative_max)
 
 
 def run(args: argparse.Namespace, plan: ServePlan) -> int:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 
 import llama_cpp as C
 import numpy as np
 
 from .._params import ContextParams
+from .abort import AbortFlag
 from .cache import common_prefix
-from .llama import LlamaLog, LoadFailure, check_model_file
+from .llama import LlamaLog, LoadedModel, LoadFailure, check_model_file
 
 logger = logging.getLogger("llama_isolate.worker")
 
@@ -35,8 +37,9 @@ class DraftModel:
     """
 
     def __init__(self, model: int, ctx: int, n_seq: int, n_batch: int) -> None:
-        self._model = model
+        self._handles = LoadedModel(model, ctx, pooling=False)
         self._ctx = ctx
+        self.guess_s = 0.0  # seconds per guessed token (one decode of one token), measured at load and as it runs
         self._vocab = C.llama_model_get_vocab(model)
         self._n_vocab = int(C.llama_vocab_n_tokens(self._vocab))
         self._memory = C.llama_get_memory(ctx)
@@ -45,9 +48,11 @@ class DraftModel:
         self._batch = C.llama_batch_init(n_batch, 0, 1)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, target: int, context: ContextParams, log: LlamaLog) -> DraftModel:
+    def load(
+        cls, path: str | os.PathLike[str], *, target: int, context: ContextParams, log: LlamaLog, abort: AbortFlag
+    ) -> DraftModel:
         """Load the draft beside `target`; raises `LoadFailure` naming what is wrong (a vocabulary unlike the
-        target's included)."""
+        target's included). A stop sets `abort`, which interrupts the draft's decodes as it does the target's."""
         where = os.fspath(path)
         check_model_file(where, "draft model file")
         model = C.llama_model_load_from_file(where.encode(), C.llama_model_default_params())
@@ -77,7 +82,19 @@ class DraftModel:
         except BaseException:
             C.llama_model_free(model)
             raise
-        return cls(model, ctx, context.n_parallel, context.n_batch)
+        abort.install(ctx)
+        draft = cls(model, ctx, context.n_parallel, context.n_batch)
+        draft.guess_s = draft._time_one_decode()
+        return draft
+
+    def _time_one_decode(self) -> float:
+        """Seconds the draft takes to decode one token (timed once at load, as the plan's first estimate)."""
+        held: list[int] = []
+        began = time.perf_counter()
+        self._decode(0, held, [int(C.llama_vocab_bos(self._vocab))])
+        took = time.perf_counter() - began
+        C.llama_memory_seq_rm(self._memory, 0, -1, -1)
+        return took
 
     def propose(self, seq_id: int, tokens: Sequence[int], next_token: int, limit: int) -> list[int]:
         """Up to `limit` tokens the draft expects after `tokens` + [`next_token`], in target sequence `seq_id`."""
@@ -101,8 +118,12 @@ class DraftModel:
             if C.llama_vocab_is_eog(self._vocab, token):
                 break
             draft.append(token)
-            if len(draft) == limit or not self._decode(seq_id, held, [token]):
+            if len(draft) == limit:
                 break
+            began = time.perf_counter()
+            if not self._decode(seq_id, held, [token]):
+                break
+            self.guess_s += 0.1 * (time.perf_counter() - began - self.guess_s)
         return draft
 
     def _decode(self, seq_id: int, held: list[int], tokens: list[int]) -> bool:
@@ -129,12 +150,7 @@ class DraftModel:
         if self._batch is not None:
             C.llama_batch_free(self._batch)
             self._batch = None
-        if self._ctx:
-            C.llama_free(self._ctx)
-            self._ctx = 0
-        if self._model:
-            C.llama_model_free(self._model)
-            self._model = 0
+        self._handles.close()
 
 
 class ModelDrafter:
@@ -143,6 +159,10 @@ class ModelDrafter:
     def __init__(self, model: DraftModel, seq_id: int) -> None:
         self._model = model
         self._seq = seq_id
+
+    @property
+    def guess_s(self) -> float:
+        return self._model.guess_s
 
     def propose(self, tokens: Sequence[int], next_token: int, limit: int) -> list[int]:
         return self._model.propose(self._seq, tokens, next_token, limit)

@@ -40,7 +40,7 @@ from .abort import AbortFlag
 from .batch import Batch, Running
 from .bounds import TooBig
 from .chat import ChatTemplateError
-from .draft_model import DraftModel, ModelDrafter
+from .draft_model import DraftModel
 from .embed import Embedder, EmbeddingRefused
 from .llama import LlamaLog, LoadedModel, LoadFailure, load_model, model_description
 from .prepare import Prepared, Preparer, Refused
@@ -48,7 +48,7 @@ from .prompt import ImageChunk
 from .sampling import GrammarError, NoCandidate, Sampler, SamplerRefused
 from .seqstate import StateMismatch, flash_attention_of, from_portable, to_portable
 from .slots import SlotPool
-from .speculate import Speculator
+from .speculate import Speculator, speculator_for
 from .text import Detokenizer
 from .threads import DECODE_ABORTED, ThreadTuner
 from .vision import Vision
@@ -126,26 +126,13 @@ class Engine:
         self._steps = 0
         self._waiting: collections.deque[Prepared] = collections.deque()  # prepared, waiting for free slots
         self._draft: DraftModel | None = None
-        self._speculator = self._speculator_for(load) if load.speculative and self._batch else None
-
-    def _speculator_for(self, load: LlamaLoad) -> Speculator:
-        """Speculative decoding as `load.speculative` asks (its draft model loaded here); raises `LoadFailure`."""
-        spec = load.speculative
-        assert spec is not None
-        cp = load.context_params
-        drafter: Callable[[int], ModelDrafter] | None = None
-        if spec.mode == "draft":
-            assert spec.draft_model_path is not None
+        self._speculator: Speculator | None = None
+        if load.speculative is not None and self._batch is not None:
             try:
-                self._draft = DraftModel.load(
-                    spec.draft_model_path, target=self._handles.model, context=cp, log=self._log
-                )
+                self._speculator, self._draft = speculator_for(load, self._handles.model, self._log, self._abort)
             except BaseException:
                 self.close()
                 raise
-            model = self._draft
-            drafter = lambda seq_id: ModelDrafter(model, seq_id)  # noqa: E731
-        return Speculator(spec, n_ctx=cp.n_ctx, n_batch=cp.n_batch, model=drafter)
 
     # ------------------------------------------------------------ facts
 

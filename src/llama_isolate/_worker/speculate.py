@@ -22,7 +22,10 @@ import heapq
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
-from .._params import Speculative
+from .._params import LlamaLoad, Speculative
+from .abort import AbortFlag
+from .draft_model import DraftModel, ModelDrafter
+from .llama import LlamaLog
 
 # A sequence whose acceptance falls under this rests from drafting (PAUSE_FIRST steps, doubling up to PAUSE_MAX).
 ACCEPTANCE_FLOOR = 0.15
@@ -36,6 +39,12 @@ MARGIN = 1.25
 
 class Drafter(Protocol):
     """Proposes the tokens most likely to follow a sequence."""
+
+    @property
+    def guess_s(self) -> float:
+        """Seconds one guessed token costs to make (0 for a lookup): a drafter that pays per token is asked only
+        for as many as the step will take."""
+        ...
 
     def propose(self, tokens: Sequence[int], next_token: int, limit: int) -> list[int]:
         """Up to `limit` tokens guessed to follow `tokens` + [`next_token`] (possibly none)."""
@@ -61,6 +70,8 @@ class NgramDrafter:
         drafter = NgramDrafter(range(2, 5))
         drafter.propose([5, 6, 7, 8, 5, 6], 7, limit=4)  # [8, 5, 6, 7]
     """
+
+    guess_s = 0.0
 
     def __init__(self, sizes: Iterable[int]) -> None:
         self._sizes = sorted(set(sizes), reverse=True)  # longest first: the surest match
@@ -221,14 +232,17 @@ class StepCost:
         return max(slope, 1e-6)
 
 
-def plan(offers: list[tuple[list[int], float]], *, rows: int, yield_now: float, cost: StepCost) -> list[int]:
+def plan(
+    offers: list[tuple[int, float]], *, rows: int, yield_now: float, cost: StepCost, guess_s: float = 0.0
+) -> list[int]:
     """How many tokens of each draft a step takes.
 
     Args:
-        offers: per sequence, its draft and its acceptance rate.
+        offers: per sequence, how many tokens its draft may have, and its acceptance rate.
         rows: batch rows the step has without drafts.
         yield_now: tokens the step yields without drafts (its generating sequences).
         cost: the step's measured cost.
+        guess_s: what guessing one token costs besides its row (a draft model's decode; 0 for n-grams).
 
     Returns:
         per offer, how many of its tokens to add (a prefix of its draft).
@@ -236,10 +250,10 @@ def plan(offers: list[tuple[list[int], float]], *, rows: int, yield_now: float, 
     taken = [0] * len(offers)
     per_row = cost.per_row
     seconds = cost.base + per_row * max(0, rows - 1)
-    price = per_row * MARGIN
+    price = per_row * MARGIN + guess_s
     tokens = yield_now
     # Candidate rows, best yield first: the i-th token of a draft yields rate**i.
-    heap = [(-rate, i, 1) for i, (draft, rate) in enumerate(offers) if draft and rate > 0]
+    heap = [(-rate, i, 1) for i, (available, rate) in enumerate(offers) if available > 0 and rate > 0]
     heapq.heapify(heap)
     while heap:
         negative, i, depth = heapq.heappop(heap)
@@ -249,8 +263,8 @@ def plan(offers: list[tuple[list[int], float]], *, rows: int, yield_now: float, 
         taken[i] = depth
         seconds += price
         tokens += gain
-        draft, rate = offers[i]
-        if depth < len(draft):
+        available, rate = offers[i]
+        if depth < available:
             heapq.heappush(heap, (-(gain * rate), i, depth + 1))
     return taken
 
@@ -312,39 +326,66 @@ class Speculator:
         """The speculation of the sequence `seq_id`, which starts generating."""
         return DraftState(NgramDrafter(self._sizes) if self._model is None else self._model(seq_id))
 
-    def draft(self, generating: Sequence[Drafting], prompt_rows: int = 0) -> None:
-        """Set `draft` on each of `generating` (the sequences with a next token), within the batch's room."""
-        offers: list[tuple[list[int], float]] = []
-        owners: list[Drafting] = []
+    def draft(self, generating: Sequence[Drafting]) -> None:
+        """Set `draft` on each of `generating` (the sequences with a next token), within the batch's room.
+
+        A lookup's guesses are made first (they cost nothing) and the plan takes a prefix of each; a draft
+        model's are made after the plan, only as many as it takes (each costs a decode of the draft model)."""
+        offers: list[tuple[int, float]] = []
+        owners: list[tuple[Drafting, DraftState, list[int] | None, int]] = []
+        adaptive = self._params.adaptive
         for run in generating:
             run.draft = []
             state = run.spec
-            if state is None or run.next_token is None or (self._params.adaptive and state.acceptance.resting()):
+            if state is None or run.next_token is None or (adaptive and state.acceptance.resting()):
                 continue
             limit = min(self._params.max_draft, run.max_tokens - run.generated - 1, self._n_ctx - run.n_past - 2)
             if limit <= 0:
                 continue
-            draft = _text_only(state.drafter.propose(run.tokens, run.next_token, limit))
-            if draft:
-                offers.append((draft, state.acceptance.rate if self._params.adaptive else 1.0))
-                owners.append(run)
+            made = (
+                None if state.drafter.guess_s else _text_only(state.drafter.propose(run.tokens, run.next_token, limit))
+            )
+            if made is not None and not made:
+                continue
+            offers.append((limit if made is None else len(made), state.acceptance.rate if adaptive else 1.0))
+            owners.append((run, state, made, limit))
         if not offers:
             return
-        if self._params.adaptive:
-            rows = len(generating) + prompt_rows
-            taken = plan(offers, rows=rows, yield_now=len(generating), cost=self.cost)
+        if adaptive:
+            guess_s = max(state.drafter.guess_s for _, state, _, _ in owners)
+            taken = plan(offers, rows=len(generating), yield_now=len(generating), cost=self.cost, guess_s=guess_s)
         else:
-            taken = [len(draft) for draft, _ in offers]
-        room = self._n_batch - len(generating) - prompt_rows
-        for run, (draft, _), wanted in zip(owners, offers, taken, strict=True):
-            assert run.spec is not None
-            acceptance = run.spec.acceptance
-            probe = wanted == 0 and acceptance.fresh  # an estimate never tried would otherwise keep every draft out
+            taken = [available for available, _ in offers]
+        room = self._n_batch - len(generating)
+        for (run, state, made, _), wanted in zip(owners, taken, strict=True):
+            acceptance = state.acceptance
+            # An estimate never tried would otherwise keep every draft out: a lookup's guess is tried once (it
+            # costs one row); a draft model's is not, when even its first guess does not pay for its decode.
+            probe = wanted == 0 and acceptance.fresh and not state.drafter.guess_s
             k = min(1 if probe else wanted, max(0, room))
-            run.draft = draft[:k]
-            room -= k
+            guessed = made
+            if k > 0 and guessed is None:
+                assert run.next_token is not None
+                guessed = _text_only(state.drafter.propose(run.tokens, run.next_token, k))
+            run.draft = (guessed or [])[:k]
+            room -= len(run.draft)
             if k == 0:
                 acceptance.unused()
+
+
+def speculator_for(
+    load: LlamaLoad, model: int, log: LlamaLog, abort: AbortFlag
+) -> tuple[Speculator, DraftModel | None]:
+    """The speculation `load.speculative` asks for, with its draft model loaded beside `model` (the caller
+    closes it); raises `LoadFailure`."""
+    spec = load.speculative
+    assert spec is not None
+    cp = load.context_params
+    if spec.mode != "draft":
+        return Speculator(spec, n_ctx=cp.n_ctx, n_batch=cp.n_batch), None
+    assert spec.draft_model_path is not None
+    draft = DraftModel.load(spec.draft_model_path, target=model, context=cp, log=log, abort=abort)
+    return Speculator(spec, n_ctx=cp.n_ctx, n_batch=cp.n_batch, model=lambda seq: ModelDrafter(draft, seq)), draft
 
 
 def _text_only(draft: list[int]) -> list[int]:
