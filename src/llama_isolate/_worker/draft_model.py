@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import llama_cpp as C
 import numpy as np
@@ -153,19 +154,19 @@ class DraftModel:
         self._handles.close()
 
 
+@dataclass(frozen=True)
 class ModelDrafter:
     """The `Drafter` of one target sequence: its draft model's sequence of the same id."""
 
-    def __init__(self, model: DraftModel, seq_id: int) -> None:
-        self._model = model
-        self._seq = seq_id
+    model: DraftModel
+    seq_id: int
 
     @property
     def guess_s(self) -> float:
-        return self._model.guess_s
+        return self.model.guess_s
 
     def propose(self, tokens: Sequence[int], next_token: int, limit: int) -> list[int]:
-        return self._model.propose(self._seq, tokens, next_token, limit)
+        return self.model.propose(self.seq_id, tokens, next_token, limit)
 
 
 def vocabulary_mismatch(target: int, draft: int) -> str | None:
