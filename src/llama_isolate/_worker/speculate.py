@@ -3,7 +3,7 @@
 A generating sequence normally adds one token to a step's batch. With a draft
 it adds the draft too, and asks for logits at every position; the engine then
 samples the target model position by position and keeps each draft token only
-while the token it samples is that very one (see `Engine._verify`). So what
+while the token it samples is that very one (see `Engine._sample`). So what
 is decided here changes the speed, never the text.
 
 How long a draft is worth, per sequence and step (`plan`): the i-th token of
@@ -308,7 +308,7 @@ class Speculator:
     Example::
 
         speculator = Speculator(Speculative(), n_ctx=4096, n_batch=512)
-        run.spec = speculator.new_state()
+        run.spec = speculator.new_state(run.slot.seq_id)
         speculator.draft(generating)  # sets each run's `draft`
     """
 
