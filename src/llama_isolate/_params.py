@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from ._checks import check_text
@@ -98,6 +98,25 @@ def _check_bool(cls: str, name: str, value: object) -> None:
         _fail(cls, name, "a bool", value, "invalid_type")
 
 
+def _plain(value: object) -> object:
+    """`value` with every str, int or float subclass (an enum member, say) made the plain type, inside tuples and
+    lists too: the worker reads back only plain values, and a subclass would fail the load when it is sent."""
+    if isinstance(value, bool) or value is None:
+        return value
+    for kind in (str, int, float):
+        if isinstance(value, kind) and type(value) is not kind:
+            return str.__str__(value) if kind is str else kind(value)
+    if type(value) in (tuple, list):
+        return type(value)(_plain(item) for item in value)  # type: ignore[call-arg,attr-defined]
+    return value
+
+
+def _plain_fields(obj: object) -> None:
+    """Make every field of the frozen dataclass `obj` plain (see `_plain`)."""
+    for f in fields(obj):  # type: ignore[arg-type]
+        object.__setattr__(obj, f.name, _plain(getattr(obj, f.name)))
+
+
 def _as_tuple(obj: object, name: str, value: object) -> tuple[object, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         _fail(type(obj).__name__, name, "a sequence", value, "invalid_type")
@@ -136,6 +155,7 @@ class ModelParams:
     check_tensors: bool = False
 
     def __post_init__(self) -> None:
+        _plain_fields(self)
         c = "ModelParams"
         _check_int(c, "n_gpu_layers", self.n_gpu_layers, -1)
         _check_choice(c, "split_mode", self.split_mode, SPLIT_MODES)
@@ -210,6 +230,7 @@ class ContextParams:
     cache_ram_mib: int = 1024
 
     def __post_init__(self) -> None:
+        _plain_fields(self)
         c = "ContextParams"
         _check_int(c, "n_ctx", self.n_ctx, 64, 1 << 24)
         _check_int(c, "n_batch", self.n_batch, 1, 1 << 20)
@@ -304,6 +325,7 @@ class SamplerParams:
     logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
+        _plain_fields(self)
         c = "SamplerParams"
         _check_float(c, "temperature", self.temperature, 0.0, 100.0)
         _check_int(c, "top_k", self.top_k, 0)
@@ -418,6 +440,7 @@ class Speculative:
     adaptive: bool = True
 
     def __post_init__(self) -> None:
+        _plain_fields(self)
         c = "Speculative"
         _check_choice(c, "mode", self.mode, ("ngram", "draft"))
         if self.mode == "draft":
@@ -495,6 +518,7 @@ class LlamaLoad:
     verbose: bool = False
 
     def __post_init__(self) -> None:
+        _plain_fields(self)
         c = "LlamaLoad"
         _check_path("path", self.path)
         object.__setattr__(self, "path", os.fspath(self.path))

@@ -37,7 +37,7 @@ from llama_isolate import (
     SamplerParams,
 )
 
-from ..helpers.fuzz import TEMPLATE, nasty, texts
+from ..helpers.fuzz import TEMPLATE, ForeignFloat, nasty, texts
 from ..helpers.models import GREEDY
 from ..helpers.pictures import BLUE, RED, png_header
 
@@ -82,8 +82,8 @@ samplers = st.none() | st.fixed_dictionaries(
     {
         "greedy": st.just(True),
         "grammar": grammars,
-        "stop": st.lists(st.one_of(st.text(min_size=1, max_size=4), nasty), max_size=2).map(tuple),
-        "repeat_penalty": st.sampled_from([1.0, 1.3]),
+        "stop": st.lists(st.one_of(st.text(min_size=1, max_size=4), nasty, texts.filter(bool)), max_size=2).map(tuple),
+        "repeat_penalty": st.sampled_from([1.0, 1.3, ForeignFloat(1.1)]),  # a float of the caller's own class
     }
 )
 

@@ -94,3 +94,35 @@ def test_a_restart_policy_waits_longer_each_attempt_up_to_its_cap() -> None:
     assert [policy.wait_before(n) for n in range(1, 7)] == [0.0, 0.5, 1.0, 2.0, 3.0, 3.0]
     assert policy.wait_before(10_000) == 3.0
     assert RestartPolicy(max_attempts=None, reset_after_s=float("inf")).max_attempts is None
+
+
+def test_subclassed_values_become_plain_so_the_load_can_be_sent() -> None:
+    import enum
+
+    from llama_isolate import Speculative
+    from llama_isolate._protocol import sendable
+
+    class Mode(str, enum.Enum):
+        NGRAM = "ngram"
+
+    class Tokens(int, enum.Enum):
+        EIGHT = 8
+
+    class Word(str):
+        pass
+
+    load = LlamaLoad(
+        path=Word("model.gguf"),
+        context_params=ContextParams(n_ctx=Tokens.EIGHT * 64),
+        sampler_params=SamplerParams(stop=[Word("###")], temperature=Temperature(0.5)),
+        speculative=Speculative(mode=Mode.NGRAM, max_draft=Tokens.EIGHT),
+    )
+    assert load.speculative is not None
+    assert type(load.speculative.mode) is str and load.speculative.mode == "ngram"
+    assert type(load.speculative.max_draft) is int and load.speculative.max_draft == 8
+    assert type(load.sampler_params.stop[0]) is str and type(load.sampler_params.temperature) is float
+    sendable(load)  # raised TypeError for the enum members and the str subclass before
+
+
+class Temperature(float):
+    pass

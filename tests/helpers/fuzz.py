@@ -14,6 +14,10 @@ class Foreign(str):
     """A str of the caller's own class (an enum member is one): pickled by its class, which the worker refuses."""
 
 
+class ForeignFloat(float):
+    """A float of the caller's own class (numpy's float64 is one)."""
+
+
 plain_texts = st.lists(st.one_of(st.text(max_size=20), nasty), max_size=6).map("".join)
 texts = st.one_of(plain_texts, plain_texts.map(Foreign))
 
