@@ -332,7 +332,7 @@ class Speculator:
         A lookup's guesses are made first (they cost nothing) and the plan takes a prefix of each; a draft
         model's are made after the plan, only as many as it takes (each costs a decode of the draft model)."""
         offers: list[tuple[int, float]] = []
-        owners: list[tuple[Drafting, DraftState, list[int] | None, int]] = []
+        owners: list[tuple[Drafting, DraftState, list[int] | None]] = []
         adaptive = self._params.adaptive
         for run in generating:
             run.draft = []
@@ -348,16 +348,16 @@ class Speculator:
             if made is not None and not made:
                 continue
             offers.append((limit if made is None else len(made), state.acceptance.rate if adaptive else 1.0))
-            owners.append((run, state, made, limit))
+            owners.append((run, state, made))
         if not offers:
             return
         if adaptive:
-            guess_s = max(state.drafter.guess_s for _, state, _, _ in owners)
+            guess_s = max(state.drafter.guess_s for _, state, _ in owners)
             taken = plan(offers, rows=len(generating), yield_now=len(generating), cost=self.cost, guess_s=guess_s)
         else:
             taken = [available for available, _ in offers]
         room = self._n_batch - len(generating)
-        for (run, state, made, _), wanted in zip(owners, taken, strict=True):
+        for (run, state, made), wanted in zip(owners, taken, strict=True):
             acceptance = state.acceptance
             # An estimate never tried would otherwise keep every draft out: a lookup's guess is tried once (it
             # costs one row); a draft model's is not, when even its first guess does not pay for its decode.
