@@ -202,6 +202,14 @@ def add_parser(commands: Any) -> None:
     on_ray.add_argument(
         "--ray-gpus", type=float, default=0, metavar="N", help="GPUs Ray reserves for each Serve replica"
     )
+    on_ray.add_argument(
+        "--ray-routing",
+        choices=("prefix", "default"),
+        default=None,
+        help="which Serve replica a request goes to: prefix (default), the one whose cache holds the longest "
+        "prefix of its conversation, unless it is full; default: Ray's own router (two random replicas, the "
+        "less busy one)",
+    )
 
 
 @dataclass(frozen=True)
@@ -223,6 +231,7 @@ class RayPlan:
     resources: dict[str, float]
     num_cpus: float
     num_gpus: float
+    routing: str = "prefix"
 
 
 @dataclass(frozen=True)
@@ -237,9 +246,17 @@ def describe(args: argparse.Namespace) -> ServePlan:
     """The models (and Ray deployment) the options describe; ValueError names a bad value (exit 2 before loading)."""
     config = _read_config(args.config) if args.config is not None else {}
     ray = _ray_plan(args, config.get("ray", {})) if args.ray is not None else None
-    only_ray = (config.get("ray"), args.max_replicas is not None, args.ray_resource, args.ray_cpus is not None)
+    only_ray = (
+        config.get("ray"),
+        args.max_replicas is not None,
+        args.ray_resource,
+        args.ray_cpus is not None,
+        args.ray_routing is not None,
+    )
     if ray is None and (any(only_ray) or args.ray_gpus):
-        raise ValueError("the [ray] table, --max-replicas, --ray-resource, --ray-cpus and --ray-gpus are for --ray")
+        raise ValueError(
+            "the [ray] table, --max-replicas, --ray-resource, --ray-cpus, --ray-gpus and --ray-routing are for --ray"
+        )
     if ray is not None:
         # --replicas counted Serve replicas; without --threads, use the threads the replica has, not this machine's
         threads = args.threads if args.threads is not None else max(1, math.floor(ray.num_cpus))
@@ -253,7 +270,7 @@ def describe(args: argparse.Namespace) -> ServePlan:
 
 def _ray_plan(args: argparse.Namespace, table: Any) -> RayPlan:
     """`--ray`'s options, then a config's [ray] table over them."""
-    known = {"min_replicas", "max_replicas", "resources", "num_cpus", "num_gpus"}
+    known = {"min_replicas", "max_replicas", "resources", "num_cpus", "num_gpus", "routing"}
     if not isinstance(table, dict) or set(table) - known:
         raise ValueError(f"--config {args.config!r} [ray]: unknown keys (known: {sorted(known)})")
     resources: dict[str, Any] = {}
@@ -280,7 +297,10 @@ def _ray_plan(args: argparse.Namespace, table: Any) -> RayPlan:
     for what, value, least in (("--ray-cpus", cpus, 0.0), ("--ray-gpus", gpus, 0.0)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < least:
             raise ValueError(f"{what} must be a number >= 0, got {value!r}")
-    return RayPlan(args.ray, low, high, {k: float(v) for k, v in resources.items()}, float(cpus), float(gpus))
+    routing = table.get("routing", args.ray_routing or "prefix")
+    if routing not in ("prefix", "default"):
+        raise ValueError(f"--config {args.config!r} [ray]: routing must be prefix or default, got {routing!r}")
+    return RayPlan(args.ray, low, high, {k: float(v) for k, v in resources.items()}, float(cpus), float(gpus), routing)
 
 
 def _replicas(what: str, value: Any) -> int:
@@ -483,6 +503,7 @@ def _run_on_ray(args: argparse.Namespace, plan: RayPlan, models: list[Any], opti
         resources=plan.resources,
         num_cpus=plan.num_cpus,
         num_gpus=plan.num_gpus,
+        routing=plan.routing,
         drain_timeout=args.drain_timeout,
         **options,
     )

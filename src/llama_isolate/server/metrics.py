@@ -32,6 +32,7 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         self.replicas: list[Metrics] = []
         self._drafts = (0, 0)  # draft tokens checked, accepted
+        self._prompts = (0, 0)  # prompt tokens cached, processed
         registry = self.registry
 
         def total(attribute: str) -> float:
@@ -62,6 +63,11 @@ class ServerMetrics:
         self.cached = Counter(
             f"{PREFIX}_prompt_tokens_cached", "Prompt tokens reused from a KV cache.", registry=registry
         )
+        Gauge(
+            f"{PREFIX}_prompt_cached_share",
+            "Prompt tokens reused from a KV cache / all prompt tokens, since the start (0 before any).",
+            registry=registry,
+        ).set_function(self._cached_share)
         self.drafted = Counter(
             f"{PREFIX}_draft_tokens",
             "Speculative decoding: guessed tokens the model checked.",
@@ -107,6 +113,16 @@ class ServerMetrics:
         self.drafted.inc(drafted)
         self.draft_accepted.inc(accepted)
         self._drafts = (self._drafts[0] + drafted, self._drafts[1] + accepted)
+
+    def prompt_tokens(self, cached: int, processed: int) -> None:
+        """Count a prompt's tokens: those its KV cache held, and those it read."""
+        self.cached.inc(cached)
+        self.processed.inc(processed)
+        self._prompts = (self._prompts[0] + cached, self._prompts[1] + processed)
+
+    def _cached_share(self) -> float:
+        cached, processed = self._prompts
+        return cached / (cached + processed) if cached + processed else 0.0
 
     def _acceptance(self) -> float:
         drafted, accepted = self._drafts
@@ -162,8 +178,7 @@ class Metrics:
         server = self._server
         server.generated.inc(event.completion_tokens)
         self._generated.inc(event.completion_tokens)
-        server.processed.inc(event.prompt_tokens)
-        server.cached.inc(event.cached_tokens)
+        server.prompt_tokens(event.cached_tokens, event.prompt_tokens)
         server.drafts(event.timings.draft_tokens, event.timings.draft_accepted)
         if event.timings.first_token_s is not None:
             server.ttft.observe(event.timings.first_token_s)

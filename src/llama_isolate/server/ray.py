@@ -62,7 +62,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEPLOYMENT_NAME = "llama-isolate"
-"""The Serve deployment's name (its replica actors are named after it)."""
+"""The model deployment's name (its replica actors are named after it)."""
+FRONT_NAME = "llama-isolate-front"
+"""The front deployment's name: the ingress Serve's HTTP proxy calls (see `llama_isolate.server.ray_front`)."""
+FRONT_MAX_ONGOING = 10_000
+"""Requests the front takes at once: it only reads and passes them on; the replicas bound the work."""
+ROUTINGS = ("prefix", "default")
+"""`build_app`'s choices of router for the model replicas."""
+ROUTING_STATS_PERIOD_S = 1.0
+"""How often Serve asks each model replica for the conversations its caches hold."""
 APP_NAME = "llama-isolate"
 """The name `deploy` gives the Serve application."""
 HEADROOM = 32
@@ -88,35 +96,50 @@ def build_app(
     drain_timeout: float = 30.0,
     trim_history: bool = False,
     allowed_hosts: Sequence[str] | None = None,
+    routing: str = "prefix",
+    autoscaling: Mapping[str, Any] | None = None,
 ) -> Application:
-    """A Ray Serve application serving `models`: each Serve replica runs `create_app(models=models, ...)`.
+    """A Ray Serve application serving `models`: a front, and model replicas that each run `create_app`.
 
     Args:
-        models: what each Serve replica serves, as for `create_app(models=...)`
+        models: what each model replica serves, as for `create_app(models=...)`
             (a model's ``replicas`` are workers within each Serve replica).
-        min_replicas, max_replicas: Serve replicas; Ray scales between the two
+        min_replicas, max_replicas: model replicas; Ray scales between the two
             when they differ (`max_replicas` defaults to `min_replicas`),
             aiming at one request in flight per slot of a replica.
-        resources: custom Ray resources each replica needs, which pins it to
-            the nodes that have them (``{"llm": 1}``).
-        num_cpus: CPUs Ray reserves for each replica (default: the most
-            threads any of its models uses).
-        num_gpus: GPUs Ray reserves for each replica.
+        resources: custom Ray resources each model replica needs, which pins
+            it to the nodes that have them (``{"llm": 1}``).
+        num_cpus: CPUs Ray reserves for each model replica (default: the
+            most threads any of its models uses).
+        num_gpus: GPUs Ray reserves for each model replica.
         api_key, cors_origins, max_queue, max_body_bytes, body_timeout,
         init_timeout, trim_history, allowed_hosts: as for `create_app`.
         drain_timeout: seconds a replica that is stopping (scaled down,
             redeployed, deleted) gives its running requests to finish.
+        routing: ``"prefix"`` (default): a request goes to the replica whose
+            cache holds the longest prefix of its conversation, load
+            permitting (`llama_isolate.server.ray_router.PrefixAffinityRouter`);
+            ``"default"``: Ray's own router (two random replicas, the less
+            busy one), for comparison.
+        autoscaling: more of Serve's ``autoscaling_config`` (``upscale_delay_s``,
+            ``downscale_delay_s``, ...) when the replica counts differ.
 
     Raises:
-        ValueError: no models, or replica counts out of order.
+        ValueError: no models, replica counts out of order, or an unknown `routing`.
     """
     from ray import serve
+    from ray.serve.config import RequestRouterConfig
+
+    from .ray_replica import ModelReplica
+    from .ray_router import PrefixAffinityRouter
 
     if not models:
         raise ValueError("build_app needs at least one model")
     max_replicas = min_replicas if max_replicas is None else max_replicas
     if not 1 <= min_replicas <= max_replicas:
         raise ValueError(f"need 1 <= min_replicas <= max_replicas, got {min_replicas} and {max_replicas}")
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
     models = list(models)
     slots = sum(model.load.context_params.n_parallel * model.replicas for model in models)
     threads = max(model.load.context_params.n_threads for model in models)
@@ -132,9 +155,6 @@ def build_app(
     }
     create_app(models=models, **app_options)  # checks every option here, not on a replica
 
-    def make_app() -> Any:  # runs on each replica, when it starts
-        return create_app(models=models, **app_options)
-
     actor: dict[str, Any] = {"num_cpus": num_cpus if num_cpus is not None else threads}
     if num_gpus:
         actor["num_gpus"] = num_gpus
@@ -148,16 +168,53 @@ def build_app(
         "max_ongoing_requests": slots + (max_queue if max_queue is not None else UNBOUNDED_QUEUE) + HEADROOM,
         "graceful_shutdown_timeout_s": drain_timeout,
     }
+    if routing == "prefix":
+        options["request_router_config"] = RequestRouterConfig(
+            request_router_class=f"{PrefixAffinityRouter.__module__}.{PrefixAffinityRouter.__name__}",
+            request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,
+        )
     if max_replicas > min_replicas:
         options["autoscaling_config"] = {
             "min_replicas": min_replicas,
             "max_replicas": max_replicas,
             "target_ongoing_requests": slots,
+            **(autoscaling or {}),
         }
     else:
         options["num_replicas"] = min_replicas
-    deployment = serve.deployment(serve.ingress(make_app)(), **options)
-    return deployment.bind()
+    model = serve.deployment(ModelReplica, **options).bind(models, app_options)
+    front_options = {"max_body_bytes": max_body_bytes, "body_timeout": body_timeout, "api_key": api_key}
+    front = serve.deployment(
+        serve.ingress()(_front_class(front_options)),
+        name=FRONT_NAME,
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=FRONT_MAX_ONGOING,
+        graceful_shutdown_timeout_s=drain_timeout,
+    )
+    return front.bind(model)
+
+
+def _front_class(options: dict[str, Any]) -> type:
+    """The front deployment's class: the model deployment's handle in, `front_app` out."""
+
+    class Front:
+        def __init__(self, model: Any) -> None:
+            from ray import serve
+
+            self._stream = model.options(stream=True)
+            self._app_name = serve.get_replica_context().app_name
+            self._model_name = model.deployment_name
+
+        def __serve_build_asgi_app__(self) -> Any:
+            from .ray_front import front_app, replicas_of
+
+            def replicas() -> list[str] | None:
+                return replicas_of(self._app_name, self._model_name)
+
+            return front_app(lambda: self._stream.http.remote, replicas, **options)
+
+    return Front
 
 
 def connect(address: str, *, timeout: float = 10.0) -> None:

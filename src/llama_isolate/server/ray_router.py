@@ -1,0 +1,113 @@
+"""`PrefixAffinityRouter`: Ray Serve's request router for our model replicas, by cached prefix and load.
+
+Serve runs one in every process that calls the model deployment through a
+`DeploymentHandle` (the front of `llama_isolate.server.ray.build_app`). For
+each request it asks `llama_isolate.server.affinity.rank` for an order of
+the replicas, from what it knows without asking any of them:
+
+- the points each replica reported (its `record_routing_stats`, polled by
+  Serve's controller about once a second and passed to every router);
+- the points of the requests this router sent since (a replica's report may
+  be a second old when the next turn comes);
+- requests in flight: those this router sent and that have not ended, or
+  what Serve last heard from the replica if that is more;
+- the replica's slots (reported).
+
+Serve then sends the request to the first replica in that order that has
+room (`max_ongoing_requests`). A request addressed to one replica (the
+front's ``/metrics``) goes to that replica only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
+
+from .affinity import Point, ReplicaView, rank
+from .ray_front import register_router
+
+__all__ = ["PrefixAffinityRouter"]
+
+SENT_TTL_S = 10.0
+"""How long a router remembers which replica it sent a conversation to: a few of the replicas' reports."""
+
+
+class PrefixAffinityRouter(RequestRouter):  # type: ignore[misc]
+    """Routes a request to the replica whose cache holds the longest prefix of its conversation (see the module)."""
+
+    def initialize_state(self, **kwargs: Any) -> None:
+        self._sent: dict[ReplicaID, dict[int, float]] = {}  # points this router sent, with when
+        self._flying: dict[ReplicaID, int] = {}  # requests sent and not ended
+        self._held: dict[ReplicaID, tuple[int, frozenset[int]]] = {}  # a report's points, by the report's id
+        # Serve sends this module to the cluster by value: what the front reads lives in a module it imports.
+        register_router(self._deployment_id.app_name, self._deployment_id.name, self.replica_ids)
+
+    def replica_ids(self) -> list[str]:
+        """The replicas this router routes to now, by their unique ids."""
+        return [replica.unique_id for replica in list(self._replica_id_set)]
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        super().update_replicas(replicas)
+        for gone in set(self._sent) | set(self._flying) | set(self._held):
+            if gone not in self._replica_id_set:
+                self._sent.pop(gone, None)
+                self._flying.pop(gone, None)
+                self._held.pop(gone, None)
+
+    async def choose_replicas(
+        self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
+    ) -> list[list[RunningReplica]]:
+        if pending_request is None:
+            return [candidate_replicas]
+        pending_request.routing_context.should_backoff = True  # every replica was offered: wait before again
+        wire = pending_request.args[0] if pending_request.args else None
+        target = getattr(wire, "replica", None)
+        if target is not None:
+            return [[r for r in candidate_replicas if r.replica_id.unique_id == target]]
+        points: Sequence[Point] = getattr(wire, "points", ())
+        views = [self._view(replica) for replica in candidate_replicas]
+        return [[candidate_replicas[at]] for at in rank(points, views)]
+
+    def _view(self, replica: RunningReplica) -> ReplicaView:
+        stats = replica.routing_stats or {}
+        held = self._reported(replica.replica_id, stats)
+        sent = self._sent.get(replica.replica_id)
+        if sent:
+            now = time.monotonic()
+            for key in [key for key, at in sent.items() if now - at > SENT_TTL_S]:
+                del sent[key]
+            held = held | sent.keys()
+        flying = self._flying.get(replica.replica_id, 0)
+        heard = self._replica_queue_len_cache.get(replica.replica_id)
+        slots = stats.get("slots")
+        return ReplicaView(
+            held=held,
+            in_flight=max(flying, heard or 0),
+            slots=slots if isinstance(slots, int) and slots > 0 else None,
+        )
+
+    def _reported(self, replica_id: ReplicaID, stats: dict[str, Any]) -> frozenset[int]:
+        """The points of a replica's last report, made a set once per report."""
+        report = stats.get("report", 0)
+        known = self._held.get(replica_id)
+        if known is None or known[0] != report:
+            points = stats.get("points", ())
+            known = (report, frozenset(points) if isinstance(points, list | tuple) else frozenset())
+            self._held[replica_id] = known
+        return known[1]
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
+        self._flying[replica_id] = self._flying.get(replica_id, 0) + 1
+        points: Sequence[Point] = getattr(pending_request.args[0] if pending_request.args else None, "points", ())
+        if points:
+            now = time.monotonic()
+            sent = self._sent.setdefault(replica_id, {})
+            for point in points:
+                sent[point.key] = now
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        if self._flying.get(replica_id, 0) > 0:
+            self._flying[replica_id] -= 1
