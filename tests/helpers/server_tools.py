@@ -47,6 +47,16 @@ def metric(base_url: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+def metric_total(base_url: str, name: str) -> float:
+    """The sum of every series of `name` in /metrics, whatever its labels (a Ray front's: one per replica)."""
+    total = 0.0
+    for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines():
+        key, _, value = line.rpartition(" ")
+        if not line.startswith("#") and key.partition("{")[0] == name:
+            total += float(value)
+    return total
+
+
 def _canonical(key: str) -> str:
     if "{" not in key:
         return key

@@ -57,9 +57,9 @@ def test_the_next_turn_goes_to_the_replica_that_served_the_conversation_even_whe
 def test_a_full_replica_is_skipped_for_the_next_best_and_a_deeper_match_beats_a_shorter() -> None:
     opening, deeper = chat("Tell me about ships."), chat("Tell me about ships.", "They float.", "And?")
     request = conversation_points(chat("Tell me about ships.", "They float.", "And?", "Sure.", "More?"))
-    views = [holding(opening), holding(deeper, in_flight=4, slots=4), holding()]
+    views = [holding(opening), holding(deeper, in_flight=8, slots=4), holding()]
     assert rank(request, views) == [0, 2, 1]  # the full one goes last, whatever it holds
-    views[1] = holding(deeper, in_flight=3, slots=4)
+    views[1] = holding(deeper, in_flight=7, slots=4)  # every slot busy and some waiting: still worth it
     assert rank(request, views)[:2] == [1, 0]
 
 
@@ -78,7 +78,8 @@ def test_a_shared_system_prompt_does_not_draw_new_conversations_to_one_replica()
 
 def test_a_replica_that_has_not_reported_its_slots_is_never_counted_full() -> None:
     assert not ReplicaView(in_flight=100, slots=None).full
-    assert ReplicaView(in_flight=2, slots=2).full
+    assert not ReplicaView(in_flight=3, slots=2).full
+    assert ReplicaView(in_flight=4, slots=2).full
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from ..helpers.cli import CLI, cli
-from ..helpers.server_tools import free_port, metric, wait_until
+from ..helpers.server_tools import free_port, metric_total, wait_until
 
 # All traffic stays on loopback: without this, Ray turns "127.0.0.1" in an address into the machine's outward
 # address (found by routing towards the internet), which may not reach a node listening on loopback.
@@ -36,6 +36,7 @@ pytest.importorskip("ray.serve")
 pytestmark = pytest.mark.ray
 
 WORKER = "llama_isolate._worker.main"
+DEPLOYMENT_NAME = "llama-isolate"  # the model replicas' (the front is llama-isolate-front)
 
 
 @dataclass
@@ -47,11 +48,11 @@ class Deployed:
 
 
 def replica_actors() -> list[Any]:
-    """The live Serve replica actors of our deployment (there is one), as Ray's state API has them."""
+    """The live model replica actors of our application (there is one), as Ray's state API has them."""
     from ray.util.state import list_actors
 
     alive = list_actors(filters=[("state", "=", "ALIVE")], detail=True)
-    return [a for a in alive if "llama-isolate" in (a.class_name or "")]
+    return [a for a in alive if (a.class_name or "").endswith(f":{DEPLOYMENT_NAME}")]
 
 
 def replica_processes() -> list[psutil.Process]:
@@ -125,16 +126,16 @@ def test_streams_embeds_and_refuses_through_the_proxy(deployed: Deployed) -> Non
 def test_a_client_that_disconnects_stops_its_prompt_on_the_replica(deployed: Deployed) -> None:
     url = deployed.url
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-    before = metric(url, "llama_isolate_tokens_generated_total")
+    before = metric_total(url, "llama_isolate_tokens_generated_total")
     stream = client.completions.create(model="any", prompt="1, 2, 3, 4, 5, 6, 7,", max_tokens=1000, stream=True)
     for read, _ in enumerate(stream):
         if read == 3:
             break
-    assert metric(url, "llama_isolate_prompts_running") == 1
+    assert metric_total(url, "llama_isolate_prompts_running") == 1
     stream.close()  # the client leaves long before its 1000 tokens
-    took = wait_until(lambda: metric(url, "llama_isolate_prompts_running") == 0, 10, "the prompt to stop")
+    took = wait_until(lambda: metric_total(url, "llama_isolate_prompts_running") == 0, 10, "the prompt to stop")
     assert took < 1.0  # about 60 ms here, with the /metrics round trips
-    assert metric(url, "llama_isolate_tokens_generated_total") - before < 300
+    assert metric_total(url, "llama_isolate_tokens_generated_total") - before < 300
 
 
 def test_beyond_its_slots_and_queue_the_replica_answers_429_and_health_still_answers(deployed: Deployed) -> None:
@@ -156,8 +157,8 @@ def test_beyond_its_slots_and_queue_the_replica_answers_429_and_health_still_ans
         thread.start()
     try:
         wait_until(lambda: statuses.count(429) == 2, 60, "two refusals")
-        assert metric(url, "llama_isolate_prompts_running") == 2
-        assert metric(url, "llama_isolate_queue_length") == 1
+        assert metric_total(url, "llama_isolate_prompts_running") == 2
+        assert metric_total(url, "llama_isolate_queue_length") == 1
         start = time.monotonic()
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200
         assert time.monotonic() - start < 2  # not queued behind the prompts
@@ -166,7 +167,7 @@ def test_beyond_its_slots_and_queue_the_replica_answers_429_and_health_still_ans
         for thread in clients:
             thread.join(timeout=120)
     assert sorted(statuses) == [200, 200, 200, 429, 429]
-    wait_until(lambda: metric(url, "llama_isolate_prompts_running") == 0, 30, "the prompts to stop")
+    wait_until(lambda: metric_total(url, "llama_isolate_prompts_running") == 0, 30, "the prompts to stop")
 
 
 def test_a_second_serve_on_the_same_cluster_is_refused(deployed: Deployed) -> None:

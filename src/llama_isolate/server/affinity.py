@@ -23,8 +23,11 @@ adds the points of what it routed itself since.
    conversations), then to the one with the longer weak match (a shared
    system prompt). A new conversation therefore goes to the least loaded
    replica, and new conversations that come one at a time are spread;
-3. a *full* replica (as many requests in flight as it has slots) goes after
-   every replica that is not, whatever it holds: load still counts.
+3. a *full* replica goes after every replica that is not, whatever it
+   holds: load still counts. Full is `FULL_FACTOR` times its slots in
+   flight (each slot busy, and as many waiting): a turn that waits for one
+   answer to finish costs less than reading its whole history again
+   elsewhere, and a replica with more than that waiting is worth leaving.
 
 Nothing here is a round trip to a replica: the view is what replicas last
 reported plus what this router sent since. Replicas that come or go move
@@ -47,6 +50,8 @@ STRONG_CHARS = 256
 """A plain prompt's match is strong from this many characters: a shorter one is likely a shared opening."""
 MAX_POINTS = 4096
 """Points of one request at most (about a megabyte of text): deeper text does not change the choice."""
+FULL_FACTOR = 2
+"""A replica with this many times its slots in flight is full: the next best replica is tried first."""
 LEDGER_POINTS = 8192
 """Points a replica reports at most: those of the requests it served most recently."""
 
@@ -185,7 +190,7 @@ class ReplicaView:
 
     @property
     def full(self) -> bool:
-        return self.slots is not None and self.in_flight >= self.slots
+        return self.slots is not None and self.in_flight >= FULL_FACTOR * self.slots
 
     def match(self, points: Sequence[Point]) -> Point | None:
         """The deepest of `points` this replica holds."""

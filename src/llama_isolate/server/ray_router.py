@@ -8,9 +8,10 @@ the replicas, from what it knows without asking any of them:
 - the points each replica reported (its `record_routing_stats`, polled by
   Serve's controller about once a second and passed to every router);
 - the points of the requests this router sent since (a replica's report may
-  be a second old when the next turn comes);
-- requests in flight: those this router sent and that have not ended, or
-  what Serve last heard from the replica if that is more;
+  be a second old when the next turn comes): for the replica it put first
+  while a request runs, for the replica that answered once it ended;
+- requests in flight: those this router gave the replica and that have not
+  ended, or what Serve last heard from the replica if that is more;
 - the replica's slots (reported).
 
 Serve then sends the request to the first replica in that order that has
@@ -40,7 +41,8 @@ class PrefixAffinityRouter(RequestRouter):  # type: ignore[misc]
 
     def initialize_state(self, **kwargs: Any) -> None:
         self._sent: dict[ReplicaID, dict[int, float]] = {}  # points this router sent, with when
-        self._flying: dict[ReplicaID, int] = {}  # requests sent and not ended
+        self._flying: dict[ReplicaID, int] = {}  # requests given a replica and not ended
+        self._given: dict[str, tuple[ReplicaID, Sequence[Point]]] = {}  # which, and the points, by request id
         self._held: dict[ReplicaID, tuple[int, frozenset[int]]] = {}  # a report's points, by the report's id
         # Serve sends this module to the cluster by value: what the front reads lives in a module it imports.
         register_router(self._deployment_id.app_name, self._deployment_id.name, self.replica_ids)
@@ -54,6 +56,7 @@ class PrefixAffinityRouter(RequestRouter):  # type: ignore[misc]
         for gone in set(self._sent) | set(self._flying) | set(self._held):
             if gone not in self._replica_id_set:
                 self._sent.pop(gone, None)
+                self._given = {request: to for request, to in self._given.items() if to[0] != gone}
                 self._flying.pop(gone, None)
                 self._held.pop(gone, None)
 
@@ -69,7 +72,26 @@ class PrefixAffinityRouter(RequestRouter):  # type: ignore[misc]
             return [[r for r in candidate_replicas if r.replica_id.unique_id == target]]
         points: Sequence[Point] = getattr(wire, "points", ())
         views = [self._view(replica) for replica in candidate_replicas]
-        return [[candidate_replicas[at]] for at in rank(points, views)]
+        order = [candidate_replicas[at] for at in rank(points, views)]
+        if order:  # Serve takes the first unless it is at max_ongoing_requests
+            self._give(pending_request.metadata.internal_request_id, order[0].replica_id, points)
+        return [[replica] for replica in order]
+
+    def _give(self, request_id: str, replica_id: ReplicaID, points: Sequence[Point]) -> None:
+        """Count a request in flight on the replica it goes to, at once (the next one is chosen before it is sent)."""
+        before = self._given.pop(request_id, None)
+        if before is not None:
+            self._flying[before[0]] = max(0, self._flying.get(before[0], 0) - 1)
+        self._given[request_id] = (replica_id, points)
+        self._flying[replica_id] = self._flying.get(replica_id, 0) + 1
+        self._remember(replica_id, points)
+
+    def _remember(self, replica_id: ReplicaID, points: Sequence[Point]) -> None:
+        if points:
+            sent = self._sent.setdefault(replica_id, {})
+            now = time.monotonic()
+            for point in points:
+                sent[point.key] = now
 
     def _view(self, replica: RunningReplica) -> ReplicaView:
         stats = replica.routing_stats or {}
@@ -99,15 +121,16 @@ class PrefixAffinityRouter(RequestRouter):  # type: ignore[misc]
             self._held[replica_id] = known
         return known[1]
 
-    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
-        self._flying[replica_id] = self._flying.get(replica_id, 0) + 1
-        points: Sequence[Point] = getattr(pending_request.args[0] if pending_request.args else None, "points", ())
-        if points:
-            now = time.monotonic()
-            sent = self._sent.setdefault(replica_id, {})
-            for point in points:
-                sent[point.key] = now
-
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
-        if self._flying.get(replica_id, 0) > 0:
-            self._flying[replica_id] -= 1
+        super().on_request_completed(replica_id, internal_request_id)
+        given = self._given.pop(internal_request_id, None)
+        if given is None:
+            return
+        chosen, points = given
+        self._flying[chosen] = max(0, self._flying.get(chosen, 0) - 1)
+        if chosen != replica_id:  # Serve sent it to a later choice (the first was busy, or slow to answer a probe)
+            sent = self._sent.get(chosen, {})
+            for point in points:
+                sent.pop(point.key, None)
+        if replica_id in self._replica_id_set:
+            self._remember(replica_id, points)  # where it was answered: the next turn's place
