@@ -19,7 +19,7 @@ def test_help_names_every_option() -> None:
     for option in ("--model", "--mmproj", "--host", "--port", "--parallel", "--ctx", "--threads", "--max-queue",
                    "--api-key", "--cors-origin", "--model-name", "--max-body-bytes", "--body-timeout",
                    "--drain-timeout", "--replicas", "--config", "--chat-template", "--ray", "--max-replicas",
-                   "--ray-resource", "--ray-cpus", "--ray-gpus", "--trim-history", "--allowed-host",
+                   "--ray-resource", "--ray-cpus", "--ray-gpus", "--ray-routing", "--trim-history", "--allowed-host",
                    "--speculative", "--speculative-draft", "--speculative-max"):  # fmt: skip
         assert option in result.stdout
     assert "127.0.0.1" in result.stdout  # bound to this machine unless told otherwise

@@ -194,11 +194,13 @@ def test_ray_options_describe_serve_replicas_and_their_resources(tmp_path: Path)
     config.write_text(
         '[models.chat]\npath = "/m/chat.gguf"\nreplicas = 2\n\n'
         "[ray]\nmin_replicas = 1\nmax_replicas = 3\nnum_cpus = 8\nnum_gpus = 1\nresources = { node_a = 0.5 }\n"
+        'routing = "default"\n'
     )
     plan = _serve_cli.describe(
         serve_args("--config", str(config), "--ray", "ray://head:10001", "--ray-resource", "x=2")
     )
-    assert plan.ray == _serve_cli.RayPlan("ray://head:10001", 1, 3, {"x": 2.0, "node_a": 0.5}, 8.0, 1.0)
+    assert plan.ray == _serve_cli.RayPlan("ray://head:10001", 1, 3, {"x": 2.0, "node_a": 0.5}, 8.0, 1.0, "default")
+    assert _serve_cli.describe(serve_args("--ray", "auto", "--ray-routing", "default")).ray.routing == "default"
     (chat,) = plan.models
     assert (chat.replicas, chat.load.context_params.n_threads) == (2, 8)  # two workers in each Serve replica
 
@@ -218,6 +220,8 @@ def test_ray_options_describe_serve_replicas_and_their_resources(tmp_path: Path)
         (["--model", "/x.gguf"], '[models.chat]\npath = "/x"\n', "give no --model"),
         (["--max-replicas", "2"], None, "for --ray"),
         (["--ray-cpus", "2"], None, "for --ray"),
+        (["--ray-routing", "prefix"], None, "for --ray"),
+        (["--ray", "auto"], '[models.chat]\npath = "/x"\n[ray]\nrouting = "random"\n', "routing must be"),
         ([], '[models.chat]\npath = "/x"\n[ray]\nmax_replicas = 2\n', "for --ray"),
         (["--ray", "auto", "--replicas", "3", "--max-replicas", "2"], None, "below --replicas"),
         (["--ray", "auto", "--replicas", "0"], None, "min_replicas"),

@@ -5,6 +5,7 @@ python -m bench decode     # some sections only
 python -m bench serve      # the HTTP servers (not in the default set)
 python -m bench replicas   # 2 replicas x 4 slots against 1 x 8 (not in the default set)
 python -m bench speculative  # --speculative ngram against off and against native llama-server (not default)
+python -m bench ray        # prefix routing across Ray Serve replicas against Ray's default (not default)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from . import (
     decode,
     parent_cpu,
     prefix,
+    ray_routing,
     replicas,
     serve,
     soak,
@@ -44,6 +46,7 @@ SECTIONS = {
     "choices": choices.run,
     "replicas": replicas.run,
     "speculative": speculative.run,
+    "ray": ray_routing.run,
 }
 DEFAULT = ["decode", "throughput", "stall", "parent_cpu", "contention", "stop", "ttft", "choices"]
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,12 +179,15 @@ class PrefixLedger:
     def __contains__(self, key: object) -> bool:
         return key in self._keys
 
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._keys)
+
 
 @dataclass
 class ReplicaView:
     """What a router knows of one replica: the points it holds, its requests in flight, and its slots."""
 
-    held: set[int] | frozenset[int] = field(default_factory=set)
+    held: Collection[int] = field(default_factory=set)
     in_flight: int = 0
     slots: int | None = None  # None: not reported yet, never counted full
 
