@@ -2,9 +2,10 @@
 
 Hypothesis generates request bodies (JSON of any shape, malformed messages
 and content parts, bad images, out-of-range options, bytes that are not
-JSON) for each endpoint of a server on the tiny vision model. Each gets a 200
-or a 400 with OpenAI's error object, never a 5xx, and the server keeps
-serving with nothing left running. The parent's side of this is
+JSON) for each endpoint of a server on the tiny vision model, and of the same
+server behind the Ray front's code (its checks, its conversation points, the
+bridge a model replica runs). Each gets a 200 or a 400 with OpenAI's error
+object, never a 5xx, and the server keeps serving with nothing left running. The parent's side of this is
 tests/client/test_fuzz.py.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +28,7 @@ from llama_isolate.server import create_app
 
 from ..helpers.fuzz import TEMPLATE, texts
 from ..helpers.pictures import RED
-from ..helpers.server_tools import metric, wait_until
+from ..helpers.server_tools import metric, metric_total, wait_until
 from ..helpers.serving import serving
 
 WAIT_S = 30.0
@@ -162,8 +164,7 @@ bodies = st.one_of(
 ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
 
 
-@pytest.fixture(scope="module")
-def http_server(tiny_vlm: tuple[Path, Path]) -> Iterator[str]:
+def fuzz_app(tiny_vlm: tuple[Path, Path]) -> FastAPI:
     model, mmproj = tiny_vlm
     load = LlamaLoad(
         path=model,
@@ -171,19 +172,54 @@ def http_server(tiny_vlm: tuple[Path, Path]) -> Iterator[str]:
         context_params=ContextParams(n_ctx=512, n_parallel=2, embeddings=True, n_predict=8),
         chat_template=TEMPLATE,
     )
-    with serving(create_app(load, max_body_bytes=1 << 20)) as url:
+    return create_app(load, max_body_bytes=1 << 20)
+
+
+@pytest.fixture(scope="module")
+def http_server(tiny_vlm: tuple[Path, Path]) -> Iterator[str]:
+    with serving(fuzz_app(tiny_vlm)) as url:
         yield url
 
 
-@settings(
+@pytest.fixture(scope="module")
+def front_server(tiny_vlm: tuple[Path, Path]) -> Iterator[str]:
+    """The same server behind the Ray front's code (its checks, its points, the bridge), with no cluster."""
+    pytest.importorskip("ray")
+    from ..helpers.front import front_over
+
+    app, _ = front_over(fuzz_app(tiny_vlm), max_body_bytes=1 << 20)
+    with serving(app) as url:
+        yield url
+
+
+FUZZ_SETTINGS = settings(
     max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(st.sampled_from(ENDPOINTS), st.one_of(bodies.map(lambda b: json.dumps(b).encode()), st.binary(max_size=40)))
+REQUESTS = (st.sampled_from(ENDPOINTS), st.one_of(bodies.map(lambda b: json.dumps(b).encode()), st.binary(max_size=40)))
+
+
+@FUZZ_SETTINGS
+@given(*REQUESTS)
 def test_no_http_request_gets_a_5xx_or_stops_the_server(http_server: str, endpoint: str, body: bytes) -> None:
+    answered_well(http_server, endpoint, body)
+    wait_until(lambda: metric(http_server, "llama_isolate_prompts_running") == 0, WAIT_S, "every prompt to end")
+
+
+@FUZZ_SETTINGS
+@given(*REQUESTS)
+def test_no_http_request_through_the_ray_front_gets_a_5xx_or_stops_it(
+    front_server: str, endpoint: str, body: bytes
+) -> None:
+    answered_well(front_server, endpoint, body)
+    wait_until(lambda: metric_total(front_server, "llama_isolate_prompts_running") == 0, WAIT_S, "every prompt to end")
+
+
+def answered_well(url: str, endpoint: str, body: bytes) -> None:
+    """A 200 or a 400 with OpenAI's error object (a stream ends with [DONE]), and /health still answers."""
     headers = {"content-type": "application/json"}
-    with httpx.stream("POST", http_server + endpoint, content=body, headers=headers, timeout=WAIT_S) as response:
+    with httpx.stream("POST", url + endpoint, content=body, headers=headers, timeout=WAIT_S) as response:
         content = b"".join(response.iter_bytes())
     assert response.status_code in (200, 400), (response.status_code, content[:300])
     if response.headers["content-type"].startswith("text/event-stream"):
@@ -193,5 +229,4 @@ def test_no_http_request_gets_a_5xx_or_stops_the_server(http_server: str, endpoi
         if response.status_code == 400:
             assert set(answer) == {"error"} and answer["error"]["message"], answer
             assert not re.search(r"scope-[0-9]+-", answer["error"]["message"]), answer  # no internal names
-    assert httpx.get(http_server + "/health", timeout=WAIT_S).status_code == 200
-    wait_until(lambda: metric(http_server, "llama_isolate_prompts_running") == 0, WAIT_S, "every prompt to end")
+    assert httpx.get(url + "/health", timeout=WAIT_S).status_code == 200

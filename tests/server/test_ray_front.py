@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,6 +20,8 @@ pytest.importorskip("ray")
 
 from llama_isolate.server.ray_front import REPLICA_LABEL, merge_expositions
 from llama_isolate.server.ray_replica import Forwarded, Start, serve_asgi
+
+from ..helpers.front import front_over
 
 
 def bridge_app(events: list[str]) -> Starlette:
@@ -92,3 +97,87 @@ def test_metrics_of_several_replicas_merge_into_one_exposition_with_a_label_each
     }
     assert merged.count("# TYPE llama_isolate_tokens_generated_total counter") == 1  # one family, not one per replica
     assert merge_expositions({}) == b""
+
+
+def front(inner: Any, **options: Any) -> tuple[Any, list[Forwarded]]:
+    return front_over(inner, **options)
+
+
+async def ask(app: Any, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        return await client.request(method, path, **kwargs)
+
+
+def test_the_front_refuses_a_request_without_the_key_or_too_large_itself_and_counts_it_as_the_fronts() -> None:
+    app, seen = front(bridge_app([]), api_key="k")
+    body = {"messages": [{"role": "user", "content": "x" * 2000}]}
+    refused = asyncio.run(ask(app, "POST", "/v1/chat/completions", json=body))
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+    headers = {"Authorization": "Bearer k"}
+    too_large = asyncio.run(ask(app, "POST", "/v1/chat/completions", json=body, headers=headers))
+    assert too_large.status_code == 413 and too_large.json()["error"]["code"] == "request_too_large"
+    assert seen == []  # no replica was asked
+    odd = asyncio.run(ask(app, "TRACE", "/v1/chat/completions", headers=headers))
+    assert odd.status_code == 405 and odd.json()["error"]["code"] == "method_not_allowed"
+    assert odd.headers["x-content-type-options"] == "nosniff"
+    metrics = asyncio.run(ask(app, "GET", "/metrics", headers=headers))  # the replica has no /metrics: 503
+    assert metrics.status_code == 503 and metrics.json()["error"]["code"] == "replica_unavailable"
+
+
+def test_the_front_passes_a_request_with_its_points_and_counts_only_its_own_refusals() -> None:
+    app, seen = front(bridge_app([]))
+    answered = asyncio.run(ask(app, "POST", "/echo?x=1", json={"messages": [{"role": "user", "content": "hi"}]}))
+    assert answered.status_code == 201 and answered.json()["query"] == "x=1"
+    (wire,) = seen
+    assert wire.points and wire.points[-1].strong
+    assert answered.headers.get_list("x-content-type-options") == ["nosniff"]  # once, not once per hop
+
+
+def test_the_fronts_metrics_hold_each_replicas_series_and_the_fronts_own_refusals() -> None:
+    from starlette.responses import PlainTextResponse
+
+    async def metrics(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(replica_text(3, 1))
+
+    app, seen = front(Starlette(routes=[Route("/metrics", metrics)]), api_key="k")
+    asyncio.run(ask(app, "POST", "/v1/completions", json={"prompt": "hi"}))  # 401, at the front
+    text = asyncio.run(ask(app, "GET", "/metrics", headers={"Authorization": "Bearer k"})).text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text)
+               for s in f.samples}  # fmt: skip
+    assert samples[("llama_isolate_tokens_generated_total", ((REPLICA_LABEL, "r1"),))] == 3.0
+    refused = (("endpoint", "/v1/completions"), (REPLICA_LABEL, "front"), ("status", "401"))
+    assert samples[("llama_isolate_requests_total", refused)] == 1.0
+    assert [wire.replica for wire in seen] == ["r1"]  # asked of that replica alone
+
+
+def test_a_request_whose_client_leaves_before_its_answer_is_counted_as_gone_not_failed() -> None:
+    from llama_isolate.server.middleware import RequestCounter
+
+    counted: list[tuple[str, int]] = []
+
+    async def slow(request: Request) -> JSONResponse:
+        await asyncio.sleep(30)
+        return JSONResponse({})
+
+    inner = RequestCounter(
+        Starlette(routes=[Route("/v1/completions", slow, methods=["POST"])]),
+        count=lambda path, status: counted.append((path, status)),
+        endpoints={"/v1/completions"},
+    )
+
+    async def run() -> None:
+        answer = serve_asgi(inner, forwarded("POST", "/v1/completions", b"{}"))
+        waiting = asyncio.ensure_future(answer.__anext__())
+        await asyncio.sleep(0.1)
+        waiting.cancel()  # Ray cancels the call: the client left before the first byte
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        await answer.aclose()
+        for _ in range(100):
+            if counted:
+                return
+            await asyncio.sleep(0.01)
+
+    asyncio.run(run())
+    assert counted == [("/v1/completions", 499)]

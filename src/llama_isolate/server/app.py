@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from llama_isolate import LlamaLoad
 
@@ -31,6 +32,40 @@ STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_MAX_BODY_BYTES = 32 * 2**20  # room for a few images as data: URIs
 COUNTED = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"}
+
+
+def add_checks(
+    app: FastAPI,
+    *,
+    api_key: str | None,
+    cors_origins: Sequence[str],
+    max_body_bytes: int,
+    body_timeout: float,
+    allowed_hosts: Sequence[str] | None,
+    count: Callable[[str, int], None],
+    uncounted: Callable[[Scope], bool] | None = None,
+) -> None:
+    """The checks every request of the server passes before its route, as middleware (see `create_app`'s options).
+
+    `count` is told each answer of the `COUNTED` endpoints (401 and 413 too),
+    but those `uncounted` names. The Ray front (`ray_front`) checks with the
+    same stack before it asks a replica.
+    """
+    app.add_middleware(BodyLimitMiddleware, limit=max_body_bytes, timeout=body_timeout)
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, key=api_key)
+    app.add_middleware(RequestCounter, count=count, endpoints=COUNTED, unless=uncounted)
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheckMiddleware, allowed=list(allowed_hosts))
+    app.add_middleware(SecurityHeadersMiddleware)
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],  # the openai JS SDK sends X-Stainless-* headers
+        )
+    app.add_middleware(ClosedConnectionGuard)  # outermost: it wraps the server's own send
 
 
 def create_app(
@@ -122,19 +157,13 @@ def create_app(
         async def page() -> FileResponse:
             return FileResponse(STATIC / "index.html")
 
-    app.add_middleware(BodyLimitMiddleware, limit=max_body_bytes, timeout=body_timeout)
-    if api_key:
-        app.add_middleware(ApiKeyMiddleware, key=api_key)
-    app.add_middleware(RequestCounter, count=pool.metrics.request, endpoints=COUNTED)  # 401 and 413 too
-    if allowed_hosts is not None:
-        app.add_middleware(HostCheckMiddleware, allowed=list(allowed_hosts))
-    app.add_middleware(SecurityHeadersMiddleware)
-    if cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(cors_origins),
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["*"],  # the openai JS SDK sends X-Stainless-* headers
-        )
-    app.add_middleware(ClosedConnectionGuard)  # outermost: it wraps the server's own send
+    add_checks(
+        app,
+        api_key=api_key,
+        cors_origins=cors_origins,
+        max_body_bytes=max_body_bytes,
+        body_timeout=body_timeout,
+        allowed_hosts=allowed_hosts,
+        count=pool.metrics.request,
+    )
     return app

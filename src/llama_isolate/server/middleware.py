@@ -230,11 +230,14 @@ class _SendFilter:
 
 
 class SecurityHeadersMiddleware(_SendFilter):
-    """Adds `SECURITY_HEADERS` to every response."""
+    """Adds `SECURITY_HEADERS` to every response, those it does not have already (one an app behind it set)."""
 
     async def forward(self, scope: Scope, send: Send, message: Message) -> None:
         if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            headers = list(message.get("headers", []))
+            present = {bytes(name).lower() for name, _ in headers}
+            missing = [(name, value) for name, value in SECURITY_HEADERS if name not in present]
+            message = {**message, "headers": [*headers, *missing]}
         await send(message)
 
 
@@ -259,12 +262,19 @@ class ClosedConnectionGuard(_SendFilter):
 
 
 class RequestCounter:
-    """Counts every answered request by endpoint and status (`Metrics.request`)."""
+    """Counts every answered request by endpoint and status (`Metrics.request`), but those `unless` names."""
 
-    def __init__(self, app: ASGIApp, count: Callable[[str, int], None], endpoints: set[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        count: Callable[[str, int], None],
+        endpoints: set[str],
+        unless: Callable[[Scope], bool] | None = None,
+    ) -> None:
         self.app = app
         self._count = count
         self._endpoints = endpoints
+        self._unless = unless
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = route_path(scope) if scope["type"] == "http" else ""
@@ -282,5 +292,6 @@ class RequestCounter:
         try:
             await self.app(scope, receive, counting_send)
         finally:
-            gone = scope.get(CLIENT_GONE_KEY)
-            self._count(path, CLIENT_GONE_STATUS if gone else status or 500)
+            if self._unless is None or not self._unless(scope):
+                gone = scope.get(CLIENT_GONE_KEY)
+                self._count(path, CLIENT_GONE_STATUS if gone else status or 500)

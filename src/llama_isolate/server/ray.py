@@ -183,7 +183,13 @@ def build_app(
     else:
         options["num_replicas"] = min_replicas
     model = serve.deployment(ModelReplica, **options).bind(models, app_options)
-    front_options = {"max_body_bytes": max_body_bytes, "body_timeout": body_timeout, "api_key": api_key}
+    front_options = {
+        "max_body_bytes": max_body_bytes,
+        "body_timeout": body_timeout,
+        "api_key": api_key,
+        "allowed_hosts": app_options["allowed_hosts"],
+        "cors_origins": app_options["cors_origins"],
+    }
     front = serve.deployment(
         serve.ingress()(_front_class(front_options)),
         name=FRONT_NAME,

@@ -9,13 +9,16 @@ conversation's points, where `PrefixAffinityRouter` sees them.
 The front answers by itself only:
 
 - ``/metrics``: every replica's series, each with a ``serve_replica`` label
-  (the replica's unique id), gathered at once when scraped;
+  (the replica's unique id), gathered when scraped; 503 if no replica
+  answered;
 - a request no replica could take (the replica died before answering): 503 in
   OpenAI's JSON, safe to retry. A stream cut short by a replica's death ends
-  with an error event and ``data: [DONE]``, as a worker's crash does.
-
-The API key and the body's bounds are checked here too, before a replica is
-asked; a replica checks them again.
+  with an error event and ``data: [DONE]``, as a worker's crash does;
+- a request the server's own checks refuse before reading it: the Host
+  (``allowed_hosts``), the API key, the body's size and time, with the
+  server's middleware and in OpenAI's JSON; a replica checks them again.
+  Those refusals are counted in ``/metrics`` as ``llama_isolate_requests_total``
+  with ``serve_replica="front"``; the replicas count the rest.
 """
 
 from __future__ import annotations
@@ -24,29 +27,32 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from ray.exceptions import ActorUnavailableError, RayActorError
-from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
+from . import errors
 from .affinity import conversation_points
+from .app import add_checks
 from .errors import ApiError
-from .middleware import ApiKeyMiddleware, BodyLimitMiddleware
 from .ray_replica import Forwarded, Start
 
-__all__ = ["REPLICA_LABEL", "front_app", "merge_expositions", "register_router", "replicas_of"]
+__all__ = ["FRONT_LABEL", "REPLICA_LABEL", "front_app", "merge_expositions", "register_router", "replicas_of"]
 
 logger = logging.getLogger(__name__)
 
 REPLICA_LABEL = "serve_replica"
 """The label the front's ``/metrics`` gives each replica's series: the replica's unique id."""
+FRONT_LABEL = "front"
+"""The `REPLICA_LABEL` of the series the front counts itself: the requests it refused."""
+FORWARDED_KEY = "llama_isolate.forwarded"
+"""Set in a request's scope once the front passed it to a replica (which counts it)."""
 SCRAPE_TIMEOUT_S = 5.0
 """How long ``/metrics`` waits for a replica's figures; one that is slower is left out of that scrape."""
 PARSE_IN_THREAD_BYTES = 64 * 1024
@@ -84,14 +90,31 @@ def front_app(
     api_key: str | None,
     max_body_bytes: int,
     body_timeout: float,
+    allowed_hosts: Sequence[str] | None,
+    cors_origins: Sequence[str],
 ) -> FastAPI:
-    """The front's ASGI app; `call()` gives the streaming handle's ``http.remote``, `replicas()` the replica ids."""
-    app = FastAPI(title="llama-isolate front", docs_url=None, redoc_url=None, openapi_url=None)
+    """The front's ASGI app; `call()` gives the streaming handle's ``http.remote``, `replicas()` the replica ids.
 
-    metrics: ASGIApp = _MetricsEndpoint(call, replicas)
-    if api_key:
-        metrics = ApiKeyMiddleware(metrics, api_key)
-    app.router.routes.append(Route("/metrics", endpoint=metrics, methods=["GET"]))
+    `api_key`, `max_body_bytes`, `body_timeout`, `allowed_hosts` and
+    `cors_origins` are `create_app`'s, checked here by the same middleware
+    (`add_checks`).
+    """
+    app = FastAPI(title="llama-isolate front", docs_url=None, redoc_url=None, openapi_url=None)
+    errors.install(app)
+    registry = CollectorRegistry()
+    refused = Counter(
+        "llama_isolate_requests",
+        "HTTP requests by endpoint and status (499: the client closed the connection).",
+        ["endpoint", "status"],
+        registry=registry,
+    )
+
+    def count(endpoint: str, status: int) -> None:
+        refused.labels(endpoint=endpoint, status=str(status)).inc()
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        return await _gather_metrics(call(), replicas, request, generate_latest(registry).decode())
 
     @app.api_route("/{path:path}", methods=METHODS, include_in_schema=False)
     async def forward(request: Request) -> Response:
@@ -106,22 +129,20 @@ def front_app(
             client=tuple(request.scope["client"]) if request.scope.get("client") else None,
             points=points,
         )
+        request.scope[FORWARDED_KEY] = True
         return await _answer(call(), wire)
 
-    app.add_middleware(BodyLimitMiddleware, limit=max_body_bytes, timeout=body_timeout)
+    add_checks(
+        app,
+        api_key=api_key,
+        cors_origins=cors_origins,
+        max_body_bytes=max_body_bytes,
+        body_timeout=body_timeout,
+        allowed_hosts=allowed_hosts,
+        count=count,
+        uncounted=lambda scope: bool(scope.get(FORWARDED_KEY)),
+    )
     return app
-
-
-class _MetricsEndpoint:
-    """The front's ``/metrics`` as an ASGI app (so that the API key's middleware can wrap it alone)."""
-
-    def __init__(self, call: Callable[[], Call], replicas: Callable[[], list[str] | None]) -> None:
-        self._call = call
-        self._replicas = replicas
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = await _gather_metrics(self._call(), self._replicas, Request(scope, receive))
-        await response(scope, receive, send)
 
 
 async def _points(method: str, body: bytes) -> tuple[Any, ...]:
@@ -188,8 +209,10 @@ def _unavailable(message: str) -> Response:
     return error.response()
 
 
-async def _gather_metrics(call: Call, replicas: Callable[[], list[str] | None], request: Request) -> Response:
-    """Every replica's /metrics, merged with a `REPLICA_LABEL` each."""
+async def _gather_metrics(
+    call: Call, replicas: Callable[[], list[str] | None], request: Request, front: str
+) -> Response:
+    """Every replica's /metrics and the front's own (`front`), merged with a `REPLICA_LABEL` each."""
     headers = tuple(request.scope["headers"])
     ids = replicas()
     if ids is None:  # no router in this process yet: one untargeted call makes it
@@ -197,7 +220,10 @@ async def _gather_metrics(call: Call, replicas: Callable[[], list[str] | None], 
         ids = replicas() or []
     # One after another: Serve gives the calls one request's id, and its router would mix up calls made at once.
     texts = [await _read(call(Forwarded("GET", "/metrics", b"", headers, b"", replica=replica))) for replica in ids]
-    merged = merge_expositions({replica: text for replica, text in zip(ids, texts, strict=True) if text is not None})
+    answered = {replica: text for replica, text in zip(ids, texts, strict=True) if text is not None}
+    if not answered:
+        return ApiError(503, f"no replica answered /metrics (of {len(ids)})", code="replica_unavailable").response()
+    merged = merge_expositions({FRONT_LABEL: front, **answered})
     return Response(merged, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

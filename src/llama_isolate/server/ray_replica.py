@@ -21,6 +21,7 @@ from typing import Any
 
 from . import ServedModel, create_app
 from .affinity import Point, PrefixLedger
+from .errors import CLIENT_GONE_KEY
 
 __all__ = ["Forwarded", "ModelReplica", "Start", "serve_asgi"]
 
@@ -58,10 +59,11 @@ async def serve_asgi(app: Any, request: Forwarded) -> AsyncIterator[Start | byte
     """Run `request` through the ASGI `app`: a `Start`, then the body's chunks as the app writes them.
 
     Closing the iterator early (the client left, Ray cancelled the call) is a
-    disconnect for the app, and its call is cancelled: the server's cleanup
-    stops the prompt in the engine.
+    disconnect for the app: the request is marked gone (counted as 499, as
+    `serve` counts a client that left) and its call cancelled, and the
+    server's cleanup stops the prompt in the engine.
     """
-    scope = {
+    scope: dict[str, Any] = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
@@ -109,6 +111,8 @@ async def serve_asgi(app: Any, request: Forwarded) -> AsyncIterator[Start | byte
         if whole:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(call), ENDS_WITHIN_S)
+        else:
+            scope[CLIENT_GONE_KEY] = True
         gone.set()
         if not call.done():
             call.cancel()
