@@ -1,16 +1,23 @@
 """Ray Serve: the same server on a Ray cluster, each Serve replica with workers of its own (llama-isolate[ray]).
 
-`build_app` makes a Ray Serve application whose ingress is the app of
-`llama-isolate serve` (`llama_isolate.server.create_app`): every endpoint,
-error and streaming rule is the same. Each Serve replica runs that app with
-its own `LlamaParent` per model, so a llama.cpp worker is still a child
-process of the replica, and a crash stays within it. Ray places the replicas
-(on the nodes that have the resources asked for) and scales them between
-`min_replicas` and `max_replicas`, aiming at as many requests in flight per
-replica as it has slots (the models' ``parallel``).
+`build_app` makes a Ray Serve application of two deployments:
 
-A client that disconnects cancels its request on the replica: Ray cancels
-the request's task there, and the server's cleanup (which such a
+- the model replicas (`DEPLOYMENT_NAME`, `llama_isolate.server.ray_replica`):
+  each runs the app of ``llama-isolate serve`` (`create_app`), so every
+  endpoint, error and streaming rule is the same, with its own `LlamaParent`
+  per model: a llama.cpp worker is still a child process of the replica, and
+  a crash stays within it. Ray places them (on the nodes that have the
+  resources asked for) and scales them between `min_replicas` and
+  `max_replicas`, aiming at as many requests in flight per replica as it has
+  slots (the models' ``parallel``);
+- the front (`FRONT_NAME`, `llama_isolate.server.ray_front`): the ingress
+  Serve's HTTP proxy calls, which reads each request and passes it on through
+  a handle, so that the model deployment's router
+  (`llama_isolate.server.ray_router.PrefixAffinityRouter`) can send it to the
+  replica whose cache holds its conversation.
+
+A client that disconnects cancels its request: the front's call is
+cancelled, and with it the replica's; the server's cleanup (which such a
 cancellation cannot cut short) stops the prompt in the engine.
 
 `connect`, `check_free`, `deploy`, `watch` and `undeploy` join a cluster,
