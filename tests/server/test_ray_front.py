@@ -117,6 +117,13 @@ def test_the_front_refuses_a_request_without_the_key_or_too_large_itself_and_cou
     headers = {"Authorization": "Bearer k"}
     too_large = asyncio.run(ask(app, "POST", "/v1/chat/completions", json=body, headers=headers))
     assert too_large.status_code == 413 and too_large.json()["error"]["code"] == "request_too_large"
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b"x" * 100
+
+    streamed = asyncio.run(ask(app, "POST", "/v1/completions", content=chunks(), headers=headers))  # no length
+    assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "request_too_large"
     assert seen == []  # no replica was asked
     odd = asyncio.run(ask(app, "TRACE", "/v1/chat/completions", headers=headers))
     assert odd.status_code == 405 and odd.json()["error"]["code"] == "method_not_allowed"

@@ -36,11 +36,12 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from ray.exceptions import ActorUnavailableError, RayActorError
+from starlette.requests import ClientDisconnect
 
 from . import errors
 from .affinity import conversation_points
 from .app import add_checks
-from .errors import ApiError
+from .errors import CLIENT_GONE_STATUS, ApiError
 from .ray_replica import Forwarded, Start
 
 __all__ = ["FRONT_LABEL", "REPLICA_LABEL", "front_app", "merge_expositions", "register_router", "replicas_of"]
@@ -118,7 +119,10 @@ def front_app(
 
     @app.api_route("/{path:path}", methods=METHODS, include_in_schema=False)
     async def forward(request: Request) -> Response:
-        body = await request.body()  # bounded by BodyLimitMiddleware
+        try:
+            body = await request.body()  # bounded by BodyLimitMiddleware
+        except ClientDisconnect:  # the client left, or BodyLimitMiddleware answered 413 or 408 itself
+            return Response(status_code=CLIENT_GONE_STATUS)
         points = await _points(request.method, body)
         wire = Forwarded(
             method=request.method,
