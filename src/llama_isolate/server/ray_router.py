@@ -21,8 +21,10 @@ front's ``/metrics``) goes to that replica only.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
@@ -42,7 +44,7 @@ class PrefixAffinityRouter(RequestRouter):  # type: ignore[misc]
     def initialize_state(self, **kwargs: Any) -> None:
         self._sent: dict[ReplicaID, dict[int, float]] = {}  # points this router sent, with when
         self._flying: dict[ReplicaID, int] = {}  # requests given a replica and not ended
-        self._given: dict[str, tuple[ReplicaID, Sequence[Point]]] = {}  # which, and the points, by request id
+        self._given: dict[str, _Given] = {}  # which, by the request's internal id
         self._held: dict[ReplicaID, tuple[int, frozenset[int]]] = {}  # a report's points, by the report's id
         # Serve sends this module to the cluster by value: what the front reads lives in a module it imports.
         register_router(self._deployment_id.app_name, self._deployment_id.name, self.replica_ids)
@@ -56,7 +58,7 @@ class PrefixAffinityRouter(RequestRouter):  # type: ignore[misc]
         for gone in set(self._sent) | set(self._flying) | set(self._held):
             if gone not in self._replica_id_set:
                 self._sent.pop(gone, None)
-                self._given = {request: to for request, to in self._given.items() if to[0] != gone}
+                self._given = {request: to for request, to in self._given.items() if to.replica != gone}
                 self._flying.pop(gone, None)
                 self._held.pop(gone, None)
 
@@ -74,17 +76,28 @@ class PrefixAffinityRouter(RequestRouter):  # type: ignore[misc]
         views = [self._view(replica) for replica in candidate_replicas]
         order = [candidate_replicas[at] for at in rank(points, views)]
         if order:  # Serve takes the first unless it is at max_ongoing_requests
-            self._give(pending_request.metadata.internal_request_id, order[0].replica_id, points)
+            self._give(pending_request, order[0].replica_id, points)
         return [[replica] for replica in order]
 
-    def _give(self, request_id: str, replica_id: ReplicaID, points: Sequence[Point]) -> None:
-        """Count a request in flight on the replica it goes to, at once (the next one is chosen before it is sent)."""
-        before = self._given.pop(request_id, None)
-        if before is not None:
-            self._flying[before[0]] = max(0, self._flying.get(before[0], 0) - 1)
-        self._given[request_id] = (replica_id, points)
+    def _give(self, request: PendingRequest, replica_id: ReplicaID, points: Sequence[Point]) -> None:
+        """Count a request in flight on the replica it goes to, at once (the next one is chosen before it is sent).
+
+        A request cancelled before it was sent never ends on a replica: it is
+        let go here, the next time a request is given.
+        """
+        for request_id, given in list(self._given.items()):
+            if given.future.cancelled():
+                self._let_go(request_id)
+        self._let_go(request.metadata.internal_request_id)  # chosen again: its first choice refused it
+        self._given[request.metadata.internal_request_id] = _Given(replica_id, points, request.future)
         self._flying[replica_id] = self._flying.get(replica_id, 0) + 1
         self._remember(replica_id, points)
+
+    def _let_go(self, request_id: str) -> _Given | None:
+        given = self._given.pop(request_id, None)
+        if given is not None:
+            self._flying[given.replica] = max(0, self._flying.get(given.replica, 0) - 1)
+        return given
 
     def _remember(self, replica_id: ReplicaID, points: Sequence[Point]) -> None:
         if points:
@@ -95,13 +108,11 @@ class PrefixAffinityRouter(RequestRouter):  # type: ignore[misc]
 
     def _view(self, replica: RunningReplica) -> ReplicaView:
         stats = replica.routing_stats or {}
-        held = self._reported(replica.replica_id, stats)
-        sent = self._sent.get(replica.replica_id)
-        if sent:
-            now = time.monotonic()
-            for key in [key for key, at in sent.items() if now - at > SENT_TTL_S]:
-                del sent[key]
-            held = held | sent.keys()
+        sent = self._sent.get(replica.replica_id, {})
+        now = time.monotonic()
+        for key in [key for key, at in sent.items() if now - at > SENT_TTL_S]:
+            del sent[key]
+        held = _Held(self._reported(replica.replica_id, stats), sent)
         flying = self._flying.get(replica.replica_id, 0)
         heard = self._replica_queue_len_cache.get(replica.replica_id)
         slots = stats.get("slots")
@@ -123,14 +134,39 @@ class PrefixAffinityRouter(RequestRouter):  # type: ignore[misc]
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         super().on_request_completed(replica_id, internal_request_id)
-        given = self._given.pop(internal_request_id, None)
+        given = self._let_go(internal_request_id)
         if given is None:
             return
-        chosen, points = given
-        self._flying[chosen] = max(0, self._flying.get(chosen, 0) - 1)
-        if chosen != replica_id:  # Serve sent it to a later choice (the first was busy, or slow to answer a probe)
-            sent = self._sent.get(chosen, {})
-            for point in points:
+        if given.replica != replica_id:  # Serve sent it to a later choice (the first was busy, or slow to a probe)
+            sent = self._sent.get(given.replica, {})
+            for point in given.points:
                 sent.pop(point.key, None)
         if replica_id in self._replica_id_set:
-            self._remember(replica_id, points)  # where it was answered: the next turn's place
+            self._remember(replica_id, given.points)  # where it was answered: the next turn's place
+
+
+@dataclass(frozen=True)
+class _Given:
+    """A request this router gave a replica: which, its points, and its pending future (cancelled: never sent)."""
+
+    replica: ReplicaID
+    points: Sequence[Point]
+    future: asyncio.Future[Any]
+
+
+@dataclass(frozen=True)
+class _Held(Collection[int]):
+    """The points a replica holds as this router sees them: its last report, and what was sent to it since."""
+
+    reported: frozenset[int]
+    sent: dict[int, float]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.reported or key in self.sent
+
+    def __len__(self) -> int:
+        return len(self.reported) + len(self.sent)
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self.reported
+        yield from (key for key in self.sent if key not in self.reported)
