@@ -71,6 +71,20 @@ def first_difference(plain: list[TokenLogprob], drafted: list[TokenLogprob]) -> 
     return next((i for i, (a, b) in enumerate(zip(plain, drafted, strict=False)) if a.token != b.token), None)
 
 
+def same_or_apart_at_a_near_tie(
+    text: str, logprobs: list[TokenLogprob], same: str, same_logprobs: list[TokenLogprob]
+) -> None:
+    """The two greedy texts are equal, or part where the first one's two best tokens were within 0.5: the other
+    text then took the other of the two, never a token the model ranked lower, or one it was sure against."""
+    at = first_difference(logprobs, same_logprobs)
+    if at is None:
+        assert same == text
+        return
+    best, taken = logprobs[at], same_logprobs[at]
+    theirs = dict((alt.token, alt.logprob) for alt in best.top)
+    assert taken.token in theirs and abs(best.logprob - theirs[taken.token]) < 0.5, (at, best, taken)
+
+
 async def test_greedy_text_with_speculation_is_the_text_without_it(model_path: Path) -> None:
     prompts = [(REPEAT, 120), (FREE, 60)]
     plain = await answers_with_logprobs(one_thread_load(model_path, n_ctx=1024), prompts)
@@ -100,13 +114,7 @@ async def test_on_gemma_greedy_text_with_speculation_leaves_the_text_only_at_a_n
     assert sum(n for *_, n in drafted) > 0
     for (text, logprobs, *_), (same, same_logprobs, *_) in zip(plain, drafted, strict=True):
         assert len(text) > 40
-        at = first_difference(logprobs, same_logprobs)
-        if at is None:
-            assert same == text
-            continue
-        best, taken = logprobs[at], same_logprobs[at]
-        theirs = dict((alt.token, alt.logprob) for alt in best.top)
-        assert taken.token in theirs and abs(best.logprob - theirs[taken.token]) < 0.5, (at, best, taken)
+        same_or_apart_at_a_near_tie(text, logprobs, same, same_logprobs)
 
 
 async def test_a_draft_model_gives_the_same_greedy_text(model_path: Path) -> None:
@@ -227,10 +235,16 @@ def sampler_seeded(seed: int) -> SamplerParams:
 
 
 async def test_batched_conversations_give_their_greedy_texts_with_speculation(model_path: Path) -> None:
+    """Three conversations at once, with and without speculation. How their prompts share steps depends on when
+    each arrives (one step for all three, or several), and a step of many rows is computed with other kernels
+    than a step of few, even on one thread: once (a busy CI machine) the first token of one answer came out the
+    other of its two best. So each text is the same, or parts from the other only at a near-tie."""
     prompts = [REPEAT, FREE, f"Repeat after me: {CODE[:120]}"]
-    texts = []
+    runs = []
     for spec in (None, Speculative()):
         async with LlamaParent(one_thread_load(model_path, spec, n_ctx=1024, n_parallel=3)) as parent:
-            runs = await asyncio.gather(*(answer(parent, p, max_tokens=50) for p in prompts))
-            texts.append([text for text, _ in runs])
-    assert texts[0] == texts[1]
+            answered = await asyncio.gather(*(answer(parent, p, max_tokens=50, logprobs=2) for p in prompts))
+            runs.append([(text, handle.take_logprobs()) for text, handle in answered])
+    for (text, logprobs), (same, same_logprobs) in zip(*runs, strict=True):
+        assert len(text) > 40
+        same_or_apart_at_a_near_tie(text, logprobs, same, same_logprobs)

@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="*",
         metavar="SECTION",
         help="decode, throughput, stall, parent_cpu, contention, stop, ttft, choices (these by default); soak, "
-        "serve, prefix, replicas, speculative (only when named; see bench/README.md)",
+        "serve, prefix, replicas, speculative, ray (only when named; see bench/README.md)",
     )
     tui = commands.add_parser("tui", parents=[common], help="two conversations side by side (needs textual)")
     tui.add_argument("--n-parallel", type=int, default=2, metavar="N", help="sequences decoded together (default 2)")
