@@ -99,10 +99,6 @@ def test_metrics_of_several_replicas_merge_into_one_exposition_with_a_label_each
     assert merge_expositions({}) == b""
 
 
-def front(inner: Any, **options: Any) -> tuple[Any, list[Forwarded]]:
-    return front_over(inner, **options)
-
-
 async def ask(app: Any, method: str, path: str, **kwargs: Any) -> httpx.Response:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
@@ -110,7 +106,7 @@ async def ask(app: Any, method: str, path: str, **kwargs: Any) -> httpx.Response
 
 
 def test_the_front_refuses_a_request_without_the_key_or_too_large_itself_and_counts_it_as_the_fronts() -> None:
-    app, seen = front(bridge_app([]), api_key="k")
+    app, seen = front_over(bridge_app([]), api_key="k")
     body = {"messages": [{"role": "user", "content": "x" * 2000}]}
     refused = asyncio.run(ask(app, "POST", "/v1/chat/completions", json=body))
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
@@ -133,7 +129,7 @@ def test_the_front_refuses_a_request_without_the_key_or_too_large_itself_and_cou
 
 
 def test_the_front_passes_a_request_with_its_points_and_counts_only_its_own_refusals() -> None:
-    app, seen = front(bridge_app([]))
+    app, seen = front_over(bridge_app([]))
     answered = asyncio.run(ask(app, "POST", "/echo?x=1", json={"messages": [{"role": "user", "content": "hi"}]}))
     assert answered.status_code == 201 and answered.json()["query"] == "x=1"
     (wire,) = seen
@@ -147,7 +143,7 @@ def test_the_fronts_metrics_hold_each_replicas_series_and_the_fronts_own_refusal
     async def metrics(request: Request) -> PlainTextResponse:
         return PlainTextResponse(replica_text(3, 1))
 
-    app, seen = front(Starlette(routes=[Route("/metrics", metrics)]), api_key="k")
+    app, seen = front_over(Starlette(routes=[Route("/metrics", metrics)]), api_key="k")
     asyncio.run(ask(app, "POST", "/v1/completions", json={"prompt": "hi"}))  # 401, at the front
     text = asyncio.run(ask(app, "GET", "/metrics", headers={"Authorization": "Bearer k"})).text
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text)
