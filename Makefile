@@ -13,12 +13,12 @@ endif
 INPUTS_HASH := $(shell (cat pyproject.toml; echo '$(LLAMA_FLAGS)') | sha256sum | cut -c1-16)-$(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 STAMP := $(VENV)/.installed-$(INPUTS_HASH)
 
-.PHONY: demo test lint bench env native browser
+.PHONY: demo test lint bench env native browser web
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-test: lint browser
+test: lint browser web
 	$(PY) -m pytest
 
 # The chat page's tests drive Debian's chromium (never a browser download). `make test` installs it where it
@@ -31,6 +31,17 @@ browser:
 	  echo "installing Debian's chromium for the chat page's tests"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
 	    chromium >/dev/null; }
+
+# The chat page's markdown renderer and sanitizer, from the npm registry (web/build.py: `npm ci`, then a copy into
+# the package; nothing to do when the copies match web/package-lock.json). Installs Debian's npm where it may.
+web:
+	@command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; else \
+	    echo "npm is missing: install it (sudo apt-get install nodejs npm), then run make again"; exit 1; fi; \
+	  echo "installing Debian's npm for the chat page's scripts"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    nodejs npm >/dev/null; }
+	$(PYTHON) web/build.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
