@@ -230,3 +230,10 @@ def answered_well(url: str, endpoint: str, body: bytes) -> None:
             assert set(answer) == {"error"} and answer["error"]["message"], answer
             assert not re.search(r"scope-[0-9]+-", answer["error"]["message"]), answer  # no internal names
     assert httpx.get(url + "/health", timeout=WAIT_S).status_code == 200
+
+
+def test_a_model_with_an_mmproj_is_listed_as_reading_images(http_server: str) -> None:
+    listed = httpx.get(http_server + "/v1/models").json()["data"]
+    assert [m["input_modalities"] for m in listed] == [["text", "image"]]
+    one = httpx.get(f"{http_server}/v1/models/{listed[0]['id']}").json()
+    assert one["input_modalities"] == ["text", "image"]

@@ -38,7 +38,9 @@ def client(base_url: str) -> openai.OpenAI:
 
 
 def test_models_lists_the_one_model(client: openai.OpenAI) -> None:
-    assert [m.id for m in client.models.list().data] == ["smol"]
+    listed = client.models.list().data
+    assert [m.id for m in listed] == ["smol"]
+    assert listed[0].model_extra == {"input_modalities": ["text"]}  # no mmproj: text only (what the chat page reads)
 
 
 def test_chat_answer_with_usage(client: openai.OpenAI) -> None:

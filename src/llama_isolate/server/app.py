@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from .middleware import (
 from .pool import ModelPool, ServedModel
 from .routes import router
 from .service import default_load, model_name_of
+
+logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_QUEUE = 256
@@ -151,6 +154,10 @@ def create_app(
     errors.install(app)
     app.include_router(router)
     if STATIC.is_dir():
+        if not (STATIC / "vendor" / "markdown-it.js").exists():
+            logger.warning(
+                "the chat page shows answers as plain text: its markdown renderer is missing (python web/build.py)"
+            )
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
         @app.get("/", include_in_schema=False)

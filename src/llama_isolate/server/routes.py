@@ -33,13 +33,16 @@ def pool_of(request: Request) -> ModelPool:
 REPLICA_HEADER = "x-llama-isolate-replica"  # which model and replica answered: "name/index"
 
 
-def _model(name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": STARTED, "owned_by": "llama-isolate"}
+def _model(pool: ModelPool, name: str) -> dict[str, Any]:
+    """OpenAI's model object, plus ``input_modalities``: what its messages may hold (``image`` with an mmproj)."""
+    takes = ["text", "image"] if pool.first(name).load.mmproj_path is not None else ["text"]
+    return {"id": name, "object": "model", "created": STARTED, "owned_by": "llama-isolate", "input_modalities": takes}
 
 
 @router.get("/v1/models")
 async def models(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": [_model(name) for name in pool_of(request).models]}
+    pool = pool_of(request)
+    return {"object": "list", "data": [_model(pool, name) for name in pool.models]}
 
 
 @router.get("/v1/models/{model_id:path}")
@@ -54,7 +57,7 @@ async def model(model_id: str, request: Request) -> dict[str, Any]:
             param="model",
             code="model_not_found",
         )
-    return _model(model_id)
+    return _model(pool_of(request), model_id)
 
 
 @router.post("/v1/chat/completions")
