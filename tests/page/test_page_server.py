@@ -1,95 +1,80 @@
-"""The chat page in a real browser: Debian's headless chromium, driven by Playwright's sync API.
-
-The tests are plain functions: Playwright's sync API refuses to run inside an event loop, and the server runs
-in a thread of its own (tests/helpers/serving.py).
-"""
+"""The chat page against the real server: real answers stream, Stop frees the server, the settings and the chosen
+model reach the server's request body, images reach a vision model, and a phone shows one conversation whole."""
 
 from __future__ import annotations
 
-import contextlib
+import base64
 import json
-import os
 import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Locator, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from llama_isolate import ContextParams, LlamaLoad, default_model_path
+from llama_isolate.server import ServedModel, create_app
 
-from ..helpers.paths import ROOT
+from ..helpers.fuzz import TEMPLATE
+from ..helpers.models import GREEDY
+from ..helpers.pictures import RED
 from ..helpers.serving import serving
+from .conftest import ASKS_KEY, PHONE, SLOW, WRONG_KEY, answer, ask, browsing, loaded, settings, shot
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-SLOW = 90_000  # ms: a first token on a busy 2-core machine, with both panes decoding
+FIRST = default_model_path().stem
+SECOND = "second-model"
+RED_SIZE = (48, 36)  # as tests/helpers/pictures.py draws it
+
+
+class Recorder:
+    """ASGI middleware keeping the JSON body of every chat request the server receives."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.bodies: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith("/v1/chat/completions"):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        self.bodies.append(json.loads(b"".join(chunks) or b"{}"))
+        replayed = False
+
+        async def again() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # the disconnect, when it comes
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, again, send)
 
 
 @pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
-    from llama_isolate.server import create_app
-
-    load = LlamaLoad(path=default_model_path(), context_params=ContextParams(n_parallel=2, n_ctx=1024))
-    with serving(create_app(load)) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def keyed_url() -> Iterator[str]:
-    """A second server, which wants an API key, with a small context."""
-    from llama_isolate.server import create_app
-
-    load = LlamaLoad(path=default_model_path(), context_params=ContextParams(n_parallel=1, n_ctx=512))
-    with serving(create_app(load, api_key="sekrit")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        why = f"{CHROMIUM} is missing: these tests drive Debian's chromium (sudo apt-get install chromium; make test"
-        why += " installs it when run as root)"
-        if os.environ.get("LLAMA_ISOLATE_REQUIRE_BROWSER"):
-            pytest.fail(why)  # CI: they must run
-        pytest.skip(why)
-    with sync_playwright() as playwright:
-        b = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@contextlib.contextmanager
-def browsing(browser: Browser) -> Iterator[Page]:
-    """A page in a fresh context (its own localStorage); an uncaught script error in it fails the test."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    try:
-        yield page
-    finally:
-        context.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
+def server() -> Iterator[tuple[str, Recorder]]:
+    """The default model (2 slots) and a second model (1 slot, a small context) under another name."""
+    first = LlamaLoad(path=default_model_path(), context_params=ContextParams(n_parallel=2, n_ctx=1024))
+    second = LlamaLoad(path=default_model_path(), context_params=ContextParams(n_parallel=1, n_ctx=512))
+    recorder = Recorder(create_app(models=[ServedModel(FIRST, first), ServedModel(SECOND, second)]))
+    with serving(recorder) as url:
+        yield url, recorder
 
 
 @pytest.fixture
-def page(browser: Browser, base_url: str) -> Iterator[Page]:
-    """The chat page from the real server, loaded, with its model known."""
+def page(browser: Browser, server: tuple[str, Recorder]) -> Iterator[Page]:
+    """The chat page from the real server, loaded, with its models known."""
     with browsing(browser) as p:
-        p.goto(base_url + "/")
-        expect(p.get_by_test_id("model")).to_have_text(default_model_path().stem)
+        loaded(p, server[0] + "/")
+        expect(p.get_by_test_id("model-0")).to_have_value(FIRST)
         yield p
 
 
@@ -101,33 +86,20 @@ def metric(base_url: str, name: str) -> float:
     return float(match.group(1))
 
 
-def running(base_url: str) -> float:
-    """The server's gauge of prompts being decoded."""
-    return metric(base_url, "llama_isolate_prompts_running")
-
-
 def wait_running(base_url: str, value: float, timeout: float = 10) -> None:
+    """Waits until the server's gauge of prompts being decoded (both models) reads `value`."""
     deadline = time.monotonic() + timeout
-    seen = running(base_url)
+    seen = metric(base_url, "llama_isolate_prompts_running")
     while seen != value:
         assert time.monotonic() < deadline, f"llama_isolate_prompts_running stayed {seen}, not {value}, for {timeout} s"
         time.sleep(0.05)  # a polling interval, not a synchronisation: the deadline decides
-        seen = running(base_url)
+        seen = metric(base_url, "llama_isolate_prompts_running")
 
 
-def answer(page: Page, pane: int) -> Locator:
-    """The pane's latest answer bubble."""
-    return page.get_by_test_id(f"transcript-{pane}").locator(".msg.assistant").last
-
-
-def ask(page: Page, pane: int, question: str) -> None:
-    page.get_by_test_id(f"input-{pane}").fill(question)
-    page.get_by_test_id(f"send-{pane}").click()
-
-
-def test_stop_mid_answer_keeps_the_partial_text_and_frees_the_server(page: Page, base_url: str) -> None:
+def test_stop_mid_answer_keeps_the_partial_text_and_frees_the_server(page: Page, server: tuple[str, Recorder]) -> None:
+    base_url = server[0]
     generated = metric(base_url, "llama_isolate_tokens_generated_total")
-    page.get_by_test_id("max-tokens").fill("400")
+    settings(page, 0, max_tokens="400")
     ask(page, 0, "Write a long story about a dragon who learns to sing.")
 
     text = answer(page, 0).locator(".text")
@@ -153,10 +125,12 @@ def test_stop_mid_answer_keeps_the_partial_text_and_frees_the_server(page: Page,
     expect(page.get_by_test_id("stop-0")).to_be_disabled()
 
 
-def test_both_panes_stream_at_once_and_show_their_speed(page: Page, base_url: str) -> None:
-    page.get_by_test_id("max-tokens").fill("120")
+def test_both_panes_stream_at_once_and_show_their_speed(page: Page, server: tuple[str, Recorder]) -> None:
+    base_url, recorder = server
+    for pane in (0, 1):
+        settings(page, pane, max_tokens="120")
     page.get_by_test_id("input-0").fill("Write a long story about a lighthouse keeper.")
-    page.get_by_test_id("input-1").fill("Write a long story about a fox in the snow.")
+    page.get_by_test_id("input-1").fill("Write a Python function that reverses a string, with an example.")
     page.get_by_test_id("send-0").click()
     page.get_by_test_id("send-1").click()
 
@@ -179,41 +153,135 @@ def test_both_panes_stream_at_once_and_show_their_speed(page: Page, base_url: st
         assert got, f"no usage shown in pane {pane}: {usage!r}"
         assert 1 <= int(got.group(1)) <= 120
     wait_running(base_url, 0)
+    for pane in (0, 1):
+        page.get_by_test_id(f"settings-toggle-{pane}").click()  # closed, for the picture
+    shot(page, "chat-desktop")
 
     # The next turn sends the whole conversation: the API keeps no state.
-    first_answer = answer(page, 0).locator(".text").text_content()
-    page.get_by_test_id("max-tokens").fill("8")
-    with page.expect_request(lambda r: r.url.endswith("/v1/chat/completions")) as sent:
-        ask(page, 0, "Give it a title.")
-    body = json.loads(sent.value.post_data or "{}")
-    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
-    assert body["messages"][1]["content"] == first_answer
-    assert body["max_tokens"] == 8
-    assert body["stream"] is True
+    sent = len(recorder.bodies)
+    settings(page, 0, max_tokens="8")
+    ask(page, 0, "Give it a title.")
     expect(page.get_by_test_id("pane-0")).to_have_attribute("data-state", "idle", timeout=SLOW)
     expect(answer(page, 0)).to_have_attribute("data-state", "done")
+    body = recorder.bodies[sent]
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    assert body["messages"][1]["content"] == answer(page, 0).page.evaluate(
+        "JSON.parse(localStorage.getItem('llama-isolate.conversations')).conversations"
+        ".find((c) => c.messages[0].content.includes('lighthouse')).messages[1].content"
+    )
+    assert body["max_tokens"] == 8
+    assert body["stream"] is True
     expect(page.get_by_test_id("transcript-1").locator(".msg")).to_have_count(2)  # the other pane is its own
 
 
-def test_the_key_and_an_error_from_the_real_server(browser: Browser, keyed_url: str) -> None:
-    with browsing(browser) as page:
-        page.goto(keyed_url + "/")  # the page itself needs no key...
-        expect(page.get_by_test_id("status")).to_contain_text("HTTP 401")  # ...the API does, and the page asks for it
+def test_settings_reach_the_body_the_server_receives(page: Page, server: tuple[str, Recorder]) -> None:
+    recorder = server[1]
+    sent = len(recorder.bodies)
+    settings(page, 1, system="You answer in one short sentence.", temperature="0.3", top_p="0.8", max_tokens="6")
+    ask(page, 1, "What is the sky?")
+    expect(answer(page, 1)).to_have_attribute("data-state", "done", timeout=SLOW)
+    body = recorder.bodies[sent]
+    assert body["messages"] == [
+        {"role": "system", "content": "You answer in one short sentence."},
+        {"role": "user", "content": "What is the sky?"},
+    ]
+    assert (body["temperature"], body["top_p"], body["max_tokens"], body["model"]) == (0.3, 0.8, 6, FIRST)
+    expect(page.get_by_test_id("usage-1")).to_have_text(re.compile(r", answer [1-6]$"))  # the server kept to 6
+
+    # A value out of range is refused in the page, in words, and nothing is sent.
+    settings(page, 1, temperature="7")
+    ask(page, 1, "And the sea?")
+    expect(page.get_by_test_id("error-1")).to_have_text(re.compile(r"^Temperature must be a number from 0 up to 2"))
+    assert len(recorder.bodies) == sent + 1
+    expect(page.get_by_test_id("input-1")).to_have_value("And the sea?")
+
+    # Empty means the server's default: the field is left out of the request.
+    settings(page, 1, temperature="", top_p="", system="")
+    ask(page, 1, "And the sea?")
+    expect(answer(page, 1)).to_have_attribute("data-state", "done", timeout=SLOW)
+    body = recorder.bodies[sent + 1]
+    assert "temperature" not in body and "top_p" not in body
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+
+
+def test_the_model_picker_sends_the_chosen_model_and_keeps_it(page: Page, server: tuple[str, Recorder]) -> None:
+    recorder = server[1]
+    picker = page.get_by_test_id("model-1")
+    expect(picker.locator("option")).to_have_text([FIRST, SECOND])
+    picker.select_option(SECOND)
+    settings(page, 1, max_tokens="4")
+    sent = len(recorder.bodies)
+    ask(page, 1, "Hello there")
+    expect(answer(page, 1)).to_have_attribute("data-state", "done", timeout=SLOW)
+    assert recorder.bodies[sent]["model"] == SECOND
+    expect(page.get_by_test_id("model-0")).to_have_value(FIRST)  # the other conversation keeps its own
+
+    page.reload()
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    expect(page.get_by_test_id("model-1")).to_have_value(SECOND)
+    ask(page, 1, "Again")
+    expect(answer(page, 1)).to_have_attribute("data-state", "done", timeout=SLOW)
+    assert recorder.bodies[sent + 1]["model"] == SECOND
+    expect(page.get_by_test_id("attach-1")).to_be_hidden()  # neither model reads images
+
+
+def test_a_phone_shows_one_conversation_whole(browser: Browser, server: tuple[str, Recorder]) -> None:
+    with browsing(browser, PHONE, has_touch=True, is_mobile=True) as page:
+        loaded(page, server[0] + "/")
+        expect(page.get_by_test_id("pane-0")).to_be_visible()
+        expect(page.get_by_test_id("pane-1")).to_be_hidden()
+        expect(page.get_by_test_id("sidebar")).to_be_hidden()
+        settings(page, 0, max_tokens="200")
+        page.get_by_test_id("settings-toggle-0").click()  # closed again: the transcript gets the room
+        ask(page, 0, "Tell me about the moon in a few sentences.")
+        expect(answer(page, 0)).to_have_attribute("data-state", "done", timeout=SLOW)
+
+        height = PHONE["height"]
+        question = page.get_by_test_id("transcript-0").locator(".msg.user").last.bounding_box()
+        start = answer(page, 0).locator(".text > :first-child").bounding_box()
+        compose = page.get_by_test_id("compose-0").bounding_box()
+        transcript = page.get_by_test_id("transcript-0").bounding_box()
+        assert question and start and compose and transcript
+        # The question and the first line of its answer are on screen together, without scrolling anything...
+        assert question["y"] >= 0 and question["y"] + question["height"] <= start["y"]
+        assert start["y"] + min(start["height"], 20) <= compose["y"]
+        # ...in a transcript that has the screen's height, above the box to write in, docked at the bottom.
+        assert transcript["height"] >= height * 0.6, transcript
+        assert height - 60 <= compose["y"] + compose["height"] <= height, compose
+        assert page.evaluate("document.scrollingElement.scrollHeight") <= height  # the page itself does not scroll
+        shot(page, "chat-phone")
+
+        # The list of conversations is one tap away, and opening one closes it.
+        page.get_by_test_id("menu").click()
+        expect(page.get_by_test_id("sidebar")).to_be_visible()
+        expect(page.get_by_test_id("conversation")).to_have_count(1)
+        page.get_by_test_id("conversation").locator(".open").click()
+        expect(page.get_by_test_id("sidebar")).to_be_hidden()
+
+
+def test_the_key_and_an_error_from_the_real_server(browser: Browser) -> None:
+    load = LlamaLoad(path=default_model_path(), context_params=ContextParams(n_parallel=1, n_ctx=512))
+    with serving(create_app(load, api_key="sekrit")) as url, browsing(browser) as page:
+        loaded(page, url + "/")  # the page itself needs no key...
+        expect(page.get_by_test_id("status")).to_have_text(ASKS_KEY)
         expect(page.get_by_test_id("key-form")).to_be_visible()
         page.get_by_test_id("api-key").fill("wrong")
         page.get_by_test_id("save-key").click()
-        expect(page.get_by_test_id("status")).to_contain_text("wrong API key")
+        expect(page.get_by_test_id("status")).to_have_text(WRONG_KEY)
         page.get_by_test_id("api-key").fill("sekrit")
         page.get_by_test_id("save-key").click()
-        expect(page.get_by_test_id("model")).to_have_text(default_model_path().stem)
+        expect(page.get_by_test_id("model-0")).to_have_value(default_model_path().stem)
         expect(page.get_by_test_id("status")).to_have_text("")
 
-        page.get_by_test_id("max-tokens").fill("8")
+        settings(page, 0, max_tokens="8")
         too_long = "word " * 600
         ask(page, 0, too_long)
-        expect(page.get_by_test_id("error-0")).to_have_text(
-            re.compile(r"^HTTP 400: .*\b512\b")
-        )  # the context is too small
+        error = page.get_by_test_id("error-0")
+        expect(error.locator(".error-text")).to_have_text(
+            "This conversation is too long for the model (it reads at most 512 tokens at once). Start a new "
+            "conversation, edit an earlier question, or lower the answer's max tokens."
+        )
+        expect(error.locator("details")).to_contain_text("HTTP 400")  # the server's own words, on request
         expect(page.get_by_test_id("input-0")).to_have_value(too_long.strip())
 
         page.get_by_test_id("input-0").fill("Hi")
@@ -225,180 +293,56 @@ def test_the_key_and_an_error_from_the_real_server(browser: Browser, keyed_url: 
         expect(page.get_by_test_id("error-0")).to_be_hidden()
 
 
-# --- The page against a scripted API -----------------------------------------------------------------------------
-# Playwright answers every request of a made-up origin, so that the page can meet what the real server seldom
-# says (markup in the model's text, errors, a key) and can be served under a prefix. No model is loaded.
-
-STATIC = ROOT / "src" / "llama_isolate" / "server" / "static"
-ORIGIN = "http://chat.test"
-PREFIX = "/mounted/here/"
-TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
-
-
-def sse(*events: object, end: str = "\r\n") -> str:
-    """A streaming body: each event a `data:` line and a blank line (CRLF by default, as sse-starlette sends)."""
-    lines = [f"data: {e if isinstance(e, str) else json.dumps(e)}{end}{end}" for e in events]
-    return f": a comment line, which readers skip{end}" + "".join(lines)
-
-
-def chunk(content: str | None = None, finish: str | None = None, **delta: str) -> dict[str, object]:
-    if content is not None:
-        delta["content"] = content
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 0,
-        "model": "scripted",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
-
-
-def error(status: int, message: str) -> dict[str, object]:
-    return {
-        "status": status,
-        "body": {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}},
-    }
-
-
-class ScriptedApi:
-    """Answers the page's requests: its static files under PREFIX, GET v1/models, and chat answers from a list."""
-
-    def __init__(self, page: Page, *answers: dict[str, object], key: str | None = None) -> None:
-        self.answers = list(answers)
-        self.key = key
-        self.requests: list[dict[str, object]] = []
-        self.unexpected: list[str] = []
-        page.route(f"{ORIGIN}/**", self.handle)
-
-    def handle(self, route: Route) -> None:
-        request = route.request
-        path = request.url.removeprefix(ORIGIN)
-        if not path.startswith(PREFIX):
-            self.unexpected.append(request.url)
-            route.fulfill(status=404, body="not under the prefix")
-            return
-        rest = path.removeprefix(PREFIX)
-        if rest in ("", "static/chat.js", "static/chat.css"):
-            file = STATIC / (rest.removeprefix("static/") or "index.html")
-            route.fulfill(body=file.read_text(), content_type=TYPES[file.suffix])
-            return
-        if self.key is not None and request.headers.get("authorization") != f"Bearer {self.key}":
-            reply = error(401, "Invalid API key")
-            route.fulfill(status=401, json=reply["body"])
-            return
-        if rest == "v1/models" and request.method == "GET":
-            route.fulfill(json={"object": "list", "data": [{"id": "scripted", "object": "model", "owned_by": "test"}]})
-            return
-        if rest == "v1/chat/completions" and request.method == "POST":
-            self.requests.append(json.loads(request.post_data or "{}"))
-            reply = self.answers.pop(0)
-            if "stream" in reply:
-                route.fulfill(body=str(reply["stream"]), content_type="text/event-stream")
-            else:
-                route.fulfill(status=int(reply["status"]), json=reply["body"])  # type: ignore[call-overload]
-            return
-        self.unexpected.append(request.url)
-        route.fulfill(status=404, json={"error": {"message": "no such route"}})
-
-
-@pytest.fixture
-def blank(browser: Browser) -> Iterator[Page]:
-    with browsing(browser) as p:
-        yield p
-
-
-def test_model_text_is_shown_as_text_and_usage_is_read(blank: Page) -> None:
-    markup = '<img src="x" onerror="window.pwned = 1">'
-    api = ScriptedApi(
-        blank,
-        {
-            "stream": sse(
-                chunk(role="assistant"),
-                chunk(markup),
-                chunk(" & <b>bold</b>"),
-                chunk("\nsecond line", finish="stop"),
-                {
-                    **chunk(),
-                    "choices": [],
-                    "usage": {
-                        "prompt_tokens": 9,
-                        "completion_tokens": 3,
-                        "total_tokens": 12,
-                        "prompt_tokens_details": {"cached_tokens": 4},
-                    },
-                },
-                "[DONE]",
-            )
-        },
+def test_an_image_goes_to_the_vision_model_and_stays_after_a_reload(
+    browser: Browser, tiny_vlm: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, mmproj = tiny_vlm
+    load = LlamaLoad(
+        path=model,
+        mmproj_path=mmproj,
+        chat_template=TEMPLATE,
+        sampler_params=GREEDY,
+        context_params=ContextParams(n_ctx=512, n_predict=8),
     )
-    blank.goto(ORIGIN + PREFIX)
-    expect(blank.get_by_test_id("model")).to_have_text("scripted")
-    ask(blank, 1, "<script>alert(1)</script>")
-    expect(answer(blank, 1)).to_have_attribute("data-state", "done")
+    recorder = Recorder(create_app(load))
+    picture = tmp_path / "red.png"
+    picture.write_bytes(RED.data)
+    with serving(recorder) as url, browsing(browser) as page:
+        loaded(page, url + "/")
+        expect(page.get_by_test_id("attach-0")).to_be_visible()  # this model reads images
+        settings(page, 0, max_tokens="8")
+        page.get_by_test_id("file-0").set_input_files(str(picture))
+        expect(page.get_by_test_id("attachments-0").locator("img")).to_have_count(1)
+        ask(page, 0, "What colour is this?")
+        expect(answer(page, 0)).to_have_attribute("data-state", "done", timeout=SLOW)
+        expect(page.get_by_test_id("error-0")).to_be_hidden()
+        expect(page.get_by_test_id("attachments-0").locator("img")).to_have_count(0)  # sent, so no longer pending
 
-    transcript = blank.get_by_test_id("transcript-1")
-    assert answer(blank, 1).locator(".text").text_content() == f"{markup} & <b>bold</b>\nsecond line"
-    assert transcript.locator(".msg.user .text").text_content() == "<script>alert(1)</script>"
-    expect(transcript.locator("img, b, script")).to_have_count(0)
-    assert blank.evaluate("window.pwned") is None
-    expect(blank.get_by_test_id("usage-1")).to_have_text("prompt 9 tokens (4 cached), answer 3")
-    expect(answer(blank, 1).locator(".meta")).to_contain_text("3 tokens")
-    assert api.requests[0]["messages"] == [{"role": "user", "content": "<script>alert(1)</script>"}]
-    assert api.requests[0]["model"] == "scripted"
-    assert api.requests[0]["stream_options"] == {"include_usage": True}
-    assert not api.unexpected, f"requests outside the prefix: {api.unexpected}"
+        content = recorder.bodies[0]["messages"][0]["content"]
+        uri = "data:image/png;base64," + base64.b64encode(RED.data).decode()
+        assert content == [
+            {"type": "text", "text": "What colour is this?"},
+            {"type": "image_url", "image_url": {"url": uri}},
+        ]
+        with_image = prompt_tokens(page, 0)
+        ask(page, 0, "What colour is this?")
+        expect(answer(page, 0)).to_have_attribute("data-state", "done", timeout=SLOW)
+        assert recorder.bodies[1]["messages"][0]["content"] == content  # the image stays in the conversation
 
+        page.reload()
+        expect(page.locator("body")).to_have_attribute("data-ready", "true")
+        image = page.get_by_test_id("transcript-0").locator(".msg.user img").first
+        expect(image).to_have_attribute("src", uri)
+        assert page.evaluate("(img) => img.naturalWidth", image.element_handle()) == RED_SIZE[0]
 
-def test_errors_are_shown_and_a_failed_question_leaves_the_history(blank: Page) -> None:
-    api = ScriptedApi(
-        blank,
-        error(400, "This model's maximum context length is 1024 tokens"),
-        {"stream": sse(chunk(role="assistant"), chunk("Half an"), {"error": {"message": "the worker died"}}, end="\n")},
-        {"stream": sse(chunk("Fine."), chunk(finish="stop"), "[DONE]")},
-        {"stream": sse(chunk("Cut"))},  # no [DONE]: the connection closed early
-    )
-    blank.goto(ORIGIN + PREFIX)
-    expect(blank.get_by_test_id("model")).to_have_text("scripted")
-
-    ask(blank, 0, "Too long")
-    expect(blank.get_by_test_id("error-0")).to_have_text("HTTP 400: This model's maximum context length is 1024 tokens")
-    expect(blank.get_by_test_id("input-0")).to_have_value("Too long")  # given back, to edit and send again
-    expect(blank.get_by_test_id("key-form")).to_be_hidden()
-
-    ask(blank, 0, "Tell me")
-    expect(blank.get_by_test_id("error-0")).to_have_text("the worker died")
-    expect(answer(blank, 0)).to_have_attribute("data-state", "error")
-    expect(answer(blank, 0).locator(".text")).to_have_text("Half an")
-
-    ask(blank, 0, "Again")
-    expect(answer(blank, 0)).to_have_attribute("data-state", "done")
-    expect(blank.get_by_test_id("error-0")).to_be_hidden()
-    # The refused question is gone from the history; the one cut by the error stays with its partial answer.
-    assert api.requests[2]["messages"] == [
-        {"role": "user", "content": "Tell me"},
-        {"role": "assistant", "content": "Half an"},
-        {"role": "user", "content": "Again"},
-    ]
-
-    ask(blank, 0, "Once more")
-    expect(blank.get_by_test_id("error-0")).to_have_text("The stream ended before data: [DONE]")
-    expect(answer(blank, 0)).to_have_attribute("data-state", "error")
+        page.get_by_test_id("new-chat").click()  # the same question without the image reads fewer tokens
+        ask(page, 0, "What colour is this?")
+        expect(answer(page, 0)).to_have_attribute("data-state", "done", timeout=SLOW)
+        assert prompt_tokens(page, 0) < with_image, "the server did not read the image"
 
 
-def test_401_offers_a_key_field_and_sends_the_key(blank: Page) -> None:
-    api = ScriptedApi(blank, {"stream": sse(chunk("Hello"), chunk(finish="stop"), "[DONE]")}, key="sekrit")
-    blank.goto(ORIGIN + PREFIX)
-    expect(blank.get_by_test_id("status")).to_have_text("HTTP 401: Invalid API key")
-    expect(blank.get_by_test_id("key-form")).to_be_visible()
-
-    blank.get_by_test_id("api-key").fill("sekrit")
-    blank.get_by_test_id("save-key").click()
-    expect(blank.get_by_test_id("model")).to_have_text("scripted")
-    expect(blank.get_by_test_id("status")).to_have_text("")
-    ask(blank, 0, "Hi")
-    expect(answer(blank, 0).locator(".text")).to_have_text("Hello")
-    assert len(api.requests) == 1
-
-    blank.reload()  # the key was kept in localStorage
-    expect(blank.get_by_test_id("model")).to_have_text("scripted")
-    expect(blank.get_by_test_id("api-key")).to_have_value("sekrit")
+def prompt_tokens(page: Page, pane: int) -> int:
+    usage = page.get_by_test_id(f"usage-{pane}").text_content() or ""
+    found = re.search(r"prompt (\d+) tokens", usage)
+    assert found, f"no usage shown: {usage!r}"
+    return int(found[1])

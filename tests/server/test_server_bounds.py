@@ -233,7 +233,7 @@ def test_an_allowed_host_is_served(model_path: Path) -> None:
 
 
 def test_the_page_and_the_api_carry_the_security_headers(base_url: str) -> None:
-    for path in ("/", "/v1/models", "/static/chat.js"):
+    for path in ("/", "/v1/models", "/static/js/chat.js"):
         headers = httpx.get(base_url + path).headers
         for name, value in SECURITY_HEADERS:
             assert headers[name.decode()] == value.decode(), (path, name)
