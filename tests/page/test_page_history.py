@@ -193,3 +193,26 @@ def test_broken_storage_is_skipped_not_trusted(blank: Page) -> None:
     expect(blank.get_by_test_id("transcript-0").locator("img")).to_have_count(0)
     expect(blank.get_by_test_id("title-0")).to_have_text("Kept")  # the bad one's place went to the one kept
     assert blank.evaluate("window.pwned") is None
+
+
+def test_two_tabs_share_the_conversations_and_lose_none(blank: Page) -> None:
+    api = ScriptedApi(blank, reply("From the first tab"), reply("From the second tab"))
+    loaded(blank, ORIGIN + PREFIX)
+    other = blank.context.new_page()
+    ScriptedApi(other).answers = api.answers  # one script, whichever tab asks
+    loaded(other, ORIGIN + PREFIX)
+
+    ask(blank, 0, "First tab")
+    expect(answer(blank, 0)).to_have_attribute("data-state", "done")
+    expect(other.get_by_test_id("conversation").locator(".open")).to_have_text(["First tab"])  # seen at once
+    ask(other, 1, "Second tab")  # written by a tab that had not read the first one's conversation itself
+    expect(answer(other, 1)).to_have_attribute("data-state", "done")
+    expect(blank.get_by_test_id("conversation").locator(".open")).to_have_text(["Second tab", "First tab"])
+
+    blank.once("dialog", lambda dialog: dialog.accept())
+    blank.get_by_test_id("conversation").filter(has_text="Second tab").locator(".delete").click()
+    expect(other.get_by_test_id("conversation").locator(".open")).to_have_text(["First tab"])
+    expect(other.get_by_test_id("transcript-1").locator(".msg")).to_have_count(0)  # the pane that showed it moved on
+
+    reload(blank)
+    expect(blank.get_by_test_id("conversation").locator(".open")).to_have_text(["First tab"])

@@ -5,7 +5,7 @@ import { explain, getKey, listModels, setKey } from "./api.js";
 import { ready } from "./markdown.js";
 import { Pane } from "./pane.js";
 import { Sidebar } from "./sidebar.js";
-import { Conversations, DEFAULT_SETTINGS } from "./store.js";
+import { Conversations, DEFAULT_SETTINGS, STORE } from "./store.js";
 
 const statusEl = document.getElementById("status");
 const keyForm = document.getElementById("key-form");
@@ -148,3 +148,15 @@ phone.addEventListener("change", () => {
   sidebar.draw();
 });
 window.addEventListener("pagehide", () => conversations.save()); // a partial answer survives a reload too
+
+// Another tab of this page wrote the store: take its changes in, and show them where a pane is idle.
+window.addEventListener("storage", (event) => {
+  if (event.key !== STORE && event.key !== null) return;
+  const busy = new Set(panes.filter((p) => p.busy).map((p) => p.conversation.id));
+  const changed = conversations.merge(busy, true);
+  for (const pane of panes) {
+    if (pane.busy || !changed.has(pane.conversation.id)) continue;
+    pane.show(conversations.get(pane.conversation.id) || conversations.create(pane.conversation.settings));
+  }
+  sidebar.draw();
+});

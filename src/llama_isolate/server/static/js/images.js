@@ -3,7 +3,7 @@
 
 const MAX_BYTES = 20 * 2 ** 20;
 const MAX_SIDE = 1536; // pixels: larger images are scaled to this, keeping their shape
-const KEPT_TYPES = new Set(["image/png", "image/jpeg", "image/webp", "image/gif"]);
+const KEPT_TYPES = new Set(["image/png", "image/jpeg"]); // what the server decodes; others are redrawn as PNG
 
 function readAsDataUrl(file) {
   return new Promise((resolve, reject) => {

@@ -1,13 +1,16 @@
 // A pane: one conversation on screen, with its settings, its transcript and a box to write in. It sends the
 // whole conversation on every turn (the API keeps no state), streams the answer into the page, and keeps the
 // conversation in the store as it goes.
-import { ApiError, explain, streamChat } from "./api.js";
+import { explain, streamChat } from "./api.js";
 import { Bubble } from "./bubbles.js";
 import { imageFiles, imageUrl } from "./images.js";
 import { requestFields, requestMessages } from "./settings.js";
 
 const STATS_INTERVAL_MS = 250; // live figures change at most this often, so they stay readable
-const RENDER_INTERVAL_MS = 40; // an answer is redrawn (parsed as markdown again) at most this often
+// While it streams, an answer is redrawn (parsed as markdown again) at most every 40 ms, and never more than a
+// fifth of the time: a long answer, slower to draw, is redrawn less often, so that the page stays responsive.
+const RENDER_INTERVAL_MS = 40;
+const RENDER_SHARE = 0.2;
 
 function fmtSeconds(ms) {
   return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(2)} s`;
@@ -346,16 +349,28 @@ export class Pane {
     this.ttftEl.textContent = "";
     this.speedEl.textContent = "";
     this.usageEl.textContent = "";
-    const turn = { chunks: 0, usage: null, finish: null, tSent: performance.now(), tFirst: null, tLast: null, shownAt: 0, timer: null };
+    const turn = {
+      chunks: 0,
+      usage: null,
+      finish: null,
+      tSent: performance.now(),
+      tFirst: null,
+      tLast: null,
+      shownAt: 0,
+      timer: null,
+      wait: RENDER_INTERVAL_MS,
+    };
     const draw = () => {
       turn.timer = null;
+      const start = performance.now();
       bubble.showText(answer.content);
       if (question) this.keepInView(question);
+      turn.wait = Math.max(RENDER_INTERVAL_MS, (performance.now() - start) / RENDER_SHARE);
     };
     let outcome = "done";
     let failure = null;
     try {
-      if (!body.model) throw new ApiError("no model to ask: the server's model list did not load");
+      if (!body.model) throw new Error("There is no model to ask yet: the server's list of models did not load.");
       await streamChat(body, controller.signal, {
         piece: (piece) => {
           const now = performance.now();
@@ -368,7 +383,7 @@ export class Pane {
           turn.tLast = now;
           turn.chunks += 1;
           answer.content += piece;
-          if (turn.timer === null) turn.timer = setTimeout(draw, RENDER_INTERVAL_MS);
+          if (turn.timer === null) turn.timer = setTimeout(draw, turn.wait);
           if (now - turn.shownAt >= STATS_INTERVAL_MS) {
             turn.shownAt = now;
             this.showSpeed(turn.chunks, turn);

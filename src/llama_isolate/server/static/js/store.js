@@ -1,8 +1,9 @@
 // The conversations, kept in this browser's localStorage so that a reload (or a new tab) finds them again. What
 // is read back is checked field by field: an entry another version (or a hand) left malformed is skipped, never
-// trusted. When storage is full, images are left out of what is kept, then the oldest conversations.
+// trusted. When storage is full, images are left out of what is kept, then the oldest conversations. Several tabs
+// of the page share the store: each takes in what the others wrote (the latest change to a conversation wins).
 
-const STORE = "llama-isolate.conversations";
+export const STORE = "llama-isolate.conversations";
 const VERSION = 1;
 export const DEFAULT_SETTINGS = { model: "", system: "", temperature: "", topP: "", maxTokens: "512" };
 
@@ -45,20 +46,53 @@ export class Conversations {
   constructor() {
     this.items = new Map();
     this.open = []; // the ids the panes showed, in pane order
+    this.removed = new Set(); // deleted here: not to be taken back from what another tab wrote
     this.onChange = () => {};
     this.read();
   }
 
-  read() {
+  // What storage holds now: { conversations, open }, with what is malformed left out.
+  stored() {
     let saved = null;
     try {
       saved = JSON.parse(localStorage.getItem(STORE) || "null");
     } catch {
-      saved = null; // unreadable, or storage refused: start empty
+      saved = null; // unreadable, or storage refused: nothing
     }
-    if (!saved || saved.version !== VERSION || !Array.isArray(saved.conversations)) return;
-    for (const c of saved.conversations.map(readConversation)) if (c) this.items.set(c.id, c);
-    if (Array.isArray(saved.open)) this.open = saved.open.filter((id) => isText(id) && this.items.has(id));
+    if (!saved || saved.version !== VERSION || !Array.isArray(saved.conversations)) return { conversations: [], open: [] };
+    const conversations = saved.conversations.map(readConversation).filter(Boolean);
+    return { conversations, open: Array.isArray(saved.open) ? saved.open.filter(isText) : [] };
+  }
+
+  read() {
+    const { conversations, open } = this.stored();
+    for (const c of conversations) if (!this.items.has(c.id)) this.items.set(c.id, c);
+    this.open = open.filter((id) => this.items.has(id));
+  }
+
+  // Takes in what another tab of this page wrote: its new conversations, its later changes to ones not in
+  // `busy` here, and (when `deletions`) its deletions. Returns the ids that changed here.
+  merge(busy, deletions) {
+    const changed = new Set();
+    const { conversations } = this.stored();
+    const there = new Set(conversations.map((c) => c.id));
+    for (const c of conversations) {
+      if (this.removed.has(c.id) || busy.has(c.id)) continue;
+      const mine = this.items.get(c.id);
+      if (!mine) this.items.set(c.id, c);
+      else if (deletions && c.updated > mine.updated) Object.assign(mine, c);
+      else continue;
+      changed.add(c.id);
+    }
+    if (deletions) {
+      for (const c of this.list()) {
+        if (!there.has(c.id) && !busy.has(c.id)) {
+          this.items.delete(c.id);
+          changed.add(c.id);
+        }
+      }
+    }
+    return changed;
   }
 
   // A new conversation, kept only once it has a message. Its settings start as `settings` (another's).
@@ -93,6 +127,7 @@ export class Conversations {
 
   remove(id) {
     this.items.delete(id);
+    this.removed.add(id);
     this.open = this.open.map((o) => (o === id ? null : o));
     this.save();
   }
@@ -102,8 +137,10 @@ export class Conversations {
     this.save();
   }
 
-  // Writes everything; returns "" or a sentence saying what could not be kept.
+  // Writes everything (after taking in the conversations another tab added since, so that none is lost);
+  // returns "" or a sentence saying what could not be kept.
   save() {
+    this.merge(new Set(), false);
     const kept = (conversations, images) => ({
       version: VERSION,
       open: this.open,
