@@ -1,5 +1,6 @@
 // One message on screen: who said it, its images, its text (markdown for the model's answers, plain text for
 // the person's questions), a line of figures, and its actions (edit a question, regenerate the last answer).
+import { button } from "./dom.js";
 import { render } from "./markdown.js";
 
 export class Bubble {
@@ -43,14 +44,7 @@ export class Bubble {
   }
 
   action(name, label, title, onClick) {
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = name;
-    button.textContent = label;
-    button.title = title;
-    button.addEventListener("click", onClick);
-    this.actions.appendChild(button);
-    return button;
+    return this.actions.appendChild(button(name, label, title, onClick));
   }
 
   // Turns a question into an editor: `onSend(text)` sends the edited question in its place, Cancel puts it back.
@@ -61,14 +55,8 @@ export class Bubble {
     area.rows = Math.min(8, Math.max(2, area.value.split("\n").length));
     const row = document.createElement("div");
     row.className = "edit-buttons";
-    const send = document.createElement("button");
-    send.type = "button";
-    send.className = "edit-send";
-    send.textContent = "Send";
-    const cancel = document.createElement("button");
-    cancel.type = "button";
-    cancel.className = "edit-cancel";
-    cancel.textContent = "Cancel";
+    const send = button("edit-send", "Send", "Send the changed question");
+    const cancel = button("edit-cancel", "Cancel", "Keep the question as it was");
     row.append(send, cancel);
     const restore = () => {
       area.remove();

@@ -2,6 +2,7 @@
 // text), and DOMPurify cleans what markdown-it made before it reaches the page, keeping only plain formatting
 // and http(s)/mailto links. Both come from the npm registry at build time (web/build.py) and are served by
 // this server; without them every answer is shown as plain text.
+import { button } from "./dom.js";
 
 let engine = null;
 
@@ -55,19 +56,14 @@ function decorate(pre) {
   const language = code && /(?:^|\s)language-(\S+)/.exec(code.className);
   const name = document.createElement("span");
   name.textContent = language ? language[1] : "";
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = "copy";
-  button.textContent = "Copy";
-  button.title = "Copy this code";
-  button.addEventListener("click", async () => {
+  const copy = button("copy", "Copy", "Copy this code", async () => {
     const ok = await copyText((code || pre).textContent);
-    button.textContent = ok ? "Copied" : "Copy failed";
+    copy.textContent = ok ? "Copied" : "Copy failed";
     setTimeout(() => {
-      button.textContent = "Copy";
+      copy.textContent = "Copy";
     }, 1500);
   });
-  bar.append(name, button);
+  bar.append(name, copy);
   const box = document.createElement("div");
   box.className = "code";
   pre.replaceWith(box);

@@ -3,6 +3,7 @@
 // conversation in the store as it goes.
 import { explain, streamChat } from "./api.js";
 import { Bubble } from "./bubbles.js";
+import { button } from "./dom.js";
 import { imageFiles, imageUrl } from "./images.js";
 import { requestFields, requestMessages } from "./settings.js";
 
@@ -254,12 +255,7 @@ export class Pane {
         const img = document.createElement("img");
         img.alt = "image to send";
         img.src = url;
-        const remove = document.createElement("button");
-        remove.type = "button";
-        remove.className = "remove";
-        remove.textContent = "×";
-        remove.title = "Do not send this image";
-        remove.addEventListener("click", () => {
+        const remove = button("remove", "×", "Do not send this image", () => {
           this.pending.splice(i, 1);
           this.showAttachments();
         });

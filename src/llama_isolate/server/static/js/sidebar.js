@@ -1,4 +1,5 @@
 // The list of kept conversations: open one in the active pane, rename it in place, delete it, or start a new one.
+import { button } from "./dom.js";
 
 export class Sidebar {
   constructor(app) {
@@ -23,27 +24,11 @@ export class Sidebar {
     li.dataset.testid = "conversation";
     li.dataset.id = c.id;
     if (pane !== undefined) li.dataset.pane = String(pane + 1);
-    const open = document.createElement("button");
-    open.type = "button";
-    open.className = "open";
-    open.textContent = this.app.conversations.titleOf(c);
-    open.title = "Open this conversation";
-    open.addEventListener("click", () => this.app.open(c.id));
-    const rename = document.createElement("button");
-    rename.type = "button";
-    rename.className = "rename";
-    rename.textContent = "✎";
-    rename.title = "Rename";
-    rename.setAttribute("aria-label", "Rename");
-    rename.addEventListener("click", () => this.rename(li, c));
-    const remove = document.createElement("button");
-    remove.type = "button";
-    remove.className = "delete";
-    remove.textContent = "✕";
-    remove.title = "Delete";
-    remove.setAttribute("aria-label", "Delete");
-    remove.addEventListener("click", () => {
-      if (window.confirm(`Delete “${this.app.conversations.titleOf(c)}”? This cannot be undone.`)) this.app.remove(c.id);
+    const title = this.app.conversations.titleOf(c);
+    const open = button("open", title, "Open this conversation", () => this.app.open(c.id));
+    const rename = button("rename", "✎", "Rename", () => this.rename(li, c));
+    const remove = button("delete", "✕", "Delete", () => {
+      if (window.confirm(`Delete “${title}”? This cannot be undone.`)) this.app.remove(c.id);
     });
     const actions = document.createElement("span");
     actions.className = "item-actions";
