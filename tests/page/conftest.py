@@ -37,7 +37,7 @@ WRONG_KEY = "The server did not accept this API key. Check it, then save it agai
 ARTIFACTS = Path(os.environ.get("LLAMA_ISOLATE_ARTIFACTS", ROOT / "build" / "test-artifacts"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # not longer: while Playwright's sync API runs, no other test can run an event loop
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         why = f"{CHROMIUM} is missing: these tests drive Debian's chromium (sudo apt-get install chromium; make test"
@@ -178,6 +178,8 @@ class ScriptedApi:
         if rest == "v1/chat/completions" and request.method == "POST":
             self.requests.append(json.loads(request.post_data or "{}"))
             answer = self.answers.pop(0)
+            if answer.get("hang"):
+                return  # never answered: the page waits for its first token until it stops or goes away
             if "stream" in answer:
                 route.fulfill(body=str(answer["stream"]), content_type="text/event-stream")
             else:

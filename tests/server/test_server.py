@@ -490,7 +490,7 @@ def test_mounted_under_a_prefix_of_another_app(model_path: Path) -> None:
     host.mount("/llm", llm)
     with serving(host) as url:
         assert httpx.get(f"{url}/llm/").status_code == 200  # the page, public
-        assert httpx.get(f"{url}/llm/static/chat.js").status_code == 200
+        assert httpx.get(f"{url}/llm/static/js/chat.js").status_code == 200
         assert httpx.get(f"{url}/llm/v1/models").status_code == 401
         sdk = openai.OpenAI(base_url=f"{url}/llm/v1", api_key="k", max_retries=0)
         assert sdk.chat.completions.create(model="m", messages=ask("hi"), max_tokens=2).choices

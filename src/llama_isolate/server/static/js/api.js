@@ -71,17 +71,30 @@ async function httpError(res) {
     return new ApiError(error.message, res.status, typeof error.code === "string" ? error.code : null);
   }
   if (typeof error === "string") return new ApiError(error, res.status);
-  if (body && body.detail !== undefined) {
-    return new ApiError(typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail), res.status);
-  }
+  if (body && body.detail !== undefined) return new ApiError(detailText(body.detail), res.status);
   return new ApiError(text.trim().slice(0, 300) || res.statusText || "", res.status);
+}
+
+// FastAPI's {"detail": ...}: a sentence, or a list of {loc, msg} (a validation error).
+function detailText(detail) {
+  if (typeof detail === "string") return detail;
+  if (Array.isArray(detail)) {
+    return detail
+      .map((d) => (d && typeof d.msg === "string" ? `${Array.isArray(d.loc) ? `${d.loc.join(".")}: ` : ""}${d.msg}` : JSON.stringify(d)))
+      .join("; ");
+  }
+  return JSON.stringify(detail);
+}
+
+function clip(text, length) {
+  return text.length > length ? `${text.slice(0, length)}… (${text.length} characters in all)` : text;
 }
 
 // What went wrong, for a person: { text, detail }, where detail is the technical message (shown on request).
 export function explain(err) {
   if (err instanceof ApiError) {
     const detail = [err.status ? `HTTP ${err.status}` : "", err.message].filter(Boolean).join(": ");
-    return { text: sentence(err), detail };
+    return { text: sentence(err), detail: clip(detail, 2000) };
   }
   if (err instanceof TypeError) {
     // fetch's network failure
@@ -94,7 +107,8 @@ export function explain(err) {
 }
 
 function sentence(err) {
-  const { status, code, message } = err;
+  const { status, code } = err;
+  const message = clip(err.message, 300);
   if (status === 401 || code === "invalid_api_key") {
     return /wrong/.test(message)
       ? "The server did not accept this API key. Check it, then save it again."
@@ -116,7 +130,15 @@ function sentence(err) {
   if (status === 413) return "The message is too large for the server. Try a smaller image, or fewer of them.";
   if (status === 408) return "The server gave up waiting for the message. Check your connection, then try again.";
   if (status && status >= 500) return "The server could not answer this time. Try again; if it keeps failing, check its log.";
-  if (status === null) return `The answer was cut off: ${message}`;
+  if (code === "unreadable_models") return "The server's list of models could not be read. Is this an OpenAI-style API?";
+  if (code === "no_models") return "The server serves no model.";
+  if (code === "not_a_stream") return "The server answered in a form this page cannot read (not a stream of events).";
+  if (code === "stream_ended") {
+    return err.partial
+      ? "The answer was cut off: the connection closed before it ended."
+      : "The server closed the connection before answering. Try again.";
+  }
+  if (status === null) return err.partial ? `The answer was cut off: ${message}` : `The server could not answer: ${message}`;
   return `The server refused the request: ${message}`;
 }
 
@@ -124,12 +146,17 @@ function sentence(err) {
 export async function listModels() {
   const res = await fetch("v1/models", { headers: headers() });
   if (!res.ok) throw await httpError(res);
-  const body = await res.json();
+  let body = null;
+  try {
+    body = await res.json();
+  } catch (err) {
+    throw new ApiError(`GET v1/models: ${err.message}`, res.status, "unreadable_models");
+  }
   const data = body && Array.isArray(body.data) ? body.data : [];
   const models = data
     .filter((m) => m && typeof m.id === "string")
     .map((m) => ({ id: m.id, images: Array.isArray(m.input_modalities) && m.input_modalities.includes("image") }));
-  if (!models.length) throw new ApiError("The server lists no model (GET v1/models).");
+  if (!models.length) throw new ApiError("GET v1/models lists no model", res.status, "no_models");
   return models;
 }
 
@@ -144,7 +171,12 @@ export async function streamChat(body, signal, on) {
     signal,
   });
   if (!res.ok) throw await httpError(res);
+  const type = res.headers.get("content-type") || "";
+  if (!type.startsWith("text/event-stream")) {
+    throw new ApiError(`a ${res.status} answer of type "${type}", not text/event-stream`, res.status, "not_a_stream");
+  }
   let done = false;
+  let received = false;
   const event = (data) => {
     if (done) return;
     if (data === "[DONE]") {
@@ -155,16 +187,24 @@ export async function streamChat(body, signal, on) {
     try {
       chunk = JSON.parse(data);
     } catch {
-      throw new ApiError(`an unreadable event from the server: ${data.slice(0, 200)}`);
+      const error = new ApiError(`an unreadable event from the server: ${data.slice(0, 200)}`);
+      error.partial = received;
+      throw error;
     }
     if (chunk && chunk.error) {
       const e = chunk.error;
-      throw new ApiError(typeof e.message === "string" ? e.message : JSON.stringify(e), null, e.code || null);
+      const text = typeof e === "string" ? e : typeof e.message === "string" ? e.message : JSON.stringify(e);
+      const error = new ApiError(text, null, typeof e.code === "string" ? e.code : null);
+      error.partial = received;
+      throw error;
     }
     const choice = chunk && Array.isArray(chunk.choices) ? chunk.choices[0] : null;
     if (choice) {
       const piece = choice.delta && choice.delta.content;
-      if (typeof piece === "string" && piece) on.piece(piece);
+      if (typeof piece === "string" && piece) {
+        received = true;
+        on.piece(piece);
+      }
       if (choice.finish_reason) on.finish(choice.finish_reason);
     }
     if (chunk && chunk.usage) on.usage(chunk.usage);
@@ -189,5 +229,9 @@ export async function streamChat(body, signal, on) {
     // After [DONE], or when an event was bad: let go of the body (this also drops the connection).
     if (!finished) reader.cancel().catch(() => {});
   }
-  if (!done) throw new ApiError("the stream ended before data: [DONE]");
+  if (!done) {
+    const error = new ApiError("the stream ended before data: [DONE]", null, "stream_ended");
+    error.partial = received;
+    throw error;
+  }
 }

@@ -12,15 +12,32 @@ const keyForm = document.getElementById("key-form");
 const keyInput = document.getElementById("api-key");
 const menu = document.querySelector('[data-testid="menu"]');
 const phone = window.matchMedia("(max-width: 720px)");
+const NOTICE_MS = 8000; // how long a refusal of a click stays in the header
 
 let models = [];
-let storageNote = "";
+let modelsError = "";
+let notice = "";
+let noticeTimer = null;
 
-function status(text) {
-  statusEl.textContent = text || storageNote;
+// The header's line: a refusal just now, else why the models did not load, else what storage could not keep.
+function status() {
+  statusEl.textContent = notice || modelsError || conversations.note;
+}
+
+function tell(text) {
+  notice = text;
+  clearTimeout(noticeTimer);
+  noticeTimer = text ? setTimeout(() => tell(""), NOTICE_MS) : null;
+  status();
 }
 
 const conversations = new Conversations();
+const panes = [];
+
+function visiblePanes() {
+  return phone.matches ? panes.slice(0, 1) : panes;
+}
+
 const app = {
   conversations,
   models: () => models,
@@ -35,61 +52,76 @@ const app = {
     keyForm.hidden = false;
     keyInput.value = getKey();
   },
-  // id -> pane index, for the conversations the visible panes show
+  // id -> number of the visible pane that shows it, for the list's marks
   shown() {
-    const visible = phone.matches ? panes.slice(0, 1) : panes;
-    return new Map(visible.map((p, i) => [p.conversation.id, i]));
+    return new Map(visiblePanes().flatMap((p, i) => (p.conversation ? [[p.conversation.id, i]] : [])));
   },
   retitle() {
     for (const p of panes) p.refreshTitle();
   },
-  // Shows conversation `id` in the active pane (or brings forward the pane that already shows it).
+  // Shows conversation `id` in the active pane, or brings forward the visible pane that shows it. A conversation
+  // is never in two panes: a hidden pane (on a phone) that shows it gives it up.
   open(id) {
     const c = conversations.get(id);
     if (!c) return;
     closeMenu();
-    const showing = [...app.shown().entries()].find(([cid]) => cid === id);
-    if (showing) {
-      app.activate(panes[showing[1]]);
-      panes[showing[1]].input.focus();
+    const holder = panes.find((p) => p.conversation.id === id);
+    if (holder && visiblePanes().includes(holder)) {
+      app.activate(holder);
+      holder.input.focus();
+      tell("");
       return;
     }
     const pane = app.active || panes[0];
-    if (pane.busy) {
-      status("That pane is still answering: stop it first, or open the conversation in the other pane.");
+    if (pane.busy || (holder && holder.busy)) {
+      tell("That conversation or this pane is still answering: stop it first.");
       return;
     }
+    if (holder) holder.show(conversations.create(holder.conversation.settings));
     pane.show(c);
+    tell("");
     remember();
   },
   openNew() {
     closeMenu();
     const pane = app.active || panes[0];
     if (pane.busy) {
-      status("That pane is still answering: stop it first, or start the conversation in the other pane.");
+      tell("This pane is still answering: stop it first, or start the conversation in the other pane.");
       return;
     }
     if (pane.conversation.messages.length) pane.show(conversations.create(pane.conversation.settings));
     pane.input.focus();
+    tell("");
     remember();
   },
   remove(id) {
     const pane = panes.find((p) => p.conversation.id === id);
     if (pane && pane.busy) {
-      status("That conversation is still answering: stop it first.");
+      tell("That conversation is still answering: stop it first.");
       return;
     }
     conversations.remove(id);
     if (pane) pane.show(conversations.create(pane.conversation.settings));
+    tell("");
     remember();
   },
 };
 
-const panes = [0, 1].map((i) => new Pane(i, app));
+panes.push(...[0, 1].map((i) => new Pane(i, app)));
 const sidebar = new Sidebar(app);
-conversations.onChange = (note) => {
-  storageNote = note;
-  if (note) status(note);
+conversations.busy = () => new Set(panes.filter((p) => p.busy).map((p) => p.conversation.id));
+
+// Conversations another tab changed: idle panes showing them show them again (or a new one, if deleted there).
+function showChanged(changed) {
+  for (const pane of panes) {
+    if (pane.busy || !pane.conversation || !changed.has(pane.conversation.id)) continue;
+    pane.show(conversations.get(pane.conversation.id) || conversations.create(pane.conversation.settings));
+  }
+}
+
+conversations.onChange = (_note, merged) => {
+  status();
+  showChanged(merged);
   sidebar.draw();
 };
 
@@ -113,13 +145,17 @@ menu.addEventListener("click", () => {
 async function loadModels() {
   try {
     models = await listModels();
-    status("");
+    modelsError = "";
   } catch (err) {
     models = [];
-    status(explain(err).text);
+    modelsError = explain(err).text;
     if (err.status === 401) app.offerKey();
   }
-  for (const p of panes) p.refreshModels();
+  status();
+  for (const p of panes) {
+    p.refreshModels();
+    if (models.length && p.errorKind === "models") p.showError(null);
+  }
 }
 
 if (getKey()) app.offerKey(); // a stored key stays visible, so that it can be changed or cleared
@@ -132,13 +168,17 @@ keyForm.addEventListener("submit", (event) => {
 // --- start --------------------------------------------------------------------------------------------------
 const panesEl = document.getElementById("panes");
 ready.then((rendered) => {
+  const seen = new Set();
   panes.forEach((pane, i) => {
     const kept = conversations.get(conversations.open[i] || "");
-    pane.show(kept || conversations.create(DEFAULT_SETTINGS));
+    const fresh = !kept || seen.has(kept.id); // never one conversation in two panes
+    pane.show(fresh ? conversations.create(DEFAULT_SETTINGS) : kept);
+    seen.add(pane.conversation.id);
     panesEl.appendChild(pane.root);
   });
   app.activate(panes[0]);
   remember();
+  status();
   if (!rendered) document.body.dataset.markdown = "off";
   document.body.dataset.ready = "true";
   loadModels();
@@ -147,16 +187,16 @@ phone.addEventListener("change", () => {
   app.activate(panes[0]);
   sidebar.draw();
 });
-window.addEventListener("pagehide", () => conversations.save()); // a partial answer survives a reload too
+
+// The page is going away (a reload, a closed tab): what is being answered is kept as it is now.
+window.addEventListener("pagehide", () => {
+  for (const pane of panes) pane.interrupt();
+  conversations.save();
+});
 
 // Another tab of this page wrote the store: take its changes in, and show them where a pane is idle.
 window.addEventListener("storage", (event) => {
   if (event.key !== STORE && event.key !== null) return;
-  const busy = new Set(panes.filter((p) => p.busy).map((p) => p.conversation.id));
-  const changed = conversations.merge(busy, true);
-  for (const pane of panes) {
-    if (pane.busy || !changed.has(pane.conversation.id)) continue;
-    pane.show(conversations.get(pane.conversation.id) || conversations.create(pane.conversation.settings));
-  }
+  showChanged(conversations.merge(true));
   sidebar.draw();
 });

@@ -1,28 +1,12 @@
 // A pane: one conversation on screen, with its settings, its transcript and a box to write in. It sends the
 // whole conversation on every turn (the API keeps no state), streams the answer into the page, and keeps the
 // conversation in the store as it goes.
-import { explain, streamChat } from "./api.js";
+import { explain } from "./api.js";
 import { Bubble } from "./bubbles.js";
 import { button } from "./dom.js";
 import { imageFiles, imageUrl } from "./images.js";
 import { requestFields, requestMessages } from "./settings.js";
-
-const STATS_INTERVAL_MS = 250; // live figures change at most this often, so they stay readable
-// While it streams, an answer is redrawn (parsed as markdown again) at most every 40 ms, and never more than a
-// fifth of the time: a long answer, slower to draw, is redrawn less often, so that the page stays responsive.
-const RENDER_INTERVAL_MS = 40;
-const RENDER_SHARE = 0.2;
-
-function fmtSeconds(ms) {
-  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(2)} s`;
-}
-
-// Decode speed: the tokens after the first over the time after the first. The wait for the first token (queue,
-// prompt processing) is the time to first token, shown on its own.
-function tokensPerSecond(tokens, turn) {
-  if (turn.tFirst === null || tokens < 2 || turn.tLast <= turn.tFirst) return null;
-  return (tokens - 1) / ((turn.tLast - turn.tFirst) / 1000);
-}
+import { Turn } from "./turn.js";
 
 export class Pane {
   constructor(index, app) {
@@ -61,6 +45,8 @@ export class Pane {
     this.conversation = null;
     this.pending = []; // data: URLs attached to the next question
     this.controller = null; // the running request's AbortController
+    this.current = null; // the running turn's { answer }
+    this.errorKind = ""; // what the error shown is about ("models": the list did not load)
     this.bubbles = [];
     this.follow = true; // keep the latest question in view while its answer grows, until the person scrolls
     this.wire();
@@ -112,12 +98,12 @@ export class Pane {
     for (const [name, el] of Object.entries(this.fields)) {
       el.addEventListener("input", () => {
         this.conversation.settings[name] = el.value;
-        this.app.conversations.save();
+        this.app.conversations.changed(this.conversation, false);
       });
     }
     this.model.addEventListener("change", () => {
       this.conversation.settings.model = this.model.value;
-      this.app.conversations.save();
+      this.app.conversations.changed(this.conversation, false);
       this.showAttach();
     });
     for (const stop of ["wheel", "touchmove"]) this.transcript.addEventListener(stop, () => (this.follow = false), { passive: true });
@@ -135,7 +121,9 @@ export class Pane {
     for (const b of this.transcript.querySelectorAll(".actions button")) b.disabled = busy;
   }
 
-  showError(err) {
+  // Shows what went wrong (an Error, or a sentence), the server's own words behind Details; null clears it.
+  showError(err, kind = "") {
+    this.errorKind = err ? kind : "";
     if (!err) {
       this.errorEl.replaceChildren();
       this.errorEl.hidden = true;
@@ -213,37 +201,48 @@ export class Pane {
     this.refreshTitle();
     this.bubbles = this.conversation.messages.map((m) => new Bubble(m));
     this.transcript.replaceChildren(...this.bubbles.map((b) => b.el));
-    this.bubbles.forEach((b, i) => this.offerActions(b, i));
+    this.refreshActions();
     this.transcript.scrollTop = this.transcript.scrollHeight;
   }
 
-  offerActions(bubble, index) {
-    const messages = this.conversation.messages;
-    if (bubble.message.role === "user") {
-      bubble.action("edit", "Edit", "Change this question and send it again (the answers after it are replaced)", () => {
-        if (!this.busy) bubble.edit((text) => this.resend(index, text));
-      });
-    } else if (index === messages.length - 1) {
-      bubble.action("regenerate", "Regenerate", "Answer the last question again", () => this.regenerate());
-    }
+  // Edit on each question; on the last message, Regenerate (an answer) or Answer (a question left unanswered).
+  refreshActions() {
+    const last = this.bubbles.length - 1;
+    this.bubbles.forEach((bubble, index) => {
+      bubble.actions.replaceChildren();
+      if (bubble.message.role === "user") {
+        const why = "Change this question and send it again (the answers after it are replaced)";
+        bubble.action("edit", "Edit", why, () => {
+          if (!this.busy) bubble.edit((text) => this.resend(index, text));
+        });
+      }
+      if (index !== last) return;
+      if (bubble.message.role === "assistant") {
+        bubble.action("regenerate", "Regenerate", "Answer the last question again", () => this.regenerate());
+      } else {
+        bubble.action("regenerate", "Answer", "Answer this question", () => this.regenerate());
+      }
+    });
   }
 
   // Keeps the latest question at the top of the view while its answer grows below it.
   keepInView(question) {
-    if (!this.follow) return;
+    if (!this.follow || !question) return;
     const t = this.transcript;
     t.scrollTop = Math.min(t.scrollHeight - t.clientHeight, question.el.offsetTop - 8);
   }
 
   // --- images -----------------------------------------------------------------------------------------------
   async attach(files) {
+    const refused = [];
     for (const file of files) {
       try {
         this.pending.push(await imageUrl(file));
       } catch (err) {
-        this.showError(err.message);
+        refused.push(err.message);
       }
     }
+    this.showError(refused.length ? refused.join(" ") : null);
     this.showAttachments();
   }
 
@@ -271,35 +270,58 @@ export class Pane {
     if (this.busy) return;
     const text = this.input.value.trim();
     if (!text && !this.pending.length) return;
-    if (!this.ask({ role: "user", content: text, images: this.pending, meta: "" })) return;
+    const question = { role: "user", content: text, images: this.pending, meta: "" };
+    const before = this.conversation.messages;
+    if (!this.start([...before, question], question)) return;
     this.input.value = "";
     this.pending = [];
     this.showAttachments();
   }
 
+  // Sends an edited question in the place of the one at `index` (the turns after it go).
   resend(index, text) {
-    if (this.busy) return;
-    const old = this.conversation.messages[index];
-    const kept = this.conversation.messages.slice(0, index);
     const before = this.conversation.messages;
-    this.conversation.messages = kept;
-    if (!this.ask({ role: "user", content: text, images: old.images, meta: "" })) {
-      this.conversation.messages = before;
-      this.redraw();
-    }
+    this.start([...before.slice(0, index), { role: "user", content: text, images: before[index].images, meta: "" }], null);
   }
 
+  // Answers the last question again (or for the first time, when a reload cut its answer off).
   regenerate() {
-    const messages = this.conversation.messages;
-    if (this.busy || !messages.length || messages[messages.length - 1].role !== "assistant") return;
-    const fields = this.checkedFields();
-    if (!fields) return;
-    messages.pop();
-    this.redraw();
-    this.run(fields, null);
+    const before = this.conversation.messages;
+    const last = before[before.length - 1];
+    const asked = last && last.role === "assistant" ? before.slice(0, -1) : before;
+    if (asked.length) this.start(asked, null);
   }
 
-  checkedFields() {
+  // Runs a turn on `messages`, whose last is a question; false (nothing changed) when it cannot be asked. Until
+  // an answer comes, the conversation as it was is kept aside: a turn that gets nothing back restores it (the
+  // answer a regeneration was to replace, the turns after an edited question) and gives `asked`, the question
+  // this turn added, back to the box.
+  start(messages, asked) {
+    if (this.busy) return false;
+    const fields = this.checked(messages);
+    if (!fields) return false;
+    const c = this.conversation;
+    const before = c.messages;
+    c.messages = messages;
+    this.app.conversations.changed(c);
+    this.redraw();
+    this.run(fields, before, asked);
+    return true;
+  }
+
+  // The request's fields for this conversation, or null after saying what stands in the way.
+  checked(messages) {
+    if (!this.chosenModel()) {
+      this.showError("There is no model to ask yet: the server's list of models did not load.", "models");
+      return null;
+    }
+    if (!this.takesImages() && messages.some((m) => m.images.length)) {
+      this.showError(
+        "This conversation holds images, and the chosen model cannot read them. Pick a model that can, or start a " +
+          "new conversation.",
+      );
+      return null;
+    }
     try {
       return requestFields(this.conversation.settings);
     } catch (err) {
@@ -310,23 +332,22 @@ export class Pane {
     }
   }
 
-  // Adds a question and runs its turn; false when a setting is wrong (nothing was added).
-  ask(question) {
-    const fields = this.checkedFields();
-    if (!fields) return false;
-    this.conversation.messages.push(question);
-    this.redraw();
-    this.run(fields, question);
-    return true;
-  }
-
   stop() {
     if (this.controller) this.controller.abort(); // drops the connection; the server then cancels the work
   }
 
-  // Streams the answer to the conversation's last question. `asked` is the question this turn added, if any:
-  // when nothing came back it is taken out again, and its text given back to the box.
-  async run(fields, asked) {
+  // The page is going away mid-turn: what has come of the answer is kept, marked; an answer with nothing yet
+  // leaves the question in the conversation, to be answered after the reload.
+  interrupt() {
+    if (!this.current) return;
+    const { answer } = this.current;
+    const messages = this.conversation.messages;
+    if (answer.content) answer.meta = "interrupted: the page was closed";
+    else if (messages[messages.length - 1] === answer) messages.pop();
+    this.current = null;
+  }
+
+  async run(fields, before, asked) {
     const c = this.conversation;
     const answer = { role: "assistant", content: "", images: [], meta: "" };
     const body = { model: this.model.value, messages: requestMessages(c.settings, c.messages), ...fields };
@@ -337,130 +358,48 @@ export class Pane {
     this.transcript.appendChild(bubble.el);
     bubble.el.dataset.state = "waiting";
     this.follow = true;
-    if (question) this.keepInView(question);
+    this.keepInView(question);
     const controller = new AbortController();
     this.controller = controller;
+    this.current = { answer };
     this.setState("waiting");
     this.showError(null);
-    this.ttftEl.textContent = "";
-    this.speedEl.textContent = "";
-    this.usageEl.textContent = "";
-    const turn = {
-      chunks: 0,
-      usage: null,
-      finish: null,
-      tSent: performance.now(),
-      tFirst: null,
-      tLast: null,
-      shownAt: 0,
-      timer: null,
-      wait: RENDER_INTERVAL_MS,
-    };
-    const draw = () => {
-      turn.timer = null;
-      const start = performance.now();
-      bubble.showText(answer.content);
-      if (question) this.keepInView(question);
-      turn.wait = Math.max(RENDER_INTERVAL_MS, (performance.now() - start) / RENDER_SHARE);
-    };
-    let outcome = "done";
-    let failure = null;
-    try {
-      if (!body.model) throw new Error("There is no model to ask yet: the server's list of models did not load.");
-      await streamChat(body, controller.signal, {
-        piece: (piece) => {
-          const now = performance.now();
-          if (turn.tFirst === null) {
-            turn.tFirst = now;
-            bubble.el.dataset.state = "streaming";
-            this.setState("streaming");
-            this.ttftEl.textContent = `first token ${fmtSeconds(now - turn.tSent)}`;
-          }
-          turn.tLast = now;
-          turn.chunks += 1;
-          answer.content += piece;
-          if (turn.timer === null) turn.timer = setTimeout(draw, turn.wait);
-          if (now - turn.shownAt >= STATS_INTERVAL_MS) {
-            turn.shownAt = now;
-            this.showSpeed(turn.chunks, turn);
-          }
-        },
-        finish: (reason) => (turn.finish = reason),
-        usage: (usage) => (turn.usage = usage),
-      });
-    } catch (err) {
-      if (controller.signal.aborted) outcome = "stopped";
-      else {
-        outcome = "error";
-        failure = err;
-      }
-    } finally {
-      clearTimeout(turn.timer);
-      turn.timer = null;
-      this.controller = null;
-    }
-    draw();
-    this.finish(outcome, failure, turn, answer, bubble, asked);
-    this.setState("idle");
-  }
-
-  showSpeed(tokens, turn) {
-    const rate = tokensPerSecond(tokens, turn);
-    this.speedEl.textContent = rate === null ? "" : `${rate.toFixed(1)} tok/s`;
-    return rate;
-  }
-
-  finish(outcome, failure, turn, answer, bubble, asked) {
-    const c = this.conversation;
-    const usage = turn.usage;
-    const tokens = usage && Number.isFinite(usage.completion_tokens) ? usage.completion_tokens : turn.chunks;
-    const rate = this.showSpeed(tokens, turn);
-    const notes = [];
-    if (turn.tFirst !== null) notes.push(`${tokens} tokens`);
-    if (rate !== null) notes.push(`${rate.toFixed(1)} tok/s`);
-    if (turn.tFirst !== null) notes.push(`first token ${fmtSeconds(turn.tFirst - turn.tSent)}`);
-    if (usage) {
-      const cached = usage.prompt_tokens_details && usage.prompt_tokens_details.cached_tokens;
-      this.usageEl.textContent =
-        `prompt ${usage.prompt_tokens} tokens` +
-        (Number.isFinite(cached) ? ` (${cached} cached)` : "") +
-        `, answer ${usage.completion_tokens}`;
-    }
-    if (turn.finish === "length") notes.push("cut at max tokens");
-    else if (turn.finish && turn.finish !== "stop") notes.push(`finish: ${turn.finish}`);
-    if (outcome === "done" && answer.content === "") notes.push("empty answer");
-    if (outcome === "stopped") notes.push("stopped");
-    if (outcome === "error") notes.push("failed");
-    answer.meta = notes.join(" · ");
+    const figures = { ttft: this.ttftEl, speed: this.speedEl, usage: this.usageEl };
+    const turn = new Turn(answer, bubble, figures, {
+      onFirst: () => {
+        bubble.el.dataset.state = "streaming";
+        this.setState("streaming");
+      },
+      onDraw: () => this.keepInView(question),
+    });
+    const outcome = await turn.stream(body, controller.signal);
+    this.controller = null;
+    if (this.current === null) return; // the page is going away (interrupt): nothing more to keep or show
+    this.current = null;
+    answer.meta = turn.notes(outcome);
     bubble.meta.textContent = answer.meta;
-    if (turn.finish) bubble.el.dataset.finish = turn.finish;
-
-    if (answer.content === "" && outcome !== "done") {
-      // Nothing came back: the answer (and the question this turn added) leave the conversation, so that it keeps
-      // alternating; they stay on screen, marked, and the question goes back to the box for another try.
-      c.messages.pop();
-      this.bubbles.pop();
-      if (asked && c.messages[c.messages.length - 1] === asked) {
-        c.messages.pop();
-        const q = this.bubbles.pop();
-        q.el.classList.add("withdrawn");
-        q.actions.replaceChildren();
-        q.meta.textContent = "not in the conversation";
-        if (!this.input.value) this.input.value = asked.content;
-        if (!this.pending.length) {
-          this.pending = asked.images;
-          this.showAttachments();
-        }
-      }
-    }
-    bubble.el.dataset.state = outcome; // a partial answer (stopped, or cut by an error) stays as it was shown
-    this.bubbles.forEach((b) => b.actions.replaceChildren());
-    this.bubbles.forEach((b, i) => this.offerActions(b, i));
-    this.app.conversations.touch(c);
+    if (turn.finishReason) bubble.el.dataset.finish = turn.finishReason;
+    bubble.el.dataset.state = outcome;
+    if (answer.content === "" && outcome !== "done") this.restore(before, asked);
+    else this.refreshActions();
+    this.app.conversations.changed(c);
     this.refreshTitle();
-    if (failure) {
-      this.showError(failure);
-      if (failure.status === 401) this.app.offerKey();
+    this.setState("idle");
+    if (turn.failure) {
+      this.showError(turn.failure);
+      if (turn.failure.status === 401) this.app.offerKey();
+    }
+  }
+
+  // Nothing came back: the conversation is as it was before the turn, and the question goes back to the box.
+  restore(before, asked) {
+    this.conversation.messages = before;
+    this.redraw();
+    if (!asked) return;
+    if (!this.input.value) this.input.value = asked.content;
+    if (!this.pending.length) {
+      this.pending = asked.images;
+      this.showAttachments();
     }
   }
 }

@@ -6,13 +6,16 @@ const RANGES = {
   topP: { name: "Top-p", field: "top_p", low: 0, high: 1, lowOpen: true },
 };
 
+const DECIMAL = /^[+-]?(\d+\.?\d*|\.\d+)$/; // as people write numbers: no exponents, no hexadecimal
+const MAX_TOKENS = 2 ** 31 - 1;
+
 // The request's fields for `settings`, or an Error naming the setting that is wrong.
 export function requestFields(settings) {
   const fields = {};
   for (const [key, range] of Object.entries(RANGES)) {
     const text = settings[key].trim();
     if (!text) continue;
-    const value = Number(text);
+    const value = DECIMAL.test(text) ? Number(text) : NaN;
     const inRange = Number.isFinite(value) && (range.lowOpen ? value > range.low : value >= range.low) && value <= range.high;
     if (!inRange) {
       const from = range.lowOpen ? `above ${range.low}` : `from ${range.low}`;
@@ -22,8 +25,8 @@ export function requestFields(settings) {
   }
   const max = settings.maxTokens.trim();
   if (max) {
-    if (!/^\d+$/.test(max) || Number(max) < 1) {
-      throw new Error("Max tokens must be a whole number of at least 1, or empty for the server's default.");
+    if (!/^\d+$/.test(max) || Number(max) < 1 || Number(max) > MAX_TOKENS) {
+      throw new Error(`Max tokens must be a whole number from 1 to ${MAX_TOKENS}, or empty for the server's default.`);
     }
     fields.max_tokens = Number(max);
   }

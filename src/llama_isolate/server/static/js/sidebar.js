@@ -41,14 +41,16 @@ export class Sidebar {
     this.renaming = c.id;
     const field = document.createElement("input");
     field.className = "rename-field";
-    field.value = this.app.conversations.titleOf(c);
+    const before = this.app.conversations.titleOf(c, 200);
+    field.value = before;
     field.setAttribute("aria-label", "New name");
     let done = false;
     const end = (keep) => {
       if (done) return;
       done = true;
       this.renaming = null;
-      if (keep && field.value.trim()) this.app.conversations.rename(c.id, field.value);
+      const title = field.value.trim();
+      if (keep && title && title !== before) this.app.conversations.rename(c.id, title);
       this.draw();
       this.app.retitle();
     };

@@ -1,9 +1,14 @@
-// The conversations, kept in this browser's localStorage so that a reload (or a new tab) finds them again. What
-// is read back is checked field by field: an entry another version (or a hand) left malformed is skipped, never
-// trusted. When storage is full, images are left out of what is kept, then the oldest conversations. Several tabs
-// of the page share the store: each takes in what the others wrote (the latest change to a conversation wins).
+// The conversations, kept in this browser's localStorage so that a reload (or a new tab) finds them again.
+//
+// What is read back is checked field by field: a malformed message is skipped, never trusted. What cannot be read
+// at all is never overwritten: a store written by a newer version of the page is left alone (this page then keeps
+// nothing), and unreadable text is moved aside to a backup key first. When storage is full, images are left out
+// of what is kept, then the oldest conversations. Several tabs of the page share the store: before each write a
+// tab takes in what the others wrote, and each change carries its time, so the latest change to a conversation
+// wins wherever it was made.
 
 export const STORE = "llama-isolate.conversations";
+const BACKUP = `${STORE}.unreadable`;
 const VERSION = 1;
 export const DEFAULT_SETTINGS = { model: "", system: "", temperature: "", topP: "", maxTokens: "512" };
 
@@ -19,20 +24,22 @@ function readMessage(m) {
 
 function readSettings(s) {
   const settings = { ...DEFAULT_SETTINGS };
-  if (s && typeof s === "object") for (const name of Object.keys(DEFAULT_SETTINGS)) if (isText(s[name])) settings[name] = s[name];
+  if (s && typeof s === "object") {
+    for (const name of Object.keys(DEFAULT_SETTINGS)) if (isText(s[name])) settings[name] = s[name];
+  }
   return settings;
 }
 
 function readConversation(c) {
-  if (!c || !isText(c.id) || !c.id || !Array.isArray(c.messages)) return null;
-  const messages = c.messages.map(readMessage);
-  if (messages.some((m) => m === null)) return null;
+  if (!c || typeof c !== "object" || !isText(c.id) || !c.id || !Array.isArray(c.messages)) return null;
+  const updated = Number.isFinite(c.updated) ? c.updated : 0;
   return {
     id: c.id,
-    title: isText(c.title) ? c.title : "",
-    updated: Number.isFinite(c.updated) ? c.updated : 0,
+    title: isText(c.title) ? c.title.slice(0, 200) : "",
+    updated,
+    changed: Number.isFinite(c.changed) ? c.changed : updated,
     settings: readSettings(c.settings),
-    messages,
+    messages: c.messages.map(readMessage).filter(Boolean),
   };
 }
 
@@ -47,40 +54,90 @@ export class Conversations {
     this.items = new Map();
     this.open = []; // the ids the panes showed, in pane order
     this.removed = new Set(); // deleted here: not to be taken back from what another tab wrote
-    this.onChange = () => {};
+    this.busy = () => new Set(); // the ids being answered here (set by the page): never changed from elsewhere
+    this.onChange = () => {}; // (note, ids changed from elsewhere)
+    this.keeping = true; // false: the store is another version's, and is left alone
+    this.readNote = ""; // what could not be read, said once and kept
+    this.saveNote = ""; // what the last save could not keep
     this.read();
   }
 
-  // What storage holds now: { conversations, open }, with what is malformed left out.
+  // What storage holds now: { conversations, open }, or null when it holds something this page cannot read.
   stored() {
+    let raw = null;
+    try {
+      raw = localStorage.getItem(STORE);
+    } catch {
+      return { conversations: [], open: [] }; // storage is off: nothing kept, nothing to lose
+    }
+    if (raw === null) return { conversations: [], open: [] };
     let saved = null;
     try {
-      saved = JSON.parse(localStorage.getItem(STORE) || "null");
+      saved = JSON.parse(raw);
     } catch {
-      saved = null; // unreadable, or storage refused: nothing
+      return null;
     }
-    if (!saved || saved.version !== VERSION || !Array.isArray(saved.conversations)) return { conversations: [], open: [] };
-    const conversations = saved.conversations.map(readConversation).filter(Boolean);
+    if (!saved || saved.version !== VERSION || !Array.isArray(saved.conversations)) return null;
+    const seen = new Set();
+    const conversations = [];
+    for (const c of saved.conversations.map(readConversation)) {
+      if (c && !seen.has(c.id)) {
+        seen.add(c.id);
+        conversations.push(c);
+      }
+    }
     return { conversations, open: Array.isArray(saved.open) ? saved.open.filter(isText) : [] };
   }
 
   read() {
-    const { conversations, open } = this.stored();
-    for (const c of conversations) if (!this.items.has(c.id)) this.items.set(c.id, c);
-    this.open = open.filter((id) => this.items.has(id));
+    const stored = this.stored();
+    if (stored === null) {
+      this.setAside();
+      return;
+    }
+    for (const c of stored.conversations) this.items.set(c.id, c);
+    this.open = stored.open.filter((id) => this.items.has(id));
   }
 
-  // Takes in what another tab of this page wrote: its new conversations, its later changes to ones not in
-  // `busy` here, and (when `deletions`) its deletions. Returns the ids that changed here.
-  merge(busy, deletions) {
+  // Storage holds what this page cannot read: another version's store is left alone; anything else is moved to
+  // a backup key (kept until the next such event), so that the page can keep conversations again.
+  setAside() {
+    let raw = "";
+    let version = null;
+    try {
+      raw = localStorage.getItem(STORE) || "";
+      version = JSON.parse(raw).version;
+    } catch {
+      version = null;
+    }
+    if (Number.isFinite(version) && version > VERSION) {
+      this.keeping = false;
+      this.readNote = "Conversations were saved by a newer version of this page: they are left as they are, and this page keeps none.";
+      return;
+    }
+    try {
+      localStorage.setItem(BACKUP, raw);
+      localStorage.removeItem(STORE);
+      this.readNote = `The kept conversations could not be read; their text was moved aside to localStorage "${BACKUP}".`;
+    } catch {
+      this.keeping = false;
+      this.readNote = "The kept conversations could not be read, nor moved aside: this page keeps none.";
+    }
+  }
+
+  // Takes in what another tab of this page wrote: its new conversations, its later changes to ones not being
+  // answered here, and (when `deletions`) its deletions. Returns the ids that changed here.
+  merge(deletions) {
     const changed = new Set();
-    const { conversations } = this.stored();
-    const there = new Set(conversations.map((c) => c.id));
-    for (const c of conversations) {
+    const stored = this.stored();
+    if (stored === null) return changed;
+    const busy = this.busy();
+    const there = new Set(stored.conversations.map((c) => c.id));
+    for (const c of stored.conversations) {
       if (this.removed.has(c.id) || busy.has(c.id)) continue;
       const mine = this.items.get(c.id);
       if (!mine) this.items.set(c.id, c);
-      else if (deletions && c.updated > mine.updated) Object.assign(mine, c);
+      else if (c.changed > mine.changed) Object.assign(mine, c);
       else continue;
       changed.add(c.id);
     }
@@ -97,7 +154,8 @@ export class Conversations {
 
   // A new conversation, kept only once it has a message. Its settings start as `settings` (another's).
   create(settings = DEFAULT_SETTINGS) {
-    const c = { id: newId(), title: "", updated: Date.now(), settings: { ...settings }, messages: [] };
+    const now = Date.now();
+    const c = { id: newId(), title: "", updated: now, changed: now, settings: { ...settings }, messages: [] };
     this.items.set(c.id, c);
     return c;
   }
@@ -111,64 +169,77 @@ export class Conversations {
     return [...this.items.values()].filter((c) => c.messages.length).sort((a, b) => b.updated - a.updated);
   }
 
-  titleOf(c) {
+  // The title the person gave, else the start of the first question.
+  titleOf(c, length = 48) {
     if (c.title) return c.title;
     const first = c.messages.find((m) => m.role === "user");
-    const text = first ? first.content.replace(/\s+/g, " ").trim() : "";
-    return text ? (text.length > 48 ? `${text.slice(0, 47)}…` : text) : "New conversation";
+    if (!first) return "New conversation";
+    const text = first.content.replace(/\s+/g, " ").trim();
+    if (!text) return first.images.length ? "Image" : "New conversation";
+    return text.length > length ? `${text.slice(0, length - 1)}…` : text;
   }
 
   rename(id, title) {
     const c = this.get(id);
     if (!c) return;
     c.title = title.trim().slice(0, 200);
-    this.save();
+    this.changed(c, false);
   }
 
   remove(id) {
     this.items.delete(id);
     this.removed.add(id);
-    this.open = this.open.map((o) => (o === id ? null : o));
     this.save();
   }
 
-  touch(c) {
-    c.updated = Date.now();
+  // Keeps a change to `c`; `activity` (a turn, not a rename or a setting) also moves it up the list.
+  changed(c, activity = true) {
+    c.changed = Date.now();
+    if (activity) c.updated = c.changed;
     this.save();
   }
 
-  // Writes everything (after taking in the conversations another tab added since, so that none is lost);
-  // returns "" or a sentence saying what could not be kept.
+  // Writes everything, after taking in what other tabs wrote; returns "" or a sentence saying what is not kept.
   save() {
-    this.merge(new Set(), false);
-    const kept = (conversations, images) => ({
-      version: VERSION,
-      open: this.open,
-      conversations: conversations.map((c) => ({
+    if (!this.keeping) return this.report("", new Set());
+    const merged = this.merge(false);
+    const drafts = this.open.map((id) => this.get(id)).filter((c) => c && !c.messages.length); // their settings
+    const full = this.list();
+    const write = (conversations, images) => {
+      const kept = conversations.map((c) => ({
         ...c,
         messages: c.messages.map((m) => ({ ...m, images: images ? m.images : [] })),
-      })),
-    });
-    const drafts = this.open.map((id) => this.get(id)).filter((c) => c && !c.messages.length); // their settings
-    let conversations = [...this.list(), ...drafts];
-    let note = "";
-    for (const images of [true, false]) {
-      for (;;) {
-        try {
-          localStorage.setItem(STORE, JSON.stringify(kept(conversations, images)));
-          this.onChange(note);
-          return note;
-        } catch {
-          if (!images && conversations.length > 1) {
-            conversations = conversations.filter((c) => c.messages.length).slice(0, -1);
-            note = "This browser's storage is full: the oldest conversations are no longer kept.";
-          } else break;
-        }
-      }
-      note = "This browser's storage is full: images are not kept after a reload.";
+      }));
+      localStorage.setItem(STORE, JSON.stringify({ version: VERSION, open: this.open, conversations: kept }));
+    };
+    const attempts = [
+      [[...full, ...drafts], true, ""],
+      [[...full, ...drafts], false, "This browser's storage is full: images are not kept after a reload."],
+    ];
+    for (let n = full.length - 1; n >= 1; n -= 1) {
+      const lost = full.length - n;
+      const which = lost === 1 ? "the oldest conversation is" : `the ${lost} oldest conversations are`;
+      attempts.push([full.slice(0, n), false, `This browser's storage is full: ${which} no longer kept.`]);
     }
-    note = "This browser does not keep conversations (its storage is off or full).";
-    this.onChange(note);
+    for (const [conversations, images, note] of attempts) {
+      try {
+        write(conversations, images);
+        return this.report(note, merged);
+      } catch {
+        /* too large: try keeping less */
+      }
+    }
+    return this.report("This browser's storage is off or full: the conversations are not kept after a reload.", merged);
+  }
+
+  report(note, merged) {
+    this.saveNote = note;
+    this.onChange(note, merged);
     return note;
+  }
+
+  // What the person should know about keeping: the last save's trouble, else what could not be read.
+  get note() {
+    return this.saveNote || this.readNote;
   }
 }
