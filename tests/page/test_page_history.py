@@ -309,3 +309,29 @@ def test_one_conversation_is_never_in_two_panes(blank: Page) -> None:
     ask(blank, 0, "More")
     expect(answer(blank, 0)).to_have_attribute("data-state", "done")
     assert [m["content"] for m in api.requests[2]["messages"]] == ["Right", "B", "More"]
+
+
+def test_a_question_given_back_goes_before_what_was_written_since(blank: Page) -> None:
+    ScriptedApi(blank, error(503, "the model is not ready", "model_not_ready"))
+    loaded(blank, ORIGIN + PREFIX)
+    blank.route(f"{ORIGIN}{PREFIX}v1/chat/completions", lambda route: None)  # waits: typed into meanwhile
+    ask(blank, 0, "First thought")
+    expect(blank.get_by_test_id("pane-0")).to_have_attribute("data-state", "waiting")
+    blank.get_by_test_id("input-0").fill("second thought")
+    blank.get_by_test_id("stop-0").click()
+    expect(blank.get_by_test_id("input-0")).to_have_value("First thought\n\nsecond thought")
+    expect(blank.get_by_test_id("transcript-0").locator(".msg")).to_have_count(0)
+
+
+def test_a_web_page_instead_of_the_api_is_said_so(blank: Page) -> None:
+    ScriptedApi(blank)
+    page = "<!DOCTYPE html><html><head><title>Access denied</title></head><body>no</body></html>"
+    blank.route(
+        f"{ORIGIN}{PREFIX}v1/models",
+        lambda route: route.fulfill(status=403, body=page, content_type="text/html"),
+    )
+    loaded(blank, ORIGIN + PREFIX)
+    expect(blank.get_by_test_id("status")).to_have_text(
+        "The server answered with a web page instead of the API (HTTP 403). Is something in between refusing the "
+        "request?"
+    )

@@ -103,7 +103,7 @@ def test_a_full_storage_is_said_truthfully_and_loses_no_kept_conversation(blank:
     ask(blank, 0, "A long question " * 2000)
     expect(answer(blank, 0)).to_have_attribute("data-state", "done")
     expect(blank.get_by_test_id("status")).to_have_text(
-        "This browser's storage is off or full: the conversations are not kept after a reload."
+        "This browser's storage is off or full: the latest changes are not kept after a reload."
     )
     assert stored(blank) == before  # what was kept before is still there, whole
 
@@ -140,3 +140,61 @@ def test_two_tabs_share_the_conversations_and_undo_nothing(blank: Page) -> None:
     blank.get_by_test_id("conversation").filter(has_text="Second tab").locator(".delete").click()
     expect(other.get_by_test_id("conversation").locator(".open")).to_have_text(["Renamed"])
     expect(other.get_by_test_id("transcript-1").locator(".msg")).to_have_count(0)  # the pane that showed it moved on
+
+
+def test_a_tab_closed_or_reloaded_mid_turn_leaves_the_store_whole_for_the_others(blank: Page) -> None:
+    api = ScriptedApi(blank, reply("A1"), {"hang": True}, {"hang": True})
+    loaded(blank, ORIGIN + PREFIX)
+    other = blank.context.new_page()
+    ScriptedApi(other).answers = api.answers
+    loaded(other, ORIGIN + PREFIX)
+
+    ask(blank, 0, "Q1")
+    expect(answer(blank, 0)).to_have_attribute("data-state", "done")
+    blank.get_by_test_id("transcript-0").locator(".regenerate").click()  # no answer comes...
+    expect(blank.get_by_test_id("pane-0")).to_have_attribute("data-state", "waiting")
+    reload(blank)  # ...and the reload cut it off: the answer it was to replace is still there
+    expect(blank.get_by_test_id("transcript-0").locator(".msg .text")).to_have_text(["Q1", "A1"])
+
+    ask(blank, 0, "Q2")  # no answer comes, and the tab is closed
+    expect(blank.get_by_test_id("pane-0")).to_have_attribute("data-state", "waiting")
+    blank.close(run_before_unload=True)
+    other.get_by_test_id("settings-toggle-1").click()
+    other.get_by_test_id("temperature-1").fill("0.7")  # the other tab writes the store
+    other.reload()
+    expect(other.locator("body")).to_have_attribute("data-ready", "true")
+    expect(other.get_by_test_id("transcript-0").locator(".msg .text")).to_have_text(["Q1", "A1", "Q2"])
+
+
+def test_a_rename_made_elsewhere_during_a_turn_is_kept_when_the_turn_ends(blank: Page) -> None:
+    api = ScriptedApi(blank, reply("A1"), {"hang": True})
+    loaded(blank, ORIGIN + PREFIX)
+    other = blank.context.new_page()
+    ScriptedApi(other).answers = api.answers
+    loaded(other, ORIGIN + PREFIX)
+    ask(blank, 0, "Q1")
+    expect(answer(blank, 0)).to_have_attribute("data-state", "done")
+    ask(blank, 0, "Q2")
+    expect(blank.get_by_test_id("pane-0")).to_have_attribute("data-state", "waiting")
+
+    other.get_by_test_id("conversation").locator(".rename").click()
+    other.get_by_test_id("sidebar").locator(".rename-field").fill("Renamed elsewhere")
+    other.get_by_test_id("sidebar").locator(".rename-field").press("Enter")
+    blank.get_by_test_id("stop-0").click()  # the turn ends here, with nothing back
+    expect(blank.get_by_test_id("title-0")).to_have_text("Renamed elsewhere")
+    reload(blank)
+    expect(blank.get_by_test_id("conversation").locator(".open")).to_have_text(["Renamed elsewhere"])
+
+
+def test_a_newer_version_arriving_while_the_page_is_open_is_not_overwritten(blank: Page) -> None:
+    ScriptedApi(blank)
+    loaded(blank, ORIGIN + PREFIX)
+    newer = json.dumps({"version": 2, "chats": []})
+    other = blank.context.new_page()
+    ScriptedApi(other)
+    other.goto(ORIGIN + PREFIX + "static/chat.css")  # the same origin, without the page's scripts
+    other.evaluate(f"localStorage.setItem({json.dumps(STORE)}, {json.dumps(newer)})")
+    expect(blank.get_by_test_id("status")).to_contain_text("saved by a newer version of this page")
+    blank.get_by_test_id("settings-toggle-0").click()
+    blank.get_by_test_id("temperature-0").fill("0.3")  # a change that would be written
+    assert stored(blank) == newer

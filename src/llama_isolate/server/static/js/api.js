@@ -71,7 +71,12 @@ async function httpError(res) {
     return new ApiError(error.message, res.status, typeof error.code === "string" ? error.code : null);
   }
   if (typeof error === "string") return new ApiError(error, res.status);
+  if (error && typeof error === "object") return new ApiError(JSON.stringify(error), res.status);
   if (body && body.detail !== undefined) return new ApiError(detailText(body.detail), res.status);
+  if (/^\s*</.test(text)) {
+    const title = /<title[^>]*>([^<]*)<\/title>/i.exec(text);
+    return new ApiError(`a web page${title ? ` titled "${title[1].trim()}"` : ""}, not the API's JSON`, res.status, "web_page");
+  }
   return new ApiError(text.trim().slice(0, 300) || res.statusText || "", res.status);
 }
 
@@ -130,6 +135,9 @@ function sentence(err) {
   if (status === 413) return "The message is too large for the server. Try a smaller image, or fewer of them.";
   if (status === 408) return "The server gave up waiting for the message. Check your connection, then try again.";
   if (status && status >= 500) return "The server could not answer this time. Try again; if it keeps failing, check its log.";
+  if (code === "web_page") {
+    return `The server answered with a web page instead of the API (HTTP ${status}). Is something in between refusing the request?`;
+  }
   if (code === "unreadable_models") return "The server's list of models could not be read. Is this an OpenAI-style API?";
   if (code === "no_models") return "The server serves no model.";
   if (code === "not_a_stream") return "The server answered in a form this page cannot read (not a stream of events).";

@@ -52,6 +52,12 @@ const app = {
     keyForm.hidden = false;
     keyInput.value = getKey();
   },
+  visible(pane) {
+    return visiblePanes().includes(pane);
+  },
+  tell(text) {
+    tell(text);
+  },
   // id -> number of the visible pane that shows it, for the list's marks
   shown() {
     return new Map(visiblePanes().flatMap((p, i) => (p.conversation ? [[p.conversation.id, i]] : [])));
@@ -77,8 +83,10 @@ const app = {
       tell("That conversation or this pane is still answering: stop it first.");
       return;
     }
+    const draft = holder ? holder.takeDraft() : null; // what was written there goes with the conversation
     if (holder) holder.show(conversations.create(holder.conversation.settings));
     pane.show(c);
+    if (draft) pane.giveDraft(draft);
     tell("");
     remember();
   },
@@ -197,6 +205,8 @@ window.addEventListener("pagehide", () => {
 // Another tab of this page wrote the store: take its changes in, and show them where a pane is idle.
 window.addEventListener("storage", (event) => {
   if (event.key !== STORE && event.key !== null) return;
+  if (conversations.keeping && conversations.stored() === null) conversations.setAside();
   showChanged(conversations.merge(true));
+  status();
   sidebar.draw();
 });

@@ -150,15 +150,20 @@ export class Pane {
   // --- the conversation and its settings ------------------------------------------------------------------
   show(conversation) {
     this.conversation = conversation;
-    for (const [name, el] of Object.entries(this.fields)) el.value = conversation.settings[name];
-    this.pending = [];
-    this.showAttachments();
     this.showError(null);
     this.ttftEl.textContent = "";
     this.speedEl.textContent = "";
     this.usageEl.textContent = "";
-    this.refreshModels();
+    this.refreshSettings();
     this.redraw();
+  }
+
+  // The settings fields (and the model) as the conversation has them.
+  refreshSettings() {
+    for (const [name, el] of Object.entries(this.fields)) {
+      if (el.value !== this.conversation.settings[name]) el.value = this.conversation.settings[name];
+    }
+    this.refreshModels();
   }
 
   refreshTitle() {
@@ -301,7 +306,7 @@ export class Pane {
     const fields = this.checked(messages);
     if (!fields) return false;
     const c = this.conversation;
-    const before = c.messages;
+    const before = { messages: c.messages, updated: c.updated };
     c.messages = messages;
     this.app.conversations.changed(c);
     this.redraw();
@@ -336,15 +341,17 @@ export class Pane {
     if (this.controller) this.controller.abort(); // drops the connection; the server then cancels the work
   }
 
-  // The page is going away mid-turn: what has come of the answer is kept, marked; an answer with nothing yet
-  // leaves the question in the conversation, to be answered after the reload.
+  // The page is going away mid-turn. What has come of the answer is kept, marked. With nothing yet, a new
+  // question stays, to be answered after the reload; a regeneration or an edit leaves the conversation as it was.
   interrupt() {
     if (!this.current) return;
-    const { answer } = this.current;
-    const messages = this.conversation.messages;
-    if (answer.content) answer.meta = "interrupted: the page was closed";
-    else if (messages[messages.length - 1] === answer) messages.pop();
+    const { answer, before, asked } = this.current;
+    const c = this.conversation;
     this.current = null;
+    if (answer.content) answer.meta = "interrupted: the page was closed";
+    else if (asked) c.messages = c.messages.filter((m) => m !== answer);
+    else Object.assign(c, before);
+    this.app.conversations.settle(c);
   }
 
   async run(fields, before, asked) {
@@ -361,7 +368,7 @@ export class Pane {
     this.keepInView(question);
     const controller = new AbortController();
     this.controller = controller;
-    this.current = { answer };
+    this.current = { answer, before, asked };
     this.setState("waiting");
     this.showError(null);
     const figures = { ttft: this.ttftEl, speed: this.speedEl, usage: this.usageEl };
@@ -380,26 +387,43 @@ export class Pane {
     bubble.meta.textContent = answer.meta;
     if (turn.finishReason) bubble.el.dataset.finish = turn.finishReason;
     bubble.el.dataset.state = outcome;
-    if (answer.content === "" && outcome !== "done") this.restore(before, asked);
+    const restored = answer.content === "" && outcome !== "done";
+    if (restored) this.restore(before, asked);
     else this.refreshActions();
-    this.app.conversations.changed(c);
+    this.app.conversations.settle(c, !restored);
+    this.refreshSettings();
     this.refreshTitle();
     this.setState("idle");
     if (turn.failure) {
       this.showError(turn.failure);
       if (turn.failure.status === 401) this.app.offerKey();
+      if (!this.app.visible(this)) this.app.tell(`“${this.title.textContent}”: ${explain(turn.failure).text}`);
     }
   }
 
-  // Nothing came back: the conversation is as it was before the turn, and the question goes back to the box.
+  // Nothing came back: the conversation is as it was before the turn, and the question goes back to the box
+  // (before what was written there since).
   restore(before, asked) {
-    this.conversation.messages = before;
+    Object.assign(this.conversation, before);
     this.redraw();
     if (!asked) return;
-    if (!this.input.value) this.input.value = asked.content;
-    if (!this.pending.length) {
-      this.pending = asked.images;
-      this.showAttachments();
-    }
+    this.input.value = [asked.content, this.input.value].filter(Boolean).join("\n\n");
+    this.pending = [...asked.images, ...this.pending];
+    this.showAttachments();
+  }
+
+  // What is in the box to write in, handed over (to the pane that takes this one's conversation).
+  takeDraft() {
+    const draft = { text: this.input.value, images: this.pending };
+    this.input.value = "";
+    this.pending = [];
+    this.showAttachments();
+    return draft;
+  }
+
+  giveDraft(draft) {
+    this.input.value = [draft.text, this.input.value].filter(Boolean).join("\n\n");
+    this.pending = [...draft.images, ...this.pending];
+    this.showAttachments();
   }
 }

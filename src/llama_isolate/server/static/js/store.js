@@ -53,7 +53,7 @@ export class Conversations {
   constructor() {
     this.items = new Map();
     this.open = []; // the ids the panes showed, in pane order
-    this.removed = new Set(); // deleted here: not to be taken back from what another tab wrote
+    this.removed = new Map(); // id -> when it was deleted here: taken back from another tab only if changed since
     this.busy = () => new Set(); // the ids being answered here (set by the page): never changed from elsewhere
     this.onChange = () => {}; // (note, ids changed from elsewhere)
     this.keeping = true; // false: the store is another version's, and is left alone
@@ -134,7 +134,8 @@ export class Conversations {
     const busy = this.busy();
     const there = new Set(stored.conversations.map((c) => c.id));
     for (const c of stored.conversations) {
-      if (this.removed.has(c.id) || busy.has(c.id)) continue;
+      if (c.changed <= (this.removed.get(c.id) ?? -Infinity) || busy.has(c.id)) continue;
+      this.removed.delete(c.id);
       const mine = this.items.get(c.id);
       if (!mine) this.items.set(c.id, c);
       else if (c.changed > mine.changed) Object.assign(mine, c);
@@ -188,7 +189,7 @@ export class Conversations {
 
   remove(id) {
     this.items.delete(id);
-    this.removed.add(id);
+    this.removed.set(id, Date.now());
     this.save();
   }
 
@@ -199,8 +200,21 @@ export class Conversations {
     this.save();
   }
 
+  // A turn here has ended, or was cut off: what another tab changed meanwhile in the conversation's title and
+  // settings is taken in (its messages are this tab's, busy here), and the conversation kept.
+  settle(c, activity = true) {
+    const stored = this.stored();
+    const there = stored && stored.conversations.find((s) => s.id === c.id);
+    if (there && there.changed > c.changed) {
+      c.title = there.title;
+      c.settings = there.settings;
+    }
+    this.changed(c, activity);
+  }
+
   // Writes everything, after taking in what other tabs wrote; returns "" or a sentence saying what is not kept.
   save() {
+    if (this.keeping && this.stored() === null) this.setAside(); // another version, or garbage, came meanwhile
     if (!this.keeping) return this.report("", new Set());
     const merged = this.merge(false);
     const drafts = this.open.map((id) => this.get(id)).filter((c) => c && !c.messages.length); // their settings
@@ -229,7 +243,7 @@ export class Conversations {
         /* too large: try keeping less */
       }
     }
-    return this.report("This browser's storage is off or full: the conversations are not kept after a reload.", merged);
+    return this.report("This browser's storage is off or full: the latest changes are not kept after a reload.", merged);
   }
 
   report(note, merged) {
