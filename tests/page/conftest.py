@@ -142,11 +142,17 @@ class ScriptedApi:
     """Answers the page's requests: its static files under PREFIX, GET v1/models, and chat answers from a list."""
 
     def __init__(
-        self, page: Page, *answers: dict[str, object], key: str | None = None, models: tuple[str, ...] = ("scripted",)
+        self,
+        page: Page,
+        *answers: dict[str, object],
+        key: str | None = None,
+        models: tuple[str, ...] = ("scripted",),
+        images: bool = False,
     ) -> None:
         self.answers = list(answers)
         self.key = key
         self.models = models
+        self.modalities = ["text", "image"] if images else ["text"]
         self.requests: list[dict[str, object]] = []
         self.unexpected: list[str] = []
         page.route(f"{ORIGIN}/**", self.handle)
@@ -172,7 +178,10 @@ class ScriptedApi:
             route.fulfill(status=401, json=error(401, message, "invalid_api_key")["body"])
             return
         if rest == "v1/models" and request.method == "GET":
-            data = [{"id": m, "object": "model", "owned_by": "test"} for m in self.models]
+            data = [
+                {"id": m, "object": "model", "owned_by": "test", "input_modalities": self.modalities}
+                for m in self.models
+            ]
             route.fulfill(json={"object": "list", "data": data})
             return
         if rest == "v1/chat/completions" and request.method == "POST":

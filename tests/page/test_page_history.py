@@ -4,8 +4,11 @@ and a question that got no answer given back."""
 
 from __future__ import annotations
 
+import base64
+
 from playwright.sync_api import Page, Route, expect
 
+from ..helpers.pictures import RED
 from .conftest import (
     ASKS_KEY,
     DESKTOP,
@@ -335,3 +338,30 @@ def test_a_web_page_instead_of_the_api_is_said_so(blank: Page) -> None:
         "The server answered with a web page instead of the API (HTTP 403). Is something in between refusing the "
         "request?"
     )
+
+
+def test_images_come_by_paste_and_drop_and_only_images(blank: Page) -> None:
+    api = ScriptedApi(blank, reply("I see two"), images=True)
+    loaded(blank, ORIGIN + PREFIX)
+    png = base64.b64encode(RED.data).decode()
+    give = """([how, png]) => {
+        const bytes = Uint8Array.from(atob(png), (c) => c.charCodeAt(0));
+        const data = new DataTransfer();
+        data.items.add(new File([bytes], "red.png", { type: "image/png" }));
+        data.items.add(new File(["not an image"], "notes.txt", { type: "text/plain" }));
+        const input = document.querySelector('[data-testid="input-0"]');
+        const event = how === "paste"
+            ? new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true })
+            : new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true });
+        input.dispatchEvent(event);
+    }"""
+    blank.evaluate(give, ["paste", png])
+    blank.evaluate(give, ["drop", png])
+    expect(blank.get_by_test_id("attachments-0").locator("img")).to_have_count(2)  # the text file was left out
+    blank.get_by_test_id("send-0").click()  # images alone make a question
+    expect(answer(blank, 0)).to_have_attribute("data-state", "done")
+    uri = f"data:image/png;base64,{png}"
+    assert api.requests[0]["messages"] == [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}}] * 2}
+    ]
+    expect(blank.get_by_test_id("conversation").locator(".open")).to_have_text(["Image"])
