@@ -10,7 +10,7 @@ import { Turn } from "./turn.js";
 
 export class Pane {
   constructor(index, app) {
-    this.app = app; // { conversations, models(), activate(pane), status(text) }
+    this.app = app; // { conversations, models(), activate(pane), offerKey(), visible(pane), tell(text) }
     const root = document.getElementById("pane-template").content.firstElementChild.cloneNode(true);
     const part = (selector, name) => {
       const el = root.querySelector(selector);
@@ -45,7 +45,7 @@ export class Pane {
     this.conversation = null;
     this.pending = []; // data: URLs attached to the next question
     this.controller = null; // the running request's AbortController
-    this.current = null; // the running turn's { answer }
+    this.current = null; // the running turn's { answer, before, asked } (see start and interrupt)
     this.errorKind = ""; // what the error shown is about ("models": the list did not load)
     this.bubbles = [];
     this.follow = true; // keep the latest question in view while its answer grows, until the person scrolls
@@ -66,34 +66,18 @@ export class Pane {
         this.send();
       } else if (event.key === "Escape" && this.controller) this.stop();
     });
-    this.input.addEventListener("paste", (event) => {
-      const files = imageFiles(event.clipboardData);
-      if (files.length && this.takesImages()) {
-        event.preventDefault();
-        this.attach(files);
-      }
-    });
+    this.input.addEventListener("paste", (event) => this.takeImages(event, event.clipboardData));
     this.root.addEventListener("dragover", (event) => {
       if (this.takesImages()) event.preventDefault();
     });
-    this.root.addEventListener("drop", (event) => {
-      const files = imageFiles(event.dataTransfer);
-      if (files.length && this.takesImages()) {
-        event.preventDefault();
-        this.attach(files);
-      }
-    });
+    this.root.addEventListener("drop", (event) => this.takeImages(event, event.dataTransfer));
     this.attachButton.addEventListener("click", () => this.fileInput.click());
     this.fileInput.addEventListener("change", () => {
       this.attach([...this.fileInput.files]);
       this.fileInput.value = "";
     });
     this.stopButton.addEventListener("click", () => this.stop());
-    this.settingsToggle.addEventListener("click", () => {
-      const open = this.settingsForm.hidden;
-      this.settingsForm.hidden = !open;
-      this.settingsToggle.setAttribute("aria-expanded", String(open));
-    });
+    this.settingsToggle.addEventListener("click", () => this.openSettings(this.settingsForm.hidden));
     this.settingsForm.addEventListener("submit", (event) => event.preventDefault());
     for (const [name, el] of Object.entries(this.fields)) {
       el.addEventListener("input", () => {
@@ -237,7 +221,21 @@ export class Pane {
     t.scrollTop = Math.min(t.scrollHeight - t.clientHeight, question.el.offsetTop - 8);
   }
 
+  openSettings(open) {
+    this.settingsForm.hidden = !open;
+    this.settingsToggle.setAttribute("aria-expanded", String(open));
+  }
+
   // --- images -----------------------------------------------------------------------------------------------
+  // A paste or a drop: its images, when this conversation's model reads them, are attached (not pasted as text).
+  takeImages(event, transfer) {
+    const files = imageFiles(transfer);
+    if (files.length && this.takesImages()) {
+      event.preventDefault();
+      this.attach(files);
+    }
+  }
+
   async attach(files) {
     const refused = [];
     for (const file of files) {
@@ -331,8 +329,7 @@ export class Pane {
       return requestFields(this.conversation.settings);
     } catch (err) {
       this.showError(err.message);
-      this.settingsForm.hidden = false;
-      this.settingsToggle.setAttribute("aria-expanded", "true");
+      this.openSettings(true);
       return null;
     }
   }
