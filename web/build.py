@@ -1,6 +1,7 @@
 """Puts the chat page's third-party scripts into the package, from the npm registry, at build time.
 
-The chat page renders the model's markdown with markdown-it and cleans the result with DOMPurify. Neither is
+The chat page renders the model's markdown with markdown-it, colours code with highlight.js and cleans the
+result with DOMPurify. None of them is
 kept in this repository: `package.json` pins them, `package-lock.json` pins what they need (with integrity
 hashes), and this script runs ``npm ci`` and copies their browser builds, with every bundled package's licence,
 into ``src/llama_isolate/server/static/vendor/``. The page then loads them from the server itself: nothing comes
@@ -27,6 +28,7 @@ VENDOR = WEB.parent / "src" / "llama_isolate" / "server" / "static" / "vendor"
 SCRIPTS = {
     "markdown-it.js": "markdown-it/dist/browser/markdown-it.esm.min.mjs",
     "purify.js": "dompurify/dist/purify.es.mjs",
+    "highlight.js": "@highlightjs/cdn-assets/es/highlight.min.js",  # the core and 36 common languages
 }
 STAMP = "VERSIONS.json"  # what was copied: the lock file's packages and versions
 
@@ -50,7 +52,7 @@ def build() -> None:
     if npm is None:
         sys.exit(
             "web/build.py: npm is missing (Debian: apt-get install nodejs npm); the chat page needs it once, "
-            "to fetch markdown-it and DOMPurify from the npm registry"
+            "to fetch markdown-it, highlight.js and DOMPurify from the npm registry"
         )
     subprocess.run(  # noqa: S603 - a fixed command
         [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"], cwd=WEB, check=True

@@ -47,6 +47,12 @@ def test_markdown_is_rendered_with_code_in_a_box_and_a_copy_button(browser: Brow
         expect(block.locator(".code-bar")).to_contain_text("python")
         font = block.locator("pre code").evaluate("(el) => getComputedStyle(el).fontFamily")
         assert "monospace" in font, font
+        string = block.locator("pre code .hljs-string")  # coloured by highlight.js, in our own palette
+        expect(string).to_have_text(["'hi'"])
+        colours = block.locator("pre code").evaluate(
+            "(code) => [code, code.querySelector('.hljs-string')].map((el) => getComputedStyle(el).color)"
+        )
+        assert colours[0] != colours[1], colours
         block.locator(".copy").click()
         expect(block.locator(".copy")).to_have_text("Copied")
         assert page.evaluate("navigator.clipboard.readText()") == "print('hi')\nx = 1 < 2\n"

@@ -1,7 +1,8 @@
 // The model's markdown, rendered safely: markdown-it parses it with raw HTML off (markup in the text stays
-// text), and DOMPurify cleans what markdown-it made before it reaches the page, keeping only plain formatting
-// and http(s)/mailto links. Both come from the npm registry at build time (web/build.py) and are served by
-// this server; without them every answer is shown as plain text.
+// text), highlight.js colours fenced code in the languages it knows, and DOMPurify cleans what they made before it
+// reaches the page, keeping only plain formatting and http(s)/mailto links. All come from the npm registry at
+// build time (web/build.py) and are served by this server; without markdown-it and DOMPurify every answer is shown
+// as plain text, and without highlight.js code is not coloured.
 import { button } from "./dom.js";
 
 let engine = null;
@@ -12,7 +13,8 @@ async function load() {
       import("../vendor/markdown-it.js"),
       import("../vendor/purify.js"),
     ]);
-    const md = markdownit({ html: false, linkify: true, typographer: false });
+    const colour = await import("../vendor/highlight.js").then((m) => m.default).catch(() => null);
+    const md = markdownit({ html: false, linkify: true, typographer: false, highlight: colourer(colour) });
     md.disable(["image"]); // an image would be fetched from wherever the model says, on display
     purify.addHook("afterSanitizeAttributes", (node) => {
       if (node.tagName === "A" && node.hasAttribute("href")) {
@@ -26,6 +28,19 @@ async function load() {
     console.warn("the markdown renderer is not installed (python web/build.py): answers show as plain text", err);
     return false;
   }
+}
+
+// markdown-it's `highlight` option: a fenced block's code as highlight.js's (escaped) markup, when the fence names
+// a language it knows; "" leaves the block to markdown-it, which escapes it.
+function colourer(hljs) {
+  return (code, language) => {
+    if (!hljs || !language || !hljs.getLanguage(language)) return "";
+    try {
+      return hljs.highlight(code, { language, ignoreIllegals: true }).value;
+    } catch {
+      return "";
+    }
+  };
 }
 
 export const ready = load();
