@@ -27,6 +27,16 @@ def seed(page: Page, value: str) -> None:
     )
 
 
+def two_tabs(blank: Page, *answers: dict[str, object]) -> Page:
+    """Loads `blank` and a second tab of the same browser (returned), both answered from one script."""
+    api = ScriptedApi(blank, *answers)
+    loaded(blank, ORIGIN + PREFIX)
+    other = blank.context.new_page()
+    ScriptedApi(other).answers = api.answers
+    loaded(other, ORIGIN + PREFIX)
+    return other
+
+
 def stored(page: Page) -> str | None:
     value = page.evaluate(f"localStorage.getItem({json.dumps(STORE)})")
     assert value is None or isinstance(value, str)
@@ -109,11 +119,7 @@ def test_a_full_storage_is_said_truthfully_and_loses_no_kept_conversation(blank:
 
 
 def test_two_tabs_share_the_conversations_and_undo_nothing(blank: Page) -> None:
-    api = ScriptedApi(blank, reply("From the first tab"), reply("From the second tab"), reply("Again"))
-    loaded(blank, ORIGIN + PREFIX)
-    other = blank.context.new_page()
-    ScriptedApi(other).answers = api.answers  # one script, whichever tab asks
-    loaded(other, ORIGIN + PREFIX)
+    other = two_tabs(blank, reply("From the first tab"), reply("From the second tab"), reply("Again"))
 
     ask(blank, 0, "First tab")
     expect(answer(blank, 0)).to_have_attribute("data-state", "done")
@@ -143,11 +149,7 @@ def test_two_tabs_share_the_conversations_and_undo_nothing(blank: Page) -> None:
 
 
 def test_a_tab_closed_or_reloaded_mid_turn_leaves_the_store_whole_for_the_others(blank: Page) -> None:
-    api = ScriptedApi(blank, reply("A1"), {"hang": True}, {"hang": True})
-    loaded(blank, ORIGIN + PREFIX)
-    other = blank.context.new_page()
-    ScriptedApi(other).answers = api.answers
-    loaded(other, ORIGIN + PREFIX)
+    other = two_tabs(blank, reply("A1"), {"hang": True}, {"hang": True})
 
     ask(blank, 0, "Q1")
     expect(answer(blank, 0)).to_have_attribute("data-state", "done")
@@ -167,11 +169,7 @@ def test_a_tab_closed_or_reloaded_mid_turn_leaves_the_store_whole_for_the_others
 
 
 def test_a_rename_made_elsewhere_during_a_turn_is_kept_when_the_turn_ends(blank: Page) -> None:
-    api = ScriptedApi(blank, reply("A1"), {"hang": True})
-    loaded(blank, ORIGIN + PREFIX)
-    other = blank.context.new_page()
-    ScriptedApi(other).answers = api.answers
-    loaded(other, ORIGIN + PREFIX)
+    other = two_tabs(blank, reply("A1"), {"hang": True})
     ask(blank, 0, "Q1")
     expect(answer(blank, 0)).to_have_attribute("data-state", "done")
     ask(blank, 0, "Q2")
