@@ -185,6 +185,8 @@ export async function streamChat(body, signal, on) {
   }
   let done = false;
   let received = false;
+  // An error of the stream itself; `partial` says whether some of the answer had come.
+  const broken = (message, code = null) => Object.assign(new ApiError(message, null, code), { partial: received });
   const event = (data) => {
     if (done) return;
     if (data === "[DONE]") {
@@ -195,16 +197,12 @@ export async function streamChat(body, signal, on) {
     try {
       chunk = JSON.parse(data);
     } catch {
-      const error = new ApiError(`an unreadable event from the server: ${data.slice(0, 200)}`);
-      error.partial = received;
-      throw error;
+      throw broken(`an unreadable event from the server: ${data.slice(0, 200)}`);
     }
     if (chunk && chunk.error) {
       const e = chunk.error;
       const text = typeof e === "string" ? e : typeof e.message === "string" ? e.message : JSON.stringify(e);
-      const error = new ApiError(text, null, typeof e.code === "string" ? e.code : null);
-      error.partial = received;
-      throw error;
+      throw broken(text, typeof e.code === "string" ? e.code : null);
     }
     const choice = chunk && Array.isArray(chunk.choices) ? chunk.choices[0] : null;
     if (choice) {
@@ -238,8 +236,6 @@ export async function streamChat(body, signal, on) {
     if (!finished) reader.cancel().catch(() => {});
   }
   if (!done) {
-    const error = new ApiError("the stream ended before data: [DONE]", null, "stream_ended");
-    error.partial = received;
-    throw error;
+    throw broken("the stream ended before data: [DONE]", "stream_ended");
   }
 }

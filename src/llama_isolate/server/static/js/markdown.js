@@ -9,11 +9,11 @@ let engine = null;
 
 async function load() {
   try {
-    const [{ default: markdownit }, { default: purify }] = await Promise.all([
+    const [{ default: markdownit }, { default: purify }, colour] = await Promise.all([
       import("../vendor/markdown-it.js"),
       import("../vendor/purify.js"),
+      import("../vendor/highlight.js").then((m) => m.default, () => null), // optional: code is then plain
     ]);
-    const colour = await import("../vendor/highlight.js").then((m) => m.default).catch(() => null);
     const md = markdownit({ html: false, linkify: true, typographer: false, highlight: colourer(colour) });
     md.disable(["image"]); // an image would be fetched from wherever the model says, on display
     purify.addHook("afterSanitizeAttributes", (node) => {

@@ -127,9 +127,8 @@ export class Conversations {
 
   // Takes in what another tab of this page wrote: its new conversations, its later changes to ones not being
   // answered here, and (when `deletions`) its deletions. Returns the ids that changed here.
-  merge(deletions) {
+  merge(deletions, stored = this.stored()) {
     const changed = new Set();
-    const stored = this.stored();
     if (stored === null) return changed;
     const busy = this.busy();
     const there = new Set(stored.conversations.map((c) => c.id));
@@ -214,9 +213,10 @@ export class Conversations {
 
   // Writes everything, after taking in what other tabs wrote; returns "" or a sentence saying what is not kept.
   save() {
-    if (this.keeping && this.stored() === null) this.setAside(); // another version, or garbage, came meanwhile
+    const stored = this.keeping ? this.stored() : null; // read once: parsing a large store is not free
+    if (this.keeping && stored === null) this.setAside(); // another version, or garbage, came meanwhile
     if (!this.keeping) return this.report("", new Set());
-    const merged = this.merge(false);
+    const merged = this.merge(false, stored);
     const drafts = this.open.map((id) => this.get(id)).filter((c) => c && !c.messages.length); // their settings
     const full = this.list();
     const write = (conversations, images) => {
